@@ -1,0 +1,87 @@
+"""The Python API: `Captioner.load().caption(["photo.jpg"])`."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .decode import beam_search
+from .encoders import Encoder, load_encoder
+from .features import encode_photos
+from .images import expand_paths
+from .modelfolder import Model, load_model
+from .text import detokenize
+
+
+@dataclass
+class Caption:
+    """One photo's caption, or the one-sentence reason it has none."""
+
+    path: Path
+    text: str = ""
+    score: float = 0.0  # log-probability of the caption under the model
+    words: list[str] = field(default_factory=list)
+    alternatives: list[tuple[str, float]] = field(default_factory=list)  # the beam's other captions
+    attention: np.ndarray | None = None  # [len(words) + 1, G, G]: where each word (and the end) looked
+    error: str = ""
+    warning: str = ""
+
+    def to_json(self) -> dict:
+        if self.error:
+            return {"path": str(self.path), "error": self.error}
+        return {"path": str(self.path), "caption": self.text, "score": round(self.score, 4)}
+
+
+class Captioner:
+    """A loaded model and its encoder: photos in, captions out."""
+
+    def __init__(self, model: Model, encoder: Encoder):
+        self.model = model
+        self.encoder = encoder
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None) -> "Captioner":
+        """The model in `model_dir`, or the default model shipped with captioner."""
+        model = load_model(model_dir)
+        return cls(model, load_encoder(model.encoder, model.input_size))
+
+    def caption(self, photos: Iterable[str | Path], beam: int | None = None, batch_size: int = 16,
+                progress: bool = False) -> list[Caption]:
+        """Captions of the photos (folders expand to the photos inside), in order."""
+        return list(self.stream(photos, beam, batch_size, progress))
+
+    def stream(self, photos: Iterable[str | Path], beam: int | None = None, batch_size: int = 16,
+               progress: bool = False) -> Iterator[Caption]:
+        """Like `caption`, yielding each caption as soon as its batch is done."""
+        paths = expand_paths(photos)
+        cfg = self.model.decode
+        beam = beam or cfg.beam
+        grid_side = self.encoder.spec.grid
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for ok, pooled, grid, errors in encode_photos(self.encoder, paths, batch_size, progress):
+                results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
+                if ok:
+                    hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
+                                       cfg.length_penalty)
+                    for i, beams in zip(ok, hyps):
+                        results[i] = self._caption(paths[i], beams, grid_side)
+                for w in caught:
+                    for c in results.values():
+                        if str(c.path) in str(w.message):
+                            c.warning = str(w.message)
+                caught.clear()
+                yield from (results[i] for i in sorted(results))
+
+    def _caption(self, path: Path, beams, grid_side: int) -> Caption:
+        words_of = [[self.model.vocab.words[t] for t in h.tokens] for h in beams]
+        best = beams[0]
+        attention = None
+        if best.attention is not None:
+            attention = best.attention.reshape(-1, grid_side, grid_side).numpy()
+        return Caption(path, detokenize(words_of[0]), best.logprob, words_of[0],
+                       [(detokenize(w), h.logprob) for w, h in zip(words_of[1:], beams[1:])], attention)
+

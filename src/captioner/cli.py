@@ -1,0 +1,177 @@
+"""The `captioner` command: caption, prepare, features, train, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import CaptionerError
+
+DEFAULT_DATA = "data/flickr8k"
+
+EXAMPLES = """\
+examples:
+  captioner caption photo.jpg holiday/            caption photos with the shipped model
+  captioner prepare flickr8k ~/Flickr8k --out data/flickr8k
+  captioner features --data data/flickr8k         encode every photo once (cached)
+  captioner train configs/flickr8k-attention.toml
+  captioner evaluate --model runs/attention/model --split test --beam 3
+"""
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .api import Captioner
+    from .visualize import save_attention
+
+    captioner = Captioner.load(args.model)
+    if args.attention:
+        Path(args.attention).mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for c in captioner.stream(args.photos, beam=args.beam, batch_size=args.batch_size):
+        if c.warning:
+            print(f"captioner: warning: {c.warning}", file=sys.stderr)
+        if c.error:
+            failed += 1
+            print(json.dumps(c.to_json(), ensure_ascii=False) if args.json else f"captioner: {c.error}",
+                  file=sys.stdout if args.json else sys.stderr, flush=True)
+            continue
+        if args.attention and c.attention is not None:
+            save_attention(c, Path(args.attention))
+        if args.json:
+            print(json.dumps(c.to_json(), ensure_ascii=False), flush=True)
+        elif len(args.photos) == 1 and Path(args.photos[0]).is_file():
+            print(c.text, flush=True)
+        else:
+            print(f"{c.path}: {c.text}", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .corpus import prepare
+
+    report = prepare(args.kind, args.source, args.out, image_root=args.images, min_count=args.min_count,
+                     max_len=args.max_len, strict=args.strict)
+    print(report.summary())
+    print(f"wrote {args.out}/captions.json, vocab.json and report.json")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .corpus import load_prepared
+    from .dataset import ensure_features
+
+    prepared = load_prepared(args.data)
+    cache_root = args.cache or str(Path(args.data) / "features")
+    cache, hashes = ensure_features(prepared, args.encoder, args.input_size, cache_root, ("train", "dev", "test"))
+    print(f"{len(hashes):,} photos have {args.encoder} features in {cache.folder}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config)
+    model_dir = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    print(f"the model selected on the dev split is in {model_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.model, args.data, args.split, beam=args.beam, out=args.out, cache=args.cache)
+    if args.json:
+        print(json.dumps(result["scores"] | {"diversity": result["diversity"]}))
+    else:
+        for name, value in result["scores"].items():
+            print(f"{name:>8}  {value:.1f}" if name != "photos" else f"{name:>8}  {value}")
+        d = result["diversity"]
+        print(f"distinct captions {d['distinct_captions'] * 100:.1f}% of photos, {d['vocabulary']} words used")
+        print(f"report: {result['html']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description="Describe photos in English sentences; "
+                                     "train and evaluate captioners.", epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("caption", help="caption photos (default: with the shipped model)",
+                       description="Caption photos. Folders expand to the photos inside them. Exit status: "
+                       "0 when every photo was captioned, 1 when any failed, 2 on a usage error.")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files or folders")
+    p.add_argument("--model", help="a model folder written by `captioner train` (default: the shipped model)")
+    p.add_argument("--beam", type=int, default=None, help="beam width (default: the model's, 3 for the shipped one)")
+    p.add_argument("--json", action="store_true", help='one JSON object per photo: {"path", "caption", "score"} '
+                   'or {"path", "error"}')
+    p.add_argument("--attention", metavar="DIR", help="write a PNG per photo showing where each word looked "
+                   "(attention models)")
+    p.add_argument("--batch-size", type=int, default=16, help="photos encoded together (default 16)")
+    p.set_defaults(run=cmd_caption)
+
+    p = sub.add_parser("prepare", help="read a corpus, clean captions, build the vocabulary",
+                       description="Read a caption corpus, clean its captions and build the vocabulary from "
+                       "the train split. Flawed lines are skipped and reported (the first few with file:line).")
+    p.add_argument("kind", choices=["flickr8k", "csv", "karpathy", "coco", "table"],
+                   help="flickr8k: a folder with Flickr8k.token.txt, the split files and Images/; csv: a "
+                   "captions.txt with image,caption; karpathy: dataset_*.json; coco: captions_*.json; "
+                   "table: a CSV or JSONL of image, caption[, split]")
+    p.add_argument("source", help="the corpus folder (flickr8k) or file (the others)")
+    p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source)")
+    p.add_argument("--out", default=DEFAULT_DATA, help=f"where to write the prepared corpus (default {DEFAULT_DATA})")
+    p.add_argument("--min-count", type=int, default=5, help="keep words seen at least this often in train (default 5)")
+    p.add_argument("--max-len", type=int, default=30, help="longest caption in words used for training (default 30)")
+    p.add_argument("--strict", action="store_true", help="stop at the first flawed line instead of skipping it")
+    p.set_defaults(run=cmd_prepare)
+
+    p = sub.add_parser("features", help="encode every corpus photo once, cached on disk",
+                       description="Encode the photos of a prepared corpus with a frozen encoder. Features are "
+                       "cached by photo content and encoder; an interrupted run resumes where it stopped.")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
+    p.add_argument("--encoder", default="efficientnet-lite2",
+                   help="efficientnet-lite0, efficientnet-lite1 or efficientnet-lite2 (default)")
+    p.add_argument("--input-size", type=int, default=224, help="photos are squashed to this square (default 224)")
+    p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    p.set_defaults(run=cmd_features)
+
+    p = sub.add_parser("train", help="train a decoder from a TOML config",
+                       description="Train a decoder; the epoch with the best dev-split CIDEr is kept in OUT/model. "
+                       "A checkpoint is written every epoch: --resume continues a stopped run exactly.")
+    p.add_argument("config", help="a TOML config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (continue later with --resume)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("evaluate", help="BLEU, METEOR, ROUGE-L and CIDEr on a split",
+                       description="Caption every photo of a split and score the captions against the human "
+                       "ones with the COCO caption toolkit (needs Java). Writes report.json and report.html.")
+    p.add_argument("--model", help="the model folder (default: the shipped model)")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="default test")
+    p.add_argument("--beam", type=int, help="beam width (default: the model's)")
+    p.add_argument("--out", help="report folder (default: MODEL/eval-SPLIT)")
+    p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore", FutureWarning)
+    try:
+        return args.run(args)
+    except CaptionerError as e:
+        print(f"captioner: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

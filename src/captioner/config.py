@@ -1,0 +1,82 @@
+"""Training configuration: dataclasses loaded from TOML (see configs/ for one per decoder)."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .decoders import DecoderConfig
+from .errors import CaptionerError
+
+
+@dataclass
+class DataConfig:
+    prepared: str = "data/flickr8k"  # a folder written by `captioner prepare`
+    encoder: str = "efficientnet-lite2"
+    input_size: int = 224
+    cache: str = ""  # feature cache folder; empty: <prepared>/features
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/model"  # checkpoints, logs and the selected model (out/model)
+    epochs: int = 20
+    batch_size: int = 32  # photos per batch, each with all of its captions
+    lr: float = 5e-4
+    min_lr: float = 2e-5  # cosine schedule from lr down to min_lr over all epochs
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    attention_reg: float = 1.0  # doubly stochastic attention regularisation (attention decoders)
+    patience: int = 4  # stop after this many epochs without a better dev CIDEr
+    seed: int = 0
+    threads: int = 0  # torch threads; 0: all cores
+    bf16: bool = True  # bfloat16 autocast where the CPU supports it (about twice as fast)
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 3
+    length_penalty: float = 0.0
+    max_len: int = 30
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _section(cls, values: dict, where: str):
+    known = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise CaptionerError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+    return cls(**values)
+
+
+def config_from_dict(values: dict, where: str = "config") -> Config:
+    sections = {f.name: f.default_factory for f in fields(Config)}
+    unknown = sorted(set(values) - set(sections))
+    if unknown:
+        raise CaptionerError(f"{where}: unknown section [{unknown[0]}]; known: {', '.join(sections)}")
+    return Config(**{name: _section(type(make()), values.get(name, {}), f"{where} [{name}]")
+                     for name, make in sections.items()})
+
+
+def load_config(path: str | Path) -> Config:
+    """A Config from a TOML file; every setting left out keeps its default."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CaptionerError(f"{path}: no such config file (see configs/ for examples)")
+    except tomllib.TOMLDecodeError as e:
+        raise CaptionerError(f"{path}: not valid TOML ({e})")
+    return config_from_dict(values, str(path))

@@ -1,0 +1,123 @@
+"""Batched greedy and beam search with incremental state: the prefix is never re-run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .decoders import Decoder, State
+from .text import END_ID, PAD_ID, START_ID, UNK_ID
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # word ids, without <start> and <end>
+    logprob: float  # total log-probability, <end> included
+    score: float  # logprob / length ** length_penalty: what the beam ranks by
+    attention: torch.Tensor | None  # [len(tokens) + 1, N]: where each word (and <end>) looked
+
+
+def _never(logp: torch.Tensor) -> torch.Tensor:
+    """Rule out tokens a caption must never contain."""
+    logp[:, [PAD_ID, START_ID, UNK_ID]] = float("-inf")
+    return logp
+
+
+def _repeat(tensors: State, k: int) -> State:
+    return tuple(t.repeat_interleave(k, 0) for t in tensors)
+
+
+@torch.inference_mode()
+def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: int = 30) -> list[Hypothesis]:
+    """The most likely next word at every step, for a batch of photos."""
+    state, memory = decoder.start(pooled, grid)
+    B = pooled.shape[0]
+    words = torch.full((B,), START_ID, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    logprob = torch.zeros(B)
+    tokens, alphas = [], []
+    for t in range(max_len + 1):
+        logits, state, alpha = decoder.step(words, state, memory)
+        logp = _never(logits.float().log_softmax(-1))
+        if t == max_len:
+            words = torch.full((B,), END_ID, dtype=torch.long)
+        else:
+            words = logp.argmax(-1)
+        logprob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
+        words = torch.where(done, END_ID, words)
+        tokens.append(words)
+        alphas.append(alpha)
+        done |= words == END_ID
+        if done.all():
+            break
+    tokens = torch.stack(tokens, 1)
+    out = []
+    for b in range(B):
+        n = int((tokens[b] != END_ID).sum())  # tokens before <end>
+        attention = torch.stack([a[b] for a in alphas[:n + 1]]) if alphas[0] is not None else None
+        out.append(Hypothesis(tokens[b, :n].tolist(), float(logprob[b]), float(logprob[b]), attention))
+    return out
+
+
+@torch.inference_mode()
+def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam: int = 3, max_len: int = 30,
+                length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+    """The `beam` best captions of each photo, best first.
+
+    Candidates are ranked by log-probability / length ** length_penalty (0: plain
+    log-probability, 1: mean log-probability per word). A finished beam keeps its
+    score and competes with the open ones until every beam of the photo has ended.
+    """
+    B, K = pooled.shape[0], beam
+    state, memory = decoder.start(pooled, grid)
+    state, memory = _repeat(state, K), _repeat(memory, K)
+    logprob = torch.full((B, K), float("-inf"))
+    logprob[:, 0] = 0.0  # all beams start identical: keep one
+    lengths = torch.zeros(B, K)
+    done = torch.zeros(B, K, dtype=torch.bool)
+    words = torch.full((B * K,), START_ID, dtype=torch.long)
+    history = torch.empty(B, K, 0, dtype=torch.long)
+    attention = None
+    offsets = (torch.arange(B) * K)[:, None]
+    for t in range(max_len + 1):
+        logits, state, alpha = decoder.step(words, state, memory)
+        logp = _never(logits.float().log_softmax(-1)).view(B, K, -1)
+        V = logp.shape[-1]
+        if t == max_len:  # out of room: every open beam ends here
+            end_only = torch.full_like(logp, float("-inf"))
+            end_only[..., END_ID] = logp[..., END_ID]
+            logp = end_only
+        # A finished beam's only continuation is <end> again, at no cost and no length.
+        logp = torch.where(done[..., None], float("-inf"), logp)
+        logp[..., END_ID] = torch.where(done, 0.0, logp[..., END_ID])
+        total = logprob[..., None] + logp  # [B, K, V]
+        new_len = lengths[..., None] + (~done[..., None]).float()
+        rank = total / new_len.clamp(min=1) ** length_penalty
+        top, flat = rank.view(B, -1).topk(K, dim=1)  # [B, K]
+        origin, words_bk = flat // V, flat % V
+        logprob = total.view(B, -1).gather(1, flat)
+        lengths = new_len.expand(B, K, V).reshape(B, -1).gather(1, flat)
+        rows = (origin + offsets).view(-1)
+        state = tuple(s.index_select(0, rows) for s in state)
+        history = torch.cat([history.gather(1, origin[..., None].expand(-1, -1, history.shape[2])),
+                             words_bk[..., None]], 2)
+        if alpha is not None:
+            alpha = alpha.view(B, K, -1).gather(1, origin[..., None].expand(-1, -1, alpha.shape[-1]))
+            attention = alpha[:, :, None] if attention is None else torch.cat(
+                [attention.gather(1, origin[..., None, None].expand(-1, -1, *attention.shape[2:])), alpha[:, :, None]], 2)
+        done = done.gather(1, origin) | (words_bk == END_ID)
+        words = words_bk.view(-1)
+        if done.all():
+            break
+    score = logprob / lengths.clamp(min=1) ** length_penalty
+    order = score.argsort(1, descending=True)
+    out = []
+    for b in range(B):
+        hyps = []
+        for k in order[b].tolist():
+            seq = history[b, k].tolist()
+            n = seq.index(END_ID) if END_ID in seq else len(seq)
+            att = attention[b, k, :n + 1] if attention is not None else None
+            hyps.append(Hypothesis(seq[:n], float(logprob[b, k]), float(score[b, k]), att))
+        out.append(hyps)
+    return out

@@ -1,0 +1,192 @@
+"""The feature cache: each photo encoded once per encoder, stored as float16 safetensors shards.
+
+Features are keyed by (encoder key, sha256 of the photo's bytes), so a changed
+photo or a changed encoder never reuses stale features. Shards are written
+whole and atomically, and `index.json` (rewritten atomically after each shard)
+records each shard's checksum: an interrupted run keeps every finished shard and
+resumes after it; a partial or corrupt shard is detected and recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+from .encoders import Encoder
+from .errors import CaptionerError
+from .images import file_sha256, load_photo, to_pixels
+
+INDEX = "index.json"
+FORMAT = 1
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class FeatureCache:
+    """The cached features of one encoder in `root / encoder_key`."""
+
+    root: Path
+    encoder_key: str
+    shards: list[dict] = field(default_factory=list)  # {"file", "sha256", "count"}
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # photo sha256 -> (shard, row)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.encoder_key
+
+    @classmethod
+    def open(cls, root: str | Path, encoder_key: str, verify: bool = True) -> "FeatureCache":
+        """The cache as the index records it; with `verify`, shards whose bytes changed are dropped."""
+        cache = cls(Path(root), encoder_key)
+        index_path = cache.folder / INDEX
+        if not index_path.exists():
+            return cache
+        try:
+            index = json.loads(index_path.read_text())
+            assert index["format"] == FORMAT and index["encoder"] == encoder_key
+            shards = index["shards"]
+        except (ValueError, KeyError, AssertionError):
+            raise CaptionerError(f"{index_path} is not a captioner feature index: delete {cache.folder} and run again")
+        for shard in shards:
+            path = cache.folder / shard["file"]
+            if verify and (not path.exists() or _sha256(path) != shard["sha256"]):
+                warnings.warn(f"feature shard {path} is missing or corrupt: its {shard['count']} photos will be encoded again")
+                continue
+            cache._add_shard(shard)
+        return cache
+
+    def _add_shard(self, shard: dict) -> None:
+        n = len(self.shards)
+        self.shards.append(shard)
+        for row, photo_hash in enumerate(shard["hashes"]):
+            self.rows[photo_hash] = (n, row)
+
+    def __contains__(self, photo_hash: str) -> bool:
+        return photo_hash in self.rows
+
+    def add(self, hashes: list[str], pooled: np.ndarray, grid: np.ndarray) -> None:
+        """Store one shard of features (pooled [n, D], grid [n, N, D]) and record it in the index."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{len(self.shards):05d}-{hashes[0][:8]}.safetensors"
+        path = self.folder / name
+        save_file({"pooled": pooled.astype(np.float16), "grid": grid.astype(np.float16)}, str(path))
+        self._add_shard({"file": name, "sha256": _sha256(path), "count": len(hashes), "hashes": hashes})
+        index = {"format": FORMAT, "encoder": self.encoder_key, "shards": self.shards}
+        write_atomic(self.folder / INDEX, json.dumps(index).encode())
+
+    def load(self, hashes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the given photos, in order: pooled [n, D] and grid [n, N, D], float16."""
+        missing = [h for h in hashes if h not in self.rows]
+        if missing:
+            raise CaptionerError(f"{len(missing)} photos have no features in {self.folder}: run `captioner features` first")
+        by_shard: dict[int, list[int]] = {}
+        for i, h in enumerate(hashes):
+            by_shard.setdefault(self.rows[h][0], []).append(i)
+        pooled = grid = None
+        for s, positions in by_shard.items():
+            tensors = load_file(str(self.folder / self.shards[s]["file"]))
+            rows = [self.rows[hashes[i]][1] for i in positions]
+            if pooled is None:
+                pooled = np.empty((len(hashes), *tensors["pooled"].shape[1:]), np.float16)
+                grid = np.empty((len(hashes), *tensors["grid"].shape[1:]), np.float16)
+            pooled[positions] = tensors["pooled"][rows]
+            grid[positions] = tensors["grid"][rows]
+        return torch.from_numpy(pooled), torch.from_numpy(grid)
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def hash_photos(paths: Sequence[Path], workers: int = 2) -> list[str]:
+    """sha256 of each photo's bytes (the cache key), read in parallel."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(file_sha256, paths), total=len(paths), desc="hashing", unit="photo",
+                         disable=len(paths) < 500, leave=False))
+
+
+def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
+                  progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]]:
+    """Encode photos in batches, decoding the next batch's JPEGs while the network runs.
+
+    Yields (positions, pooled [b, D], grid [b, N, D], errors) per batch, where positions index
+    `paths` and errors maps the position of each photo that failed to its one-sentence reason.
+    """
+    size = encoder.spec.input_size
+
+    def read(batch: Sequence[int]) -> tuple[list[int], np.ndarray, dict[int, str]]:
+        ok, pixels, errors = [], [], {}
+        for i in batch:
+            try:
+                pixels.append(to_pixels(load_photo(paths[i], size), size))
+                ok.append(i)
+            except CaptionerError as e:
+                errors[i] = str(e)
+        return ok, np.stack(pixels) if pixels else np.empty((0, size, size, 3), np.uint8), errors
+
+    bar = tqdm(total=len(paths), desc="encoding", unit="photo", disable=not progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(1) as reader:
+        batches = list(_batches(range(len(paths)), batch_size))
+        pending = reader.submit(read, batches[0]) if batches else None
+        for b in range(len(batches)):
+            ok, pixels, errors = pending.result()
+            if b + 1 < len(batches):
+                pending = reader.submit(read, batches[b + 1])
+            pooled, grid = encoder(pixels) if ok else (torch.empty(0), torch.empty(0))
+            bar.update(len(batches[b]))
+            yield ok, pooled, grid, errors
+    bar.close()
+
+
+def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard_size: int = 1024,
+                batch_size: int = 32, progress: bool = True) -> tuple[FeatureCache, list[str], dict[Path, str]]:
+    """Encode every photo not cached yet; returns the cache, each photo's hash and the photos that failed."""
+    cache = FeatureCache.open(root, encoder.spec.key)
+    hashes = hash_photos(paths)
+    todo: dict[str, Path] = {}
+    for h, p in zip(hashes, paths):
+        if h not in cache and h not in todo:
+            todo[h] = p
+    failed: dict[Path, str] = {}
+    if todo:
+        todo_hashes, todo_paths = list(todo), list(todo.values())
+        buffer: tuple[list[str], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        for ok, pooled, grid, errors in encode_photos(encoder, todo_paths, batch_size, progress):
+            failed.update({todo_paths[i]: msg for i, msg in errors.items()})
+            buffer[0].extend(todo_hashes[i] for i in ok)
+            buffer[1].append(pooled.numpy())
+            buffer[2].append(grid.numpy())
+            if len(buffer[0]) >= shard_size:
+                cache.add(buffer[0], np.concatenate(buffer[1]), np.concatenate(buffer[2]))
+                buffer = ([], [], [])
+        if buffer[0]:
+            cache.add(buffer[0], np.concatenate(buffer[1]), np.concatenate(buffer[2]))
+    return cache, hashes, failed

@@ -1,0 +1,74 @@
+"""A model is a folder: model.safetensors, config.json, vocab.json, MODEL_CARD.md. No pickle: loading runs no code."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .config import DecodeConfig
+from .decoders import Decoder, DecoderConfig
+from .errors import CaptionerError
+from .features import write_atomic
+from .text import Vocab
+
+FORMAT = 1
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
+
+
+@dataclass
+class Model:
+    decoder: Decoder
+    vocab: Vocab
+    encoder: str
+    input_size: int
+    decode: DecodeConfig
+
+
+def save_model(folder: str | Path, model: Model, card: str = "") -> None:
+    """Write the model folder; each file is replaced atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".model.safetensors.tmp"
+    state = {k: v.detach().contiguous() for k, v in model.decoder.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": str(FORMAT)})
+    tmp.replace(folder / "model.safetensors")
+    config = {
+        "format": FORMAT,
+        "encoder": {"name": model.encoder, "input_size": model.input_size},
+        "decoder": asdict(model.decoder.cfg),
+        "feature_dim": model.decoder.feature_dim,
+        "vocab_size": len(model.vocab),
+        "decode": asdict(model.decode),
+    }
+    write_atomic(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    write_atomic(folder / "vocab.json", (json.dumps({"words": model.vocab.words}) + "\n").encode())
+    if card:
+        write_atomic(folder / "MODEL_CARD.md", card.encode())
+
+
+def load_model(folder: str | Path | None = None) -> Model:
+    """Load a model folder (default: the model shipped with captioner)."""
+    folder = Path(folder) if folder else DEFAULT_MODEL
+    needed = ["model.safetensors", "config.json", "vocab.json"]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise CaptionerError(f"{folder} is not a captioner model folder (no {missing[0]}): "
+                             "pass a folder written by `captioner train`")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("format") != FORMAT:
+            raise CaptionerError(f"{folder}/config.json has model format {config.get('format')!r}, "
+                                 f"this captioner reads format {FORMAT}: upgrade captioner or retrain")
+        vocab = Vocab.load(folder / "vocab.json")
+        decoder = Decoder(DecoderConfig(**config["decoder"]), len(vocab), config["feature_dim"])
+        decoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+    except CaptionerError:
+        raise
+    except Exception as e:  # a damaged or foreign folder: say which, not where in our code
+        raise CaptionerError(f"{folder} holds a damaged or incompatible model ({type(e).__name__}: {e})") from None
+    decoder.eval()
+    return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
+                 DecodeConfig(**config.get("decode", {})))
+

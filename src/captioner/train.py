@@ -1,0 +1,243 @@
+"""Training: whole captions with teacher forcing, dev-split selection by CIDEr, exact resume."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .config import Config
+from .corpus import load_prepared
+from .dataset import Split, ensure_features, load_split
+from .decode import greedy
+from .decoders import Decoder
+from .encoders import bf16_supported
+from .errors import CaptionerError
+from .features import write_atomic
+from .glove import GLOVE_DIM, glove_vectors
+from .modelfolder import Model, save_model
+from .text import PAD_ID, Vocab
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def dev_cider(predictions: list[str], references: list[list[str]]) -> float:
+    """CIDEr-D x 100 on already-cleaned text (no Java needed): for model selection during training."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {i: refs for i, refs in enumerate(references)}
+    res = {i: [p] for i, p in enumerate(predictions)}
+    return 100 * float(Cider().compute_score(gts, res)[0])
+
+
+def caption_split(decoder: Decoder, split: Split, vocab: Vocab, max_len: int, batch_size: int = 500) -> list[str]:
+    """Greedy captions of every photo of a split."""
+    decoder.eval()
+    out = []
+    for start in range(0, len(split.paths), batch_size):
+        hyps = greedy(decoder, split.pooled[start:start + batch_size], split.grid[start:start + batch_size], max_len)
+        out.extend(vocab.decode(h.tokens) for h in hyps)
+    return out
+
+
+def build_decoder(cfg: Config, vocab: Vocab, feature_dim: int) -> Decoder:
+    torch.manual_seed(cfg.train.seed)
+    model_cfg = cfg.model
+    if model_cfg.glove != "none":
+        if model_cfg.glove not in ("frozen", "trained"):
+            raise CaptionerError(f"[model] glove must be none, frozen or trained, not {model_cfg.glove!r}")
+        if model_cfg.embed_dim != GLOVE_DIM:
+            raise CaptionerError(f"[model] embed_dim must be {GLOVE_DIM} with GloVe vectors, not {model_cfg.embed_dim}")
+    decoder = Decoder(model_cfg, len(vocab), feature_dim)
+    if model_cfg.glove != "none":
+        vectors, _ = glove_vectors(vocab.words, cfg.train.seed)
+        decoder.embedding.weight.data.copy_(vectors)
+        decoder.embedding.weight.requires_grad_(model_cfg.glove == "trained")
+    return decoder
+
+
+def learning_rate(cfg: Config, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay from lr to min_lr over the whole run."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def batches(photos: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of photo indices; each batch trains on all captions of its photos."""
+    return list(torch.randperm(photos, generator=generator).split(batch_size))
+
+
+def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, captions: torch.Tensor) -> torch.Tensor:
+    target = captions[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=PAD_ID,
+                           label_smoothing=cfg.train.label_smoothing)
+    if attention is not None and cfg.train.attention_reg:
+        mask = (target != PAD_ID).float()[..., None]  # [B, T, 1]
+        coverage = (attention * mask).sum(1)  # [B, N]: how much each cell was looked at over the caption
+        loss = loss + cfg.train.attention_reg * ((1 - coverage) ** 2).mean()
+    return loss
+
+
+def _save_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer, state: dict) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in decoder.state_dict().items()}
+    opt_state = opt.state_dict()
+    for i, s in opt_state["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1) if v.dim() == 0 else v.detach().contiguous()
+    tensors["rng"] = torch.get_rng_state()
+    meta = {**state, "param_groups": opt_state["param_groups"]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    tensors = load_file(str(path))
+    decoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict = {"state": {}, "param_groups": meta.pop("param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
+    opt.load_state_dict(opt_state)
+    torch.set_rng_state(tensors["rng"])
+    return meta
+
+
+def plot_curve(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in log]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [r["train_loss"] for r in log], "o-", color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [r["dev_cider"] for r in log], "s-", color="tab:red", label="dev CIDEr")
+    ax2.set_ylabel("dev CIDEr (greedy)", color="tab:red")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> Path:
+    """Train a decoder as `cfg` says; returns the folder of the model selected on the dev split.
+
+    Writes into cfg.train.out: checkpoint.safetensors (every epoch, atomically),
+    metrics.jsonl, curve.png and model/ (the best epoch by dev CIDEr). With
+    `resume`, continues from the checkpoint exactly as if never stopped.
+    `stop_after` ends this run after that many epochs (resume later).
+    """
+    out = Path(cfg.train.out)
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise CaptionerError(f"{out} already holds a training run: pass --resume to continue it, "
+                             "or choose another [train] out folder")
+    if resume and not ckpt_path.exists():
+        raise CaptionerError(f"{ckpt_path} does not exist: there is nothing to resume (start without --resume)")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    prepared = load_prepared(cfg.data.prepared)
+    cache_root = cfg.data.cache or str(Path(cfg.data.prepared) / "features")
+    cache, hashes = ensure_features(prepared, cfg.data.encoder, cfg.data.input_size, cache_root, ("train", "dev"),
+                                    progress)
+    train_split = load_split(prepared, cache, hashes, "train")
+    dev_split = load_split(prepared, cache, hashes, "dev")
+    vocab, max_len = prepared.vocab, prepared.max_len
+    captions, owner = train_split.captions(vocab, max_len)
+    lengths = (captions != PAD_ID).sum(1)
+    counts = torch.bincount(owner, minlength=len(train_split.paths))  # captions per photo
+    rows_of = owner.argsort(stable=True).split(counts.tolist())  # photo -> its caption rows
+    use_bf16 = cfg.train.bf16 and bf16_supported()
+
+    decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1])
+    opt = torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad], lr=cfg.train.lr,
+                           weight_decay=cfg.train.weight_decay)
+    state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "config": cfg.to_dict()}
+    if resume:
+        state = _load_checkpoint(ckpt_path, decoder, opt)
+        if state["config"] != cfg.to_dict():
+            raise CaptionerError(f"{ckpt_path} was made with a different config: resume with the same config file")
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "metrics.jsonl"
+    log = [json.loads(line) for line in log_path.read_text().splitlines()] if resume and log_path.exists() else []
+    log = log[:state["epoch"]]  # an epoch logged after the last checkpoint is redone
+    steps_per_epoch = math.ceil(len(rows_of) / cfg.train.batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    first = state["epoch"]
+    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
+        if stop_after is not None and state["epoch"] - first >= stop_after:
+            break
+        epoch = state["epoch"] + 1
+        decoder.train()
+        generator = torch.Generator().manual_seed(cfg.train.seed * 10_000 + epoch)
+        started, seen, loss_sum = time.time(), 0, 0.0
+        bar = tqdm(batches(len(rows_of), cfg.train.batch_size, generator), desc=f"epoch {epoch}/{cfg.train.epochs}",
+                   unit="batch", disable=not progress, dynamic_ncols=True)
+        for photos in bar:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, state["step"], total_steps)
+            idx = torch.cat([rows_of[p] for p in photos.tolist()])
+            caps = captions[idx, :int(lengths[idx].max())]
+            which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits, attention = decoder(train_split.pooled[photos], train_split.grid[photos], caps, which)
+            loss = loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, caps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
+            opt.step()
+            state["step"] += 1
+            seen += len(idx)
+            loss_sum += float(loss) * len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", caps_s=f"{seen / (time.time() - started):.0f}")
+        bar.close()
+        predictions = caption_split(decoder, dev_split, vocab, max_len)
+        cider = dev_cider(predictions, dev_split.references)
+        record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_cider": cider,
+                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,
+                  "captions_per_s": seen / (time.time() - started), "sample": predictions[0]}
+        if cider > state["best_cider"]:
+            state.update(best_cider=cider, best_epoch=epoch, bad_epochs=0)
+            save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode),
+                       card=training_card(cfg, record))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        _save_checkpoint(ckpt_path, decoder, opt, state)
+        log.append(record)
+        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log).encode())
+        plot_curve(log, out / "curve.png")
+        if progress:
+            tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev CIDEr {cider:.1f} "
+                       f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), e.g. \"{predictions[0]}\"")
+    return out / "model"
+
+
+def training_card(cfg: Config, record: dict) -> str:
+    """A first model card: how this model was trained; `captioner evaluate` adds test metrics."""
+    return (f"# captioner model\n\n"
+            f"- encoder: {cfg.data.encoder} at {cfg.data.input_size}x{cfg.data.input_size} (frozen)\n"
+            f"- decoder: {cfg.model.kind}, {json.dumps(asdict(cfg.model))}\n"
+            f"- corpus: {cfg.data.prepared}\n"
+            f"- selected at epoch {record['epoch']} by dev CIDEr (greedy) {record['dev_cider']:.1f}\n"
+            f"- training config: {json.dumps(cfg.to_dict())}\n")

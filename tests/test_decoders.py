@@ -1,0 +1,124 @@
+"""Decoder shapes and the search: greedy, beam, <end>, maximum length, no <unk>."""
+import math
+
+import pytest
+import torch
+
+from captioner.decode import beam_search, greedy
+from captioner.decoders import Decoder, DecoderConfig, KINDS
+from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+
+V, D, N = 50, 32, 9
+
+
+def small(kind: str, seed: int = 0) -> Decoder:
+    torch.manual_seed(seed)
+    return Decoder(DecoderConfig(kind=kind, embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0), V, D).eval()
+
+
+def features(batch: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, D, generator=g).half(), torch.randn(batch, N, D, generator=g).half()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_forward_shapes(kind):
+    pooled, grid = features()
+    captions = torch.randint(4, V, (3, 7))
+    logits, attention = small(kind)(pooled, grid, captions)
+    assert logits.shape == (3, 6, V)
+    if kind == "attention":
+        assert attention.shape == (3, 6, N)
+        assert torch.allclose(attention.sum(-1), torch.ones(3, 6), atol=1e-5)
+    else:
+        assert attention is None
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_step_matches_teacher_forcing(kind):
+    """The incremental step and the whole-caption pass compute the same logits, padding or not."""
+    decoder = small(kind)
+    pooled, grid = features()
+    captions = torch.randint(4, V, (4, 6))
+    captions[:, 0] = START_ID
+    captions[1, 3:] = PAD_ID  # a short caption among long ones: it leaves the batch early
+    captions[3, 5:] = PAD_ID
+    owner = torch.tensor([2, 0, 1, 2])  # two captions of photo 2
+    logits, _ = decoder(pooled, grid, captions, owner)
+    state, memory = decoder.start(pooled[owner], grid[owner])
+    for t in range(5):
+        step_logits, state, _ = decoder.step(captions[:, t], state, memory)
+        valid = captions[:, t + 1] != PAD_ID
+        assert torch.allclose(step_logits[valid], logits[valid, t], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_beam_one_equals_greedy(kind):
+    decoder = small(kind, seed=3)
+    pooled, grid = features(5)
+    for g, b in zip(greedy(decoder, pooled, grid, max_len=12), beam_search(decoder, pooled, grid, beam=1, max_len=12)):
+        assert g.tokens == b[0].tokens
+        assert math.isclose(g.logprob, b[0].logprob, rel_tol=1e-5, abs_tol=1e-5)
+
+
+def test_beam_scores_sorted_distinct_and_at_least_greedy():
+    decoder = small("attention", seed=4)
+    pooled, grid = features(4)
+    greedy_hyps = greedy(decoder, pooled, grid, max_len=10)
+    for g, hyps in zip(greedy_hyps, beam_search(decoder, pooled, grid, beam=4, max_len=10)):
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hyps}) == 4
+        assert hyps[0].logprob >= g.logprob - 1e-5  # a wider beam never finds a worse best caption
+        assert hyps[0].attention.shape == (len(hyps[0].tokens) + 1, N)
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in decoder whose next-word log-probabilities follow a script, step by step."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = script  # list of {token: logit} per step; the last one repeats
+
+    def start(self, pooled, grid):
+        return (torch.zeros(pooled.shape[0], 1),), ()
+
+    def step(self, words, state, memory):
+        t = int(state[0][0, 0])
+        logits = torch.full((words.shape[0], V), -20.0)
+        for token, value in self.script[min(t, len(self.script) - 1)].items():
+            logits[:, token] = value
+        return logits, (state[0] + 1,), None
+
+
+def test_search_stops_at_end_and_skips_unk_pad_start():
+    # <unk>, <pad> and <start> are the most likely words at every step, yet never chosen.
+    script = [{UNK_ID: 9, PAD_ID: 9, START_ID: 9, 5: 5}, {UNK_ID: 9, 6: 5}, {END_ID: 5, 7: 1}, {8: 5}]
+    decoder = Scripted(script)
+    pooled, grid = features(2)
+    assert [h.tokens for h in greedy(decoder, pooled, grid, max_len=10)] == [[5, 6], [5, 6]]
+    best = beam_search(decoder, pooled, grid, beam=3, max_len=10)[0][0]
+    assert best.tokens == [5, 6]
+    for hyps in beam_search(decoder, pooled, grid, beam=3, max_len=10):
+        for h in hyps:
+            assert not {UNK_ID, PAD_ID, START_ID, END_ID} & set(h.tokens)
+
+
+def test_search_respects_maximum_length():
+    decoder = Scripted([{9: 5, END_ID: -10}])  # would never end by itself
+    pooled, grid = features(2)
+    assert all(len(h.tokens) == 4 for h in greedy(decoder, pooled, grid, max_len=4))
+    for hyps in beam_search(decoder, pooled, grid, beam=3, max_len=4):
+        assert all(len(h.tokens) <= 4 for h in hyps)
+        assert max(len(h.tokens) for h in hyps) == 4
+
+
+def test_length_penalty_prefers_longer_captions():
+    # Ending now costs little; going on costs a little per word but each word is likely.
+    script = [{5: 0.0, END_ID: -0.5}, {6: 0.0, END_ID: -0.3}, {7: 0.0, END_ID: 0.0}, {END_ID: 5}]
+    decoder = Scripted(script)
+    pooled, grid = features(1)
+    plain = beam_search(decoder, pooled, grid, beam=3, max_len=10, length_penalty=0.0)[0][0]
+    normalised = beam_search(decoder, pooled, grid, beam=3, max_len=10, length_penalty=1.0)[0][0]
+    assert len(normalised.tokens) >= len(plain.tokens)
+    assert normalised.score == pytest.approx(normalised.logprob / (len(normalised.tokens) + 1))
