@@ -70,10 +70,15 @@ class FeatureCache:
             return cache
         try:
             index = json.loads(index_path.read_text())
-            assert index["format"] == FORMAT and index["encoder"] == encoder_key
             shards = index["shards"]
-        except (ValueError, KeyError, AssertionError):
-            raise CaptionerError(f"{index_path} is not a captioner feature index: delete {cache.folder} and run again")
+            if (index["format"] != FORMAT or index["encoder"] != encoder_key or not isinstance(shards, list)
+                    or not all(isinstance(s["file"], str) and isinstance(s["sha256"], str)
+                               and isinstance(s["count"], int) and isinstance(s["hashes"], list)
+                               for s in shards)):
+                raise ValueError("not a feature index")
+        except (ValueError, KeyError, TypeError):  # damaged, or JSON of another shape
+            raise CaptionerError(f"{index_path} is not a captioner feature index: delete {cache.folder} "
+                                 "and run again") from None
         for shard in shards:
             path = cache.folder / shard["file"]
             if verify and (not path.exists() or _sha256(path) != shard["sha256"]):
@@ -126,10 +131,24 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def hash_photos(paths: Sequence[Path], workers: int = 2) -> list[str]:
-    """sha256 of each photo's bytes (the cache key), read in parallel."""
+def hash_photos(paths: Sequence[Path], workers: int = 2,
+                failed: dict[Path, str] | None = None) -> list[str | None]:
+    """sha256 of each photo's bytes (the cache key), read in parallel.
+
+    A photo that cannot be read raises PhotoError, or with `failed` gets None and
+    its one-sentence reason is recorded there, so the other photos still count.
+    """
+    def one(path: Path) -> str | None:
+        try:
+            return file_sha256(path)
+        except CaptionerError as e:
+            if failed is None:
+                raise
+            failed[path] = str(e)
+            return None
+
     with ThreadPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(file_sha256, paths), total=len(paths), desc="hashing", unit="photo",
+        return list(tqdm(pool.map(one, paths), total=len(paths), desc="hashing", unit="photo",
                          disable=len(paths) < 500, leave=False))
 
 
@@ -167,20 +186,26 @@ def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
 
 
 def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard_size: int = 1024,
-                batch_size: int = 32, progress: bool = True) -> tuple[FeatureCache, list[str], dict[Path, str]]:
-    """Encode every photo not cached yet; returns the cache, each photo's hash and the photos that failed."""
+                batch_size: int = 32, progress: bool = True) -> tuple[FeatureCache, list[str | None], dict[Path, str]]:
+    """Encode every photo not cached yet; returns the cache, each photo's hash and the photos that failed.
+
+    A photo that cannot be read or decoded is left out (its hash is None if even
+    its bytes cannot be read) and reported with its reason; the others go on.
+    """
     cache = FeatureCache.open(root, encoder.spec.key)
-    hashes = hash_photos(paths)
+    failed: dict[Path, str] = {}
+    hashes = hash_photos(paths, failed=failed)
     todo: dict[str, Path] = {}
     for h, p in zip(hashes, paths):
-        if h not in cache and h not in todo:
+        if h is not None and h not in cache and h not in todo:
             todo[h] = p
-    failed: dict[Path, str] = {}
     if todo:
         todo_hashes, todo_paths = list(todo), list(todo.values())
         buffer: tuple[list[str], list[np.ndarray], list[np.ndarray]] = ([], [], [])
         for ok, pooled, grid, errors in encode_photos(encoder, todo_paths, batch_size, progress):
             failed.update({todo_paths[i]: msg for i, msg in errors.items()})
+            if not ok:  # every photo of the batch failed: nothing to store
+                continue
             buffer[0].extend(todo_hashes[i] for i in ok)
             buffer[1].append(pooled.numpy())
             buffer[2].append(grid.numpy())
