@@ -62,7 +62,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     A folder expands recursively, in sorted order, to its files whose suffix is
     in PHOTO_SUFFIXES, skipping hidden files and folders (names starting with
-    "."); a folder named like a photo (``dir.jpg/``) is still a folder. A file
+    "."); a folder named like a photo (``dir.jpg/``) is still a folder. A folder
+    with no photos in it is kept as given, so that `load_photo` reports it
+    (an input never vanishes without a word). A file
     (or a path that does not exist) is kept as given whatever its suffix, so a
     text file named x.jpg gets a clear error from `load_photo` rather than
     being silently dropped. A path listed twice is kept once, where it first
@@ -72,7 +74,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     seen: set[Path] = set()
     for given in paths:
         path = Path(given)
-        found = _photos_in(path) if path.is_dir() else [path]
+        found = (_photos_in(path) or [path]) if path.is_dir() else [path]
         for photo in found:
             if photo not in seen:
                 seen.add(photo)
