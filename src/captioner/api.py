@@ -69,11 +69,12 @@ class Captioner:
                                        cfg.length_penalty)
                     for i, beams in zip(ok, hyps):
                         results[i] = self._caption(paths[i], beams, grid_side)
-                for w in caught:
+                # The next batch is decoded (and may warn) while this one is captioned, so warnings
+                # are matched by the path they start with and never cleared: one may be for a later batch.
+                for w in list(caught):
                     for c in results.values():
-                        if str(c.path) in str(w.message):
+                        if str(w.message).startswith(f"{c.path}: "):
                             c.warning = str(w.message)
-                caught.clear()
                 yield from (results[i] for i in sorted(results))
 
     def _caption(self, path: Path, beams, grid_side: int) -> Caption:
