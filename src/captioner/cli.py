@@ -21,6 +21,17 @@ examples:
 """
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (else a usage error, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     from .api import Captioner
     from .visualize import save_attention
@@ -28,6 +39,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     captioner = Captioner.load(args.model)
     if args.attention:
         Path(args.attention).mkdir(parents=True, exist_ok=True)
+    pictures: set[str] = set()  # attention picture names written so far: photos may share a name
     failed = 0
     for c in captioner.stream(args.photos, beam=args.beam, batch_size=args.batch_size):
         if c.warning:
@@ -38,7 +50,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
                   file=sys.stdout if args.json else sys.stderr, flush=True)
             continue
         if args.attention and c.attention is not None:
-            save_attention(c, Path(args.attention))
+            name, n = f"{c.path.stem}.attention.png", 1
+            while name in pictures:  # a.jpg and a.png, or x/a.jpg and y/a.jpg
+                n += 1
+                name = f"{c.path.stem}-{n}.attention.png"
+            pictures.add(name)
+            save_attention(c, Path(args.attention), name)
         if args.json:
             print(json.dumps(c.to_json(), ensure_ascii=False), flush=True)
         elif len(args.photos) == 1 and Path(args.photos[0]).is_file():
@@ -105,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "0 when every photo was captioned, 1 when any failed, 2 on a usage error.")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files or folders")
     p.add_argument("--model", help="a model folder written by `captioner train` (default: the shipped model)")
-    p.add_argument("--beam", type=int, default=None, help="beam width (default: the model's, 3 for the shipped one)")
+    p.add_argument("--beam", type=positive_int, default=None,
+                   help="beam width (default: the model's, 3 for the shipped one)")
     p.add_argument("--json", action="store_true", help='one JSON object per photo: {"path", "caption", "score"} '
                    'or {"path", "error"}')
     p.add_argument("--attention", metavar="DIR", help="write a PNG per photo showing where each word looked "
                    "(attention models)")
-    p.add_argument("--batch-size", type=int, default=16, help="photos encoded together (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("prepare", help="read a corpus, clean captions, build the vocabulary",

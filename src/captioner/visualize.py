@@ -36,8 +36,8 @@ def attention_tiles(caption: Caption) -> Image.Image:
     return sheet
 
 
-def save_attention(caption: Caption, folder: Path) -> Path:
-    """Write `<photo name>.attention.png` into `folder` and return its path."""
-    path = folder / f"{caption.path.stem}.attention.png"
+def save_attention(caption: Caption, folder: Path, name: str | None = None) -> Path:
+    """Write `name` (default `<photo name>.attention.png`) into `folder` and return its path."""
+    path = folder / (name or f"{caption.path.stem}.attention.png")
     attention_tiles(caption).save(path)
     return path
