@@ -1,0 +1,222 @@
+"""`captioner caption` and the Python API on a tiny random model: output format, exit status, odd and broken photos.
+
+The model is untrained, so captions are random words: these tests check format
+and behaviour, never wording. Most run `cli.main` in-process (the encoder is
+loaded once per session); one subprocess proves the real exit status and that
+stderr holds no traceback.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner.api import Caption, Captioner
+from captioner.cli import main
+from captioner.visualize import LABEL, TILE
+from conftest import TEST_THREADS, TINY_MAX_LEN, TINY_WORDS
+from photos import BROKEN_MESSAGES, ODD_SIZES, make_broken_photos, make_odd_photos
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> dict[str, Path]:
+    return make_odd_photos(tmp_path_factory.mktemp("odd photos"))
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> dict[str, Path]:
+    return make_broken_photos(tmp_path_factory.mktemp("broken"))
+
+
+@pytest.fixture
+def caption(tiny_model_dir, reuse_encoders, capsys):
+    """Run `captioner caption --model TINY ARGS...` in-process: (exit status, stdout lines, stderr)."""
+    def run(*args) -> tuple[int, list[str], str]:
+        code = main(["caption", "--model", str(tiny_model_dir), *map(str, args)])
+        out, err = capsys.readouterr()
+        return code, out.splitlines(), err
+    return run
+
+
+def json_lines(lines: list[str]) -> list[dict]:
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        assert set(r) in ({"path", "caption", "score"}, {"path", "error"}), r
+    return records
+
+
+def assert_captioned(record: dict) -> None:
+    assert set(record) == {"path", "caption", "score"}, record
+    words = record["caption"].split()
+    assert len(words) == TINY_MAX_LEN and set(words) <= set(TINY_WORDS)  # the tiny model's words (never ends early)
+    assert isinstance(record["score"], float) and -math.inf < record["score"] < 0
+
+
+def assert_no_traceback(err: str) -> None:
+    assert "Traceback" not in err and 'File "' not in err
+
+
+def test_every_odd_photo_in_a_folder_is_captioned_one_json_line_each(caption, odd):
+    code, lines, err = caption("--json", next(iter(odd.values())).parent)  # the folder
+    assert code == 0, err
+    records = json_lines(lines)
+    # The folder expands to all its photos, sorted by name; every one captioned.
+    assert [r["path"] for r in records] == [str(p) for p in sorted(odd.values(), key=lambda p: p.name)]
+    assert len(records) == len(ODD_SIZES)
+    for r in records:
+        assert_captioned(r)
+    assert any("été photo ñ.png" in line for line in lines)  # non-ASCII printed as is, not escaped
+    assert_no_traceback(err)
+    assert "error" not in err and "warning" not in err
+
+
+def test_each_broken_photo_is_one_error_line_and_the_others_are_still_captioned(caption, odd, broken):
+    order = ["rgb_jpeg", "empty", "text_named_jpg", "bomb_png", "folder_named_jpg", "missing", "damaged_png",
+             "tiny_1x1", "truncated_jpeg", "webp"]
+    paths = [odd[k] if k in odd else broken[k] for k in order]
+    # Batches of 2: the truncated photo is decoded while the batch before it is still being captioned.
+    code, lines, err = caption("--json", "--batch-size", 2, *paths)
+    assert code == 1
+    records = json_lines(lines)
+    assert [r["path"] for r in records] == [str(p) for p in paths]  # one line per input, in input order
+    for name, record in zip(order, records):
+        phrase = BROKEN_MESSAGES.get(name)
+        if phrase:
+            assert set(record) == {"path", "error"}
+            assert phrase in record["error"] and record["error"].startswith(str(broken[name]))
+            assert "\n" not in record["error"] and "Error" not in record["error"]  # a sentence, no exception name
+        else:
+            assert_captioned(record)  # the good photos and the truncated JPEG (what is there of it)
+    assert_no_traceback(err)
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and str(broken["truncated_jpeg"]) in warned[0] and "truncated" in warned[0]
+
+
+def test_plain_output_is_one_line_per_photo_errors_on_stderr(caption, odd, broken):
+    code, lines, err = caption(odd["rgb_jpeg"])  # one photo: just its caption
+    assert code == 0 and len(lines) == 1
+    assert len(lines[0].split()) == TINY_MAX_LEN and set(lines[0].split()) <= set(TINY_WORDS)
+    code, lines, err = caption(odd["rgb_jpeg"], broken["missing"], odd["unicode_name"])
+    assert code == 1
+    assert [line.split(": ", 1)[0] for line in lines] == [str(odd["rgb_jpeg"]), str(odd["unicode_name"])]
+    assert all(set(line.split(": ", 1)[1].split()) <= set(TINY_WORDS) for line in lines)
+    errors = err.splitlines()
+    assert len(errors) == 1 and str(broken["missing"]) in errors[0] and "does not exist" in errors[0]
+
+
+def test_a_folder_with_no_photos_is_an_error_line_not_silence(caption, odd, tmp_path):
+    empty = tmp_path / "nothing here"
+    empty.mkdir()
+    code, lines, err = caption("--json", empty, odd["rgb_jpeg"])
+    assert code == 1
+    records = json_lines(lines)
+    assert set(records[0]) == {"path", "error"} and records[0]["path"] == str(empty)
+    assert "is a folder" in records[0]["error"]
+    assert_captioned(records[1])
+
+
+@pytest.mark.parametrize("args", [
+    [],  # no photos
+    ["photo.jpg", "--beam", "abc"],
+    ["photo.jpg", "--beam", "0"],
+    ["photo.jpg", "--beam", "-2"],
+    ["photo.jpg", "--batch-size", "0"],
+    ["photo.jpg", "--no-such-option"],
+], ids=["no-photos", "beam-abc", "beam-0", "beam-negative", "batch-size-0", "unknown-option"])
+def test_usage_errors_exit_2_with_the_usage(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["caption", *args])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: captioner" in err
+    assert_no_traceback(err)
+
+
+def test_a_model_folder_that_is_not_a_model_is_one_clear_error(odd, tmp_path, capsys):
+    not_a_model = tmp_path / "holiday"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{}")
+    code = main(["caption", "--model", str(not_a_model), "--json", str(odd["rgb_jpeg"])])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and str(not_a_model) in err and "model" in err
+    assert_no_traceback(err)
+
+
+def test_beam_1_and_beam_3_both_caption(caption, odd):
+    photos = [odd["rgb_jpeg"], odd["exif_rotated_jpeg"]]
+    results = {}
+    for beam in (1, 3):
+        code, lines, err = caption("--json", "--beam", beam, *photos)
+        assert code == 0, err
+        results[beam] = json_lines(lines)
+        assert [r["path"] for r in results[beam]] == [str(p) for p in photos]
+        for r in results[beam]:
+            assert_captioned(r)
+
+
+def test_attention_writes_one_png_per_photo_showing_each_word(caption, odd, tmp_path):
+    names = ["rgb_jpeg", "tiny_1x1", "panorama_10000x50", "animated_gif", "animated_png", "animated_webp"]
+    out = tmp_path / "attention maps"
+    code, lines, err = caption("--json", "--attention", out, *(odd[n] for n in names))
+    assert code == 0, err
+    records = json_lines(lines)
+    pngs = sorted(png.name for png in out.iterdir())
+    assert len(pngs) == len(names)  # one per photo, even for photos sharing a name ("animated.*")
+    assert len([png for png in pngs if png.startswith("animated")]) == 3
+    for name, record in zip(names[:3], records):
+        with Image.open(out / f"{odd[name].stem}.attention.png") as img:
+            img.load()
+            width, height = img.size
+        w, h = ODD_SIZES[name]
+        tile_height = max(1, round(TILE * h / w))
+        tiles = len(record["caption"].split()) + 1  # each word and the end of the sentence
+        assert width == 5 * TILE  # bigger than the photo tile: a sheet of tiles with their words
+        assert height == math.ceil(tiles / 5) * (tile_height + LABEL)
+    for png in pngs:
+        with Image.open(out / png) as img:
+            img.verify()
+
+
+def test_python_api_gives_caption_objects_with_alternatives_and_attention(tiny_model_dir, reuse_encoders, odd,
+                                                                          broken):
+    captioner = Captioner.load(tiny_model_dir)
+    photos = [odd["rgb_jpeg"], broken["text_named_jpg"], odd["gray_png"]]
+    for beam in (3, 1):
+        results = captioner.caption(photos, beam=beam)
+        assert [c.path for c in results] == photos and all(isinstance(c, Caption) for c in results)
+        good, bad, other = results
+        assert bad.error and "not a photo" in bad.error and bad.text == ""
+        for c in (good, other):
+            assert c.error == "" and c.text == " ".join(c.words) and set(c.words) <= set(TINY_WORDS)
+            assert len(c.words) == TINY_MAX_LEN and c.score < 0
+            assert len(c.alternatives) == beam - 1
+            assert all(text and score <= c.score + 1e-6 for text, score in c.alternatives)  # best first
+            assert c.attention.shape == (len(c.words) + 1, 7, 7)
+            np.testing.assert_allclose(c.attention.sum((1, 2)), 1.0, rtol=1e-4)  # a distribution per word
+            assert c.to_json() == {"path": str(c.path), "caption": c.text, "score": round(c.score, 4)}
+        assert bad.to_json() == {"path": str(bad.path), "error": bad.error}
+
+
+def test_the_real_command_exits_1_with_a_json_line_per_input_and_no_traceback(tiny_model_dir, odd, broken):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(TEST_THREADS)}
+    done = subprocess.run(
+        [sys.executable, "-m", "captioner.cli", "caption", "--json", "--model", str(tiny_model_dir),
+         str(odd["rgb_jpeg"]), str(broken["empty"])],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    records = json_lines(done.stdout.splitlines())
+    assert [r["path"] for r in records] == [str(odd["rgb_jpeg"]), str(broken["empty"])]
+    assert_captioned(records[0])
+    assert "is empty" in records[1]["error"]
+    assert_no_traceback(done.stderr)
