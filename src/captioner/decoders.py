@@ -23,6 +23,16 @@ from .text import PAD_ID
 State = tuple[torch.Tensor, ...]
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with the mask drawn from uniform noise: the same function, several times faster on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty_like(x).uniform_() >= self.p
+        return x * keep / (1 - self.p)
+
+
 @dataclass
 class DecoderConfig:
     kind: str = "attention"  # merge | inject | attention
@@ -43,7 +53,7 @@ class Merge(nn.Module):
         self.image = nn.Linear(feature_dim, cfg.hidden_dim)
         self.hidden = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def start(self, pooled: torch.Tensor, grid: torch.Tensor) -> tuple[State, State]:
         img = F.relu(self.image(self.drop(pooled)))  # [B, H]
@@ -64,7 +74,7 @@ class Inject(nn.Module):
         self.image = nn.Linear(feature_dim, cfg.embed_dim)
         self.lstm = nn.LSTMCell(cfg.embed_dim, cfg.hidden_dim)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def start(self, pooled, grid):
         img = self.image(self.drop(pooled))  # [B, E]
@@ -92,7 +102,7 @@ class Attention(nn.Module):
         self.lstm = nn.LSTMCell(E + H, H)
         self.deep = nn.Linear(H + H, E)  # deep output: h and context -> word space
         self.out = nn.Linear(E, vocab_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def start(self, pooled, grid):
         ctx = self.drop(F.relu(self.project(grid)))  # [B, N, H]
@@ -154,18 +164,14 @@ class Decoder(nn.Module):
         net = self.net
         words = net.drop(net.embed(captions.index_select(0, order)[:, :-1]))  # [B, T, E]
         active = (steps.index_select(0, order)[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # [T]
-        features = attention = None
+        active = [b for b in active if b > 0]
+        features, alphas = [], []
         for t, b in enumerate(active):
-            if b == 0:
-                break
             state = tuple(s[:b] for s in state)
             step_features, state, alpha = net.step(words[:b, t], state, tuple(m[:b] for m in memory))
-            if features is None:
-                features = step_features.new_zeros(B, T, step_features.shape[1])
-                attention = alpha.new_zeros(B, T, alpha.shape[1]) if alpha is not None else None
-            features[:b, t] = step_features
-            if alpha is not None:
-                attention[:b, t] = alpha
+            features.append(F.pad(step_features, (0, 0, 0, B - b)))  # ended captions: zeros
+            alphas.append(F.pad(alpha, (0, 0, 0, B - b)) if alpha is not None else None)
         unsort = order.argsort()
-        logits = net.out(net.drop(features.index_select(0, unsort)))
-        return logits, attention.index_select(0, unsort) if attention is not None else None
+        logits = net.out(net.drop(torch.stack(features, 1).index_select(0, unsort)))
+        attention = torch.stack(alphas, 1).index_select(0, unsort) if alphas[0] is not None else None
+        return logits, attention

@@ -208,7 +208,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
             opt.step()
             state["step"] += 1
             seen += len(idx)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", caps_s=f"{seen / (time.time() - started):.0f}")
         bar.close()
         predictions = caption_split(decoder, dev_split, vocab, max_len)

@@ -1,0 +1,71 @@
+"""Time captioning with a loaded model: one photo warm, a folder of JPEGs, and peak memory.
+
+    python benchmarks/caption_speed.py --photos ../shared/data/flickr8k/Images --count 500 --beam 3
+
+Single-photo latency is the median of --repeats calls of `Captioner.caption([photo])`
+on a loaded model (photo decode, encoder, beam search). Folder throughput is the
+median over --runs passes of `Captioner.caption([folder])`. Peak memory is this
+process's maximum resident set size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from captioner import Captioner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "data" / "flickr8k" / "Images"),
+                        help="a folder of JPEGs to sample from")
+    parser.add_argument("--count", type=int, default=500, help="photos in the timed folder")
+    parser.add_argument("--model", help="model folder (default: the shipped model)")
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=30, help="single-photo calls")
+    parser.add_argument("--runs", type=int, default=3, help="passes over the folder")
+    args = parser.parse_args()
+
+    photos = sorted(Path(args.photos).glob("*.jpg"))[:args.count]
+    folder = Path(tempfile.mkdtemp(prefix="captioner-speed-"))
+    for p in photos:
+        shutil.copy(p, folder / p.name)
+    started = time.time()
+    captioner = Captioner.load(args.model)
+    load_seconds = time.time() - started
+    examples = sorted((ROOT / "examples").glob("*.jpg"))
+    captioner.caption(examples[:1], beam=args.beam)  # warm-up
+    single = []
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        captioner.caption([examples[i % len(examples)]], beam=args.beam)
+        single.append(time.perf_counter() - t)
+    throughput = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        out = captioner.caption([folder], beam=args.beam)
+        throughput.append(len(out) / (time.perf_counter() - t))
+    shutil.rmtree(folder)
+    result = {
+        "beam": args.beam, "threads": torch.get_num_threads(), "model_load_s": round(load_seconds, 2),
+        "single_photo_ms_median": round(1000 * statistics.median(single), 1),
+        "single_photo_ms_all": [round(1000 * s, 1) for s in sorted(single)][::max(1, args.repeats // 10)],
+        "folder_photos": len(photos), "folder_photos_per_s_median": round(statistics.median(throughput), 1),
+        "folder_photos_per_s_runs": [round(x, 1) for x in throughput],
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Training end to end on ~50 Flickr8k photos: every decoder learns, resume is exact, the model folder loads."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from captioner.config import config_from_dict
+from captioner.corpus import prepare
+from captioner.errors import CaptionerError
+from captioner.modelfolder import load_model
+from captioner.train import CHECKPOINT, train
+
+TRAIN, DEV = 40, 10
+
+
+@pytest.fixture(scope="module")
+def mini_corpus(tmp_path_factory, request) -> Path:
+    """A Flickr8k-format corpus of 50 real photos (40 train, 10 dev), prepared, with lite0 features cached."""
+    root = request.getfixturevalue("flickr8k_root")
+    src = tmp_path_factory.mktemp("flickr8k-mini")
+    names = (root / "Flickr_8k.trainImages.txt").read_text().split()[:TRAIN]
+    dev = (root / "Flickr_8k.devImages.txt").read_text().split()[:DEV]
+    (src / "Images").mkdir()
+    for name in names + dev:
+        shutil.copy(root / "Images" / name, src / "Images" / name)
+    keep = set(names + dev)
+    lines = [line for line in (root / "Flickr8k.token.txt").read_text().splitlines()
+             if line.split("#")[0] in keep]
+    (src / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    (src / "Flickr_8k.trainImages.txt").write_text("\n".join(names) + "\n")
+    (src / "Flickr_8k.devImages.txt").write_text("\n".join(dev) + "\n")
+    (src / "Flickr_8k.testImages.txt").write_text("")
+    out = tmp_path_factory.mktemp("prepared")
+    prepare("flickr8k", src, out, min_count=2)
+    return out
+
+
+def tiny_config(corpus: Path, out: Path, kind: str, **train) -> dict:
+    return {
+        "data": {"prepared": str(corpus), "encoder": "efficientnet-lite0", "cache": str(corpus / "features")},
+        "model": {"kind": kind, "embed_dim": 32, "hidden_dim": 48, "attention_dim": 16, "dropout": 0.1},
+        "train": {"out": str(out), "epochs": 4, "batch_size": 8, "lr": 3e-3, "min_lr": 1e-3, "warmup_steps": 1,
+                  "patience": 10, "seed": 1, **train},
+        "decode": {"beam": 2, "max_len": 12},
+    }
+
+
+@pytest.mark.parametrize("kind", ["merge", "inject", "attention"])
+def test_each_decoder_learns(mini_corpus, tmp_path, kind):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / kind, kind))
+    model_dir = train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / kind / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.5, log
+    assert (tmp_path / kind / "curve.png").stat().st_size > 1000
+    model = load_model(model_dir)
+    assert model.decoder.cfg.kind == kind and model.encoder == "efficientnet-lite0"
+    assert (model_dir / "MODEL_CARD.md").read_text().startswith("# captioner model")
+
+
+def test_glove_embedding_frozen(mini_corpus, tmp_path):
+    values = tiny_config(mini_corpus, tmp_path / "glove", "merge", epochs=1)
+    values["model"] |= {"glove": "frozen", "embed_dim": 50}
+    cfg = config_from_dict(values)
+    from captioner.glove import glove_vectors
+
+    model = load_model(train(cfg, progress=False))
+    vectors, found = glove_vectors(model.vocab.words, seed=1)  # the config's seed
+    assert found > 0.9 * (len(model.vocab) - 4)
+    assert torch.equal(model.decoder.embedding.weight, vectors)  # frozen: GloVe as loaded
+
+
+def test_resume_is_exact(mini_corpus, tmp_path):
+    """Two epochs in one run, or one epoch, a stop, and --resume: the same weights to the bit."""
+    straight = config_from_dict(tiny_config(mini_corpus, tmp_path / "straight", "attention", epochs=2))
+    train(straight, progress=False)
+    stopped = config_from_dict(tiny_config(mini_corpus, tmp_path / "stopped", "attention", epochs=2))
+    train(stopped, stop_after=1, progress=False)
+    assert len((tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(CaptionerError, match="--resume"):
+        train(stopped, progress=False)
+    train(stopped, resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / CHECKPOINT))
+    b = load_file(str(tmp_path / "stopped" / CHECKPOINT))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_resume_refuses_another_config(mini_corpus, tmp_path):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", epochs=2))
+    train(cfg, stop_after=1, progress=False)
+    changed = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", epochs=2, lr=1e-2))
+    with pytest.raises(CaptionerError, match="different config"):
+        train(changed, resume=True, progress=False)
+
+
+def test_unknown_setting_is_a_clear_error(tmp_path):
+    with pytest.raises(CaptionerError, match="unknown setting 'lr_rate'"):
+        config_from_dict({"train": {"lr_rate": 1}})
+    with pytest.raises(CaptionerError, match=r"unknown section \[optim\]"):
+        config_from_dict({"optim": {}})
