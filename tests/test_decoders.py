@@ -39,14 +39,15 @@ def test_step_matches_teacher_forcing(kind):
     """The incremental step and the whole-caption pass compute the same logits, padding or not."""
     decoder = small(kind)
     pooled, grid = features()
-    captions = torch.randint(4, V, (4, 6))
+    g = torch.Generator().manual_seed(2)
+    captions = torch.randint(4, V, (10, 9), generator=g)
     captions[:, 0] = START_ID
-    captions[1, 3:] = PAD_ID  # a short caption among long ones: it leaves the batch early
-    captions[3, 5:] = PAD_ID
-    owner = torch.tensor([2, 0, 1, 2])  # two captions of photo 2
+    for row, length in enumerate([9, 3, 5, 9, 2, 7, 8, 4, 6, 9]):  # short captions leave the batch early
+        captions[row, length:] = PAD_ID
+    owner = torch.randint(0, 3, (10,), generator=g)  # several captions per photo
     logits, _ = decoder(pooled, grid, captions, owner)
     state, memory = decoder.start(pooled[owner], grid[owner])
-    for t in range(5):
+    for t in range(8):
         step_logits, state, _ = decoder.step(captions[:, t], state, memory)
         valid = captions[:, t + 1] != PAD_ID
         assert torch.allclose(step_logits[valid], logits[valid, t], atol=1e-5)

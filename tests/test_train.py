@@ -105,3 +105,18 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
         config_from_dict({"train": {"lr_rate": 1}})
     with pytest.raises(CaptionerError, match=r"unknown section \[optim\]"):
         config_from_dict({"optim": {}})
+
+
+def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
+    model_dir = train(cfg, progress=False)
+    from captioner.evaluate import evaluate
+
+    result = evaluate(model_dir, mini_corpus, "dev", beam=2, out=tmp_path / "eval", progress=False)
+    scores = result["scores"]
+    assert set(scores) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "photos"}
+    assert scores["photos"] == DEV and 0 <= scores["BLEU-1"] <= 100
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["meta"]["split"] == "dev" and report["meta"]["beam"] == 2
+    assert len(report["samples"]) == DEV and all(s["references"] for s in report["samples"])
+    assert "<img" in (tmp_path / "eval" / "report.html").read_text()

@@ -152,7 +152,7 @@ class Decoder(nn.Module):
 
         With `owner` [B], caption b belongs to photo owner[b]: each photo's features
         are prepared once for all of its captions. Captions run longest first and
-        each leaves the batch when it ends, so padding costs nothing.
+        ended ones leave the batch, so padding costs little.
         """
         B, T = captions.shape[0], captions.shape[1] - 1
         steps = (captions != PAD_ID).sum(1) - 1  # [B]: words to predict in each caption
@@ -166,11 +166,15 @@ class Decoder(nn.Module):
         active = (steps.index_select(0, order)[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # [T]
         active = [b for b in active if b > 0]
         features, alphas = [], []
+        rows = B  # captions still run; shrunk in steps, as each slice of memory costs a full-size gradient
         for t, b in enumerate(active):
-            state = tuple(s[:b] for s in state)
-            step_features, state, alpha = net.step(words[:b, t], state, tuple(m[:b] for m in memory))
-            features.append(F.pad(step_features, (0, 0, 0, B - b)))  # ended captions: zeros
-            alphas.append(F.pad(alpha, (0, 0, 0, B - b)) if alpha is not None else None)
+            if b <= rows * 3 // 4:
+                rows = b
+                state = tuple(s[:b] for s in state)
+                memory = tuple(m[:b] for m in memory)
+            step_features, state, alpha = net.step(words[:rows, t], state, memory)
+            features.append(F.pad(step_features[:b], (0, 0, 0, B - b)))  # ended captions: zeros
+            alphas.append(F.pad(alpha[:b], (0, 0, 0, B - b)) if alpha is not None else None)
         unsort = order.argsort()
         logits = net.out(net.drop(torch.stack(features, 1).index_select(0, unsort)))
         attention = torch.stack(alphas, 1).index_select(0, unsort) if alphas[0] is not None else None

@@ -214,7 +214,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         predictions = caption_split(decoder, dev_split, vocab, max_len)
         cider = dev_cider(predictions, dev_split.references)
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_cider": cider,
-                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,
+                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
                   "captions_per_s": seen / (time.time() - started), "sample": predictions[0]}
         if cider > state["best_cider"]:
             state.update(best_cider=cider, best_epoch=epoch, bad_epochs=0)
@@ -228,8 +228,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log).encode())
         plot_curve(log, out / "curve.png")
         if progress:
+            left = (cfg.train.epochs - epoch) * sum(r["seconds"] for r in log) / len(log)
             tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev CIDEr {cider:.1f} "
-                       f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), e.g. \"{predictions[0]}\"")
+                       f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), "
+                       f"at most {left / 60:.0f} min left; e.g. \"{predictions[0]}\"")
     return out / "model"
 
 
