@@ -2,9 +2,10 @@
 
     python benchmarks/reproduce_default.py --corpus ../shared/data/flickr8k --work /tmp/captioner-bench
 
-Runs `captioner prepare`, `features`, `train configs/default.toml` and
-`evaluate --split test` as a user would, each as its own process, and prints
-the commands, their wall-clock times and the test-split metrics. With --ship
+Runs `captioner prepare`, `features`, `train configs/default.toml`, chooses the
+beam width and length penalty on the dev split (benchmarks/tune_decoding.py) and
+runs `evaluate --split test` once, as a user would, each as its own process, and
+prints the commands, their wall-clock times and the test-split metrics. With --ship
 the trained model is copied into src/captioner/assets/default with its card.
 """
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main() -> None:
     run([*exe, "prepare", "flickr8k", args.corpus, "--out", str(data)], log)
     run([*exe, "features", "--data", str(data), "--encoder", config["data"]["encoder"]], log)
     run([*exe, "train", str(cfg_path)], log)
+    run([sys.executable, str(ROOT / "benchmarks" / "tune_decoding.py"), "--model", str(out / "model"),
+         "--data", str(data), "--beams", "3,5", "--length-penalties", "0,0.5", "--write"], log)
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "test", "--json"], log)
     total = time.time() - started
     report = json.loads((out / "model" / "eval-test" / "report.json").read_text())
@@ -74,7 +77,8 @@ def main() -> None:
     summary = {"machine": machine(), "total_minutes": round(total / 60, 1), "stages": log,
                "epochs_run": len(epochs), "best_epoch": best["epoch"], "dev_cider_greedy": round(best["dev_cider"], 1),
                "test": {k: round(v, 1) for k, v in report["scores"].items() if k != "photos"},
-               "diversity": report["diversity"], "beam": report["meta"]["beam"]}
+               "diversity": report["diversity"], "beam": report["meta"]["beam"],
+               "length_penalty": report["meta"]["length_penalty"]}
     print(json.dumps(summary, indent=2))
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.ship:
@@ -83,14 +87,20 @@ def main() -> None:
 
 def ship(model: Path, summary: dict, config: str) -> None:
     """Copy the model files into the package with a card that says how it was made and how it scores."""
+    from safetensors.torch import load_file, save_file
+
     dest = ROOT / "src" / "captioner" / "assets" / "default"
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "config.json", "vocab.json"):
-        shutil.copy(model / name, dest / name)
+    for name in ("config.json", "vocab.json"):
+        shutil.copyfile(model / name, dest / name)
+    # float16 halves the package; the decoder loads it back into float32.
+    weights = {k: v.half() for k, v in load_file(str(model / "model.safetensors")).items()}
+    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "1"})
     card = (ROOT / "benchmarks" / "MODEL_CARD.template.md").read_text()
     test = summary["test"]
     card = card.format(machine=summary["machine"], minutes=summary["total_minutes"], epochs=summary["epochs_run"],
                        best_epoch=summary["best_epoch"], dev_cider=summary["dev_cider_greedy"], beam=summary["beam"],
+                       length_penalty=summary["length_penalty"],
                        config=Path(config).read_text().strip(),
                        metrics=" | ".join(f"{test[k]:.1f}" for k in test), metric_names=" | ".join(test),
                        rule="|".join("---" for _ in test),

@@ -1,0 +1,48 @@
+"""The model shipped in the package: complete, small, pickle-free, and it describes photos."""
+import json
+from pathlib import Path
+
+from captioner import Captioner
+from captioner.modelfolder import DEFAULT_MODEL
+from captioner.text import clean
+from captioner.train import dev_cider
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_shipped_model_folder_is_complete_and_small():
+    names = {p.name for p in DEFAULT_MODEL.iterdir()}
+    assert {"model.safetensors", "config.json", "vocab.json", "MODEL_CARD.md"} <= names
+    assert not any(name.endswith((".pt", ".pth", ".pkl", ".bin")) for name in names)  # no pickle
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) <= 25 * 2**20
+    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert config["encoder"] == {"name": "efficientnet-lite2", "input_size": 224}
+    card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
+    assert "Test-split metrics" in card and "Flickr8k" in card
+
+
+def test_shipped_model_captions_the_examples():
+    captions = Captioner.load().caption([EXAMPLES])
+    assert len(captions) == len(list(EXAMPLES.glob("*.jpg")))
+    for c in captions:
+        assert not c.error
+        assert len(c.words) >= 3 and "<unk>" not in c.words
+        assert c.score < 0 and len(c.alternatives) == 2  # beam 3: the best and two others
+    assert len({c.text for c in captions}) >= len(captions) - 1
+
+
+def test_shipped_model_describes_flickr8k_test_photos(flickr8k_root):
+    """On unseen corpus photos the captions share far more with the human ones than chance does."""
+    names = (flickr8k_root / "Flickr_8k.testImages.txt").read_text().split()[:40]
+    refs: dict[str, list[str]] = {n: [] for n in names}
+    for line in (flickr8k_root / "Flickr8k.token.txt").read_text().splitlines():
+        image, _, caption = line.partition("\t")
+        name = image.split("#")[0]
+        if name in refs:
+            refs[name].append(" ".join(clean(caption)))
+    captions = Captioner.load().caption([flickr8k_root / "Images" / n for n in names])
+    predicted = [" ".join(c.words) for c in captions]
+    references = [refs[n] for n in names]
+    shuffled = predicted[1:] + predicted[:1]  # each photo given another photo's caption
+    assert dev_cider(predicted, references) > 30
+    assert dev_cider(predicted, references) > 2 * dev_cider(shuffled, references)
