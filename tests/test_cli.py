@@ -202,7 +202,7 @@ def test_python_api_gives_caption_objects_with_alternatives_and_attention(tiny_m
             assert len(c.alternatives) == beam - 1
             assert all(text and score <= c.score + 1e-6 for text, score in c.alternatives)  # best first
             assert c.attention.shape == (len(c.words) + 1, 7, 7)
-            np.testing.assert_allclose(c.attention.sum((1, 2)), 1.0, rtol=1e-4)  # a distribution per word
+            np.testing.assert_allclose(c.attention.sum((1, 2)), 1.0, rtol=2e-2)  # a distribution per word (bf16)
             assert c.to_json() == {"path": str(c.path), "caption": c.text, "score": round(c.score, 4)}
         assert bad.to_json() == {"path": str(bad.path), "error": bad.error}
 

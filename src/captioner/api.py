@@ -45,7 +45,7 @@ class Captioner:
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> "Captioner":
         """The model in `model_dir`, or the default model shipped with captioner."""
-        model = load_model(model_dir)
+        model = load_model(model_dir, fast=True)
         return cls(model, load_encoder(model.encoder, model.input_size))
 
     def caption(self, photos: Iterable[str | Path], beam: int | None = None, batch_size: int = 16,

@@ -39,6 +39,7 @@ def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: 
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
         logp = _never(logits.float().log_softmax(-1))
+        alpha = alpha.float() if alpha is not None else None
         if t == max_len:
             words = torch.full((B,), END_ID, dtype=torch.long)
         else:
@@ -82,6 +83,7 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
         logp = _never(logits.float().log_softmax(-1)).view(B, K, -1)
+        alpha = alpha.float() if alpha is not None else None
         V = logp.shape[-1]
         if t == max_len:  # out of room: every open beam ends here
             end_only = torch.full_like(logp, float("-inf"))

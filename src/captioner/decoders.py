@@ -139,7 +139,8 @@ class Decoder(nn.Module):
         return self.net.embed
 
     def start(self, pooled: torch.Tensor, grid: torch.Tensor) -> tuple[State, State]:
-        return self.net.start(pooled.float(), grid.float())
+        dtype = self.net.embed.weight.dtype  # float32, or bfloat16 for fast inference
+        return self.net.start(pooled.to(dtype), grid.to(dtype))
 
     def step(self, words: torch.Tensor, state: State, memory: State):
         net = self.net

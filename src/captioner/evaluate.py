@@ -24,7 +24,7 @@ def evaluate(model_dir: str | Path | None, data: str | Path, split: str = "test"
 
     `beam` and `length_penalty` default to the model's own decoding settings.
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, fast=True)  # scored exactly as `captioner caption` decodes
     beam = beam or model.decode.beam
     if length_penalty is None:
         length_penalty = model.decode.length_penalty
