@@ -101,7 +101,9 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{len(self.shards):05d}-{hashes[0][:8]}.safetensors"
         path = self.folder / name
-        save_file({"pooled": pooled.astype(np.float16), "grid": grid.astype(np.float16)}, str(path))
+        tmp = path.with_name(f".{name}.tmp")
+        save_file({"pooled": pooled.astype(np.float16), "grid": grid.astype(np.float16)}, str(tmp))
+        os.replace(tmp, path)
         self._add_shard({"file": name, "sha256": _sha256(path), "count": len(hashes), "hashes": hashes})
         index = {"format": FORMAT, "encoder": self.encoder_key, "shards": self.shards}
         write_atomic(self.folder / INDEX, json.dumps(index).encode())
