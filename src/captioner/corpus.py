@@ -15,11 +15,11 @@ import os
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import CaptionerError
+from .files import atomic_path
 from .text import Vocab, clean
 
 FORMAT = 1
@@ -480,20 +480,6 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` that replaces it only once fully written, so no file is ever half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CaptionerError(f"Cannot write {path} ({e.strerror or e}).") from None
-        raise
-
-
 def _group(records: Iterable[Record]) -> list[dict]:
     """One entry per image, sorted by name, captions in their original order."""
     by_image: dict[str, dict] = {}
@@ -541,11 +527,11 @@ def prepare(kind: str, source: str | Path, out_dir: str | Path, *, image_root: s
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CaptionerError(f"Cannot create the output folder {out} ({e.strerror}).") from None
-    with _atomic(out / "captions.json") as tmp:
+    with atomic_path(out / "captions.json") as tmp:
         tmp.write_text(json.dumps(captions, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    with _atomic(out / "vocab.json") as tmp:
+    with atomic_path(out / "vocab.json") as tmp:
         vocab.save(tmp)
-    with _atomic(out / "report.json") as tmp:
+    with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 

@@ -8,9 +8,7 @@ resumes after it; a partial or corrupt shard is detected and recomputed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,28 +22,11 @@ from tqdm import tqdm
 
 from .encoders import Encoder
 from .errors import CaptionerError
+from .files import atomic_path, write_atomic
 from .images import file_sha256, load_photo, to_pixels
 
 INDEX = "index.json"
 FORMAT = 1
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -81,7 +62,7 @@ class FeatureCache:
                                  "and run again") from None
         for shard in shards:
             path = cache.folder / shard["file"]
-            if verify and (not path.exists() or _sha256(path) != shard["sha256"]):
+            if verify and (not path.exists() or file_sha256(path) != shard["sha256"]):
                 warnings.warn(f"feature shard {path} is missing or corrupt: its {shard['count']} photos will be encoded again")
                 continue
             cache._add_shard(shard)
@@ -101,12 +82,11 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{len(self.shards):05d}-{hashes[0][:8]}.safetensors"
         path = self.folder / name
-        tmp = path.with_name(f".{name}.tmp")
-        save_file({"pooled": pooled.astype(np.float16), "grid": grid.astype(np.float16)}, str(tmp))
-        os.replace(tmp, path)
-        self._add_shard({"file": name, "sha256": _sha256(path), "count": len(hashes), "hashes": hashes})
+        with atomic_path(path) as tmp:
+            save_file({"pooled": pooled.astype(np.float16), "grid": grid.astype(np.float16)}, str(tmp))
+        self._add_shard({"file": name, "sha256": file_sha256(path), "count": len(hashes), "hashes": hashes})
         index = {"format": FORMAT, "encoder": self.encoder_key, "shards": self.shards}
-        write_atomic(self.folder / INDEX, json.dumps(index).encode())
+        write_atomic(self.folder / INDEX, json.dumps(index))
 
     def load(self, hashes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the given photos, in order: pooled [n, D] and grid [n, N, D], float16."""

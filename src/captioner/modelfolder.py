@@ -12,7 +12,7 @@ from .config import DecodeConfig
 from .decoders import Decoder, DecoderConfig
 from .encoders import bf16_supported
 from .errors import CaptionerError
-from .features import write_atomic
+from .files import atomic_path, write_atomic
 from .text import Vocab
 
 FORMAT = 1
@@ -32,10 +32,9 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
     """Write the model folder; each file is replaced atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".model.safetensors.tmp"
     state = {k: v.detach().contiguous() for k, v in model.decoder.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format": str(FORMAT)})
-    tmp.replace(folder / "model.safetensors")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": str(FORMAT)})
     config = {
         "format": FORMAT,
         "encoder": {"name": model.encoder, "input_size": model.input_size},
@@ -44,10 +43,10 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
         "vocab_size": len(model.vocab),
         "decode": asdict(model.decode),
     }
-    write_atomic(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    write_atomic(folder / "vocab.json", (json.dumps({"words": model.vocab.words}) + "\n").encode())
+    write_atomic(folder / "config.json", json.dumps(config, indent=2) + "\n")
+    write_atomic(folder / "vocab.json", json.dumps({"words": model.vocab.words}) + "\n")
     if card:
-        write_atomic(folder / "MODEL_CARD.md", card.encode())
+        write_atomic(folder / "MODEL_CARD.md", card)
 
 
 def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:

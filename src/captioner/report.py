@@ -5,13 +5,12 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import CaptionerError
+from .files import write_atomic
 
 THUMBNAIL_PX = 160
 
@@ -59,9 +58,9 @@ def write_report(out_dir: str | Path, *, scores: dict, diversity: dict, samples:
     samples = [_plain_sample(s) for s in samples]
 
     document = {"meta": meta, "scores": scores, "diversity": diversity, "samples": samples}
-    json_path = _write_atomic(out / "report.json", json.dumps(document, indent=1, ensure_ascii=False,
+    json_path = write_atomic(out / "report.json", json.dumps(document, indent=1, ensure_ascii=False,
                                                               default=str) + "\n")
-    html_path = _write_atomic(out / "report.html", _html(meta, scores, diversity, samples, max_samples))
+    html_path = write_atomic(out / "report.html", _html(meta, scores, diversity, samples, max_samples))
     return json_path, html_path
 
 
@@ -164,22 +163,3 @@ def _plain(value: Any) -> str:
 
 def _escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    """Writes `text` next to `path` and renames it into place, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path

@@ -19,7 +19,7 @@ from .decode import greedy
 from .decoders import Decoder
 from .encoders import bf16_supported
 from .errors import CaptionerError
-from .features import write_atomic
+from .files import atomic_path, write_atomic
 from .glove import GLOVE_DIM, glove_vectors
 from .modelfolder import Model, save_model
 from .text import PAD_ID, Vocab
@@ -95,9 +95,8 @@ def _save_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer, s
             tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1) if v.dim() == 0 else v.detach().contiguous()
     tensors["rng"] = torch.get_rng_state()
     meta = {**state, "param_groups": opt_state["param_groups"]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
 
 
 def _load_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer) -> dict:
@@ -132,10 +131,9 @@ def plot_curve(log: list[dict], path: Path) -> None:
     ax2.plot(epochs, [r["dev_cider"] for r in log], "s-", color="tab:red", label="dev CIDEr")
     ax2.set_ylabel("dev CIDEr (greedy)", color="tab:red")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> Path:
@@ -225,7 +223,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         state["epoch"] = epoch
         _save_checkpoint(ckpt_path, decoder, opt, state)
         log.append(record)
-        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log).encode())
+        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log))
         plot_curve(log, out / "curve.png")
         if progress:
             left = (cfg.train.epochs - epoch) * sum(r["seconds"] for r in log) / len(log)
