@@ -9,7 +9,7 @@ import torch
 from .corpus import Prepared
 from .encoders import load_encoder
 from .errors import CaptionerError
-from .features import FeatureCache, build_cache, hash_photos
+from .features import FeatureCache, build_cache
 from .text import PAD_ID, Vocab
 
 
@@ -41,15 +41,11 @@ def ensure_features(prepared: Prepared, encoder: str, input_size: int, cache_roo
     """Encode the corpus photos of `splits` not cached yet; returns the cache and each photo's hash."""
     images = [im for im in prepared.images if im["split"] in splits]
     paths = [prepared.image_root / im["image"] for im in images]
-    enc = load_encoder(encoder, input_size)
-    cache = FeatureCache.open(cache_root, enc.spec.key)
-    hashes = hash_photos(paths)
-    if any(h not in cache for h in hashes):
-        cache, hashes, failed = build_cache(enc, paths, cache_root, progress=progress)
-        if failed:
-            path, reason = next(iter(failed.items()))
-            raise CaptionerError(f"{len(failed)} corpus photos could not be encoded, the first: {reason}; "
-                                 "fix or remove them and run `captioner prepare` again")
+    cache, hashes, failed = build_cache(load_encoder(encoder, input_size), paths, cache_root, progress=progress)
+    if failed:
+        reason = next(iter(failed.values()))
+        raise CaptionerError(f"{len(failed)} corpus photos could not be encoded, the first: {reason}; "
+                             "fix or remove them and run `captioner prepare` again")
     return cache, {im["image"]: h for im, h in zip(images, hashes)}
 
 
