@@ -26,6 +26,7 @@ class Caption:
     words: list[str] = field(default_factory=list)
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # the beam's other captions
     attention: np.ndarray | None = None  # [len(words) + 1, G, G]: where each word (and the end) looked
+    vector: np.ndarray | None = None  # [D] float32: the encoder's pooled vector of the photo
     error: str = ""
     warning: str = ""
 
@@ -67,8 +68,8 @@ class Captioner:
                 if ok:
                     hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
                                        cfg.length_penalty)
-                    for i, beams in zip(ok, hyps):
-                        results[i] = self._caption(paths[i], beams, grid_side)
+                    for i, beams, vector in zip(ok, hyps, pooled.float().numpy()):
+                        results[i] = self._caption(paths[i], beams, grid_side, vector)
                 # The next batch is decoded (and may warn) while this one is captioned, so warnings
                 # are matched by the path they start with and never cleared: one may be for a later batch.
                 for w in list(caught):
@@ -77,12 +78,12 @@ class Captioner:
                             c.warning = str(w.message)
                 yield from (results[i] for i in sorted(results))
 
-    def _caption(self, path: Path, beams, grid_side: int) -> Caption:
+    def _caption(self, path: Path, beams, grid_side: int, vector: np.ndarray) -> Caption:
         words_of = [[self.model.vocab.words[t] for t in h.tokens] for h in beams]
         best = beams[0]
         attention = None
         if best.attention is not None:
             attention = best.attention.reshape(-1, grid_side, grid_side).numpy()
         return Caption(path, detokenize(words_of[0]), best.logprob, words_of[0],
-                       [(detokenize(w), h.logprob) for w, h in zip(words_of[1:], beams[1:])], attention)
+                       [(detokenize(w), h.logprob) for w, h in zip(words_of[1:], beams[1:])], attention, vector)
 
