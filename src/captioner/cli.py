@@ -1,4 +1,4 @@
-"""The `captioner` command: caption, prepare, features, train, evaluate."""
+"""The `captioner` command: caption, prepare, features, train, evaluate, align, index, similar, search."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,9 @@ examples:
   captioner features --data data/flickr8k         encode every photo once (cached)
   captioner train configs/flickr8k-attention.toml
   captioner evaluate --model runs/attention/model --split test --beam 3
+  captioner index ~/Pictures                      caption and embed a collection into the gallery
+  captioner search "a dog catching a frisbee"     find gallery photos by description
+  captioner similar photo.jpg -k 5                gallery photos most like this one
 """
 
 
@@ -111,6 +114,73 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from .retrieval import align
+
+    result = align(args.model, args.data, args.cache)
+    cfg = result["config"]
+    best = max((t for t in result["dev_trials"] if t["blend"] == cfg["blend"]
+                and t["rerank_weight"] == cfg["rerank_weight"]), key=lambda t: t["R@1"])
+    print(json.dumps(result) if args.json else
+          f"retrieval head saved in {args.model}: blend {cfg['blend']}, rerank weight {cfg['rerank_weight']}; "
+          f"dev R@1 {best['R@1']:.1f}, R@10 {best['R@10']:.1f}, median rank {best['median_rank']:.0f}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild)
+    try:
+        report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size)
+    finally:
+        gallery.close()
+    for path, reason in report.failed.items():
+        print(json.dumps({"path": path, "error": reason}, ensure_ascii=False) if args.json
+              else f"captioner: {reason}", file=sys.stdout if args.json else sys.stderr)
+    print(json.dumps({"db": str(gallery.db)} | {k: v for k, v in vars(report).items() if k != "failed"})
+          if args.json else f"{gallery.db}: {report.summary()}")
+    return 1 if report.failed else 0
+
+
+def _print_matches(matches, as_json: bool) -> None:
+    for rank, m in enumerate(matches, 1):
+        print(json.dumps({"rank": rank} | m.to_json(), ensure_ascii=False) if as_json
+              else f"{m.score:6.3f}  {m.path}  {m.caption}", flush=True)
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    _print_matches(Gallery.open(args.db, model=args.model).similar(args.photo, args.k, args.by), args.json)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    if (args.text is None) == (args.queries is None):
+        raise CaptionerError("give either a search TEXT or --queries FILE")
+    gallery = Gallery.open(args.db, model=args.model)
+    if args.text is not None:
+        _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
+        return 0
+    with open(args.queries, encoding="utf-8") as f:
+        for query in (line.strip() for line in f):
+            if query:
+                found = gallery.search(query, args.k, args.rerank)
+                print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
+                                  "scores": [round(m.score, 4) for m in found]}, ensure_ascii=False), flush=True)
+    return 0
+
+
+def gallery_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="the gallery database (default: $CAPTIONER_GALLERY, else "
+                   "~/.local/share/captioner/gallery.db)")
+    p.add_argument("--model", help="the model folder that indexed the gallery (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Describe photos in English sentences; "
                                      "train and evaluate captioners.", epilog=EXAMPLES,
@@ -175,6 +245,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("align", help="train a model's retrieval head for gallery search",
+                       description="Train the small head that maps photos into the sentence space (train split), "
+                       "choose how search blends and re-ranks on the dev split, and save it as "
+                       "MODEL/retrieval.safetensors. Galleries indexed by the model use it for search.")
+    p.add_argument("--model", required=True, help="the model folder to add the head to")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
+    p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    p.add_argument("--json", action="store_true", help="print the chosen settings and every dev trial as JSON")
+    p.set_defaults(run=cmd_align)
+
+    p = sub.add_parser("index", help="caption and embed photos into a gallery (incremental)",
+                       description="Caption and embed every photo under the given folders into a gallery. A "
+                       "second run only touches new, changed and removed photos (a moved photo is found again "
+                       "by its content); an interrupted run resumes. Photos that fail are recorded and listed at "
+                       "the end. Exit status: 0 when every photo was indexed, 1 when any failed.")
+    p.add_argument("paths", nargs="+", metavar="PHOTOS", help="photo files or folders")
+    gallery_options(p)
+    p.add_argument("--rebuild", action="store_true", help="forget the gallery's photos and index them again "
+                   "(after changing the model)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_index)
+
+    p = sub.add_parser("similar", help="gallery photos most like a photo",
+                       description="Gallery photos most like PHOTO (which need not be in the gallery), by image "
+                       "vectors, caption vectors or a blend of both.")
+    p.add_argument("photo", metavar="PHOTO", help="a photo file")
+    p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
+    p.add_argument("--by", choices=["both", "visual", "caption"], default="both",
+                   help="visual: what the photos look like; caption: what their captions say; both (default)")
+    gallery_options(p)
+    p.set_defaults(run=cmd_similar)
+
+    p = sub.add_parser("search", help="gallery photos that match a description",
+                       description="Gallery photos that match a description, from their caption vectors (and "
+                       "text-aligned image vectors when the model has a retrieval head).")
+    p.add_argument("text", nargs="?", metavar="TEXT", help="the description")
+    p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
+    p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
+                   "captioner finds TEXT as their caption (slower, usually better)")
+    p.add_argument("--queries", metavar="FILE", help="one description per line, answered in one process; "
+                   'prints one JSON object per query: {"query", "paths", "scores"}')
+    gallery_options(p)
+    p.set_defaults(run=cmd_search)
     return parser
 
 

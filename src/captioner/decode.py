@@ -123,3 +123,11 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
             hyps.append(Hypothesis(seq[:n], float(logprob[b, k]), float(score[b, k]), att))
         out.append(hyps)
     return out
+
+
+@torch.inference_mode()
+def caption_logprob(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """log p(caption | photo) [B] of one caption (`<start> w1 .. wn <end>` ids) for each of B photos."""
+    captions = torch.tensor(ids)[None].expand(pooled.shape[0], -1)
+    logits, _ = decoder(pooled, grid, captions)
+    return logits.float().log_softmax(-1).gather(2, captions[:, 1:, None]).squeeze(2).sum(1)

@@ -26,6 +26,7 @@ class Model:
     encoder: str
     input_size: int
     decode: DecodeConfig
+    folder: Path | None = None  # where it was loaded from
 
 
 def save_model(folder: str | Path, model: Model, card: str = "") -> None:
@@ -77,5 +78,5 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
     if fast and bf16_supported():
         decoder.to(torch.bfloat16)
     return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
-                 DecodeConfig(**config.get("decode", {})))
+                 DecodeConfig(**config.get("decode", {})), folder)
 

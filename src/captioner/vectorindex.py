@@ -1,0 +1,49 @@
+"""Vectors by integer id, searched by inner product: a thin layer over a faiss index.
+
+Exact search (a flat index): at gallery sizes (10^5 photos) one query scans all
+vectors in milliseconds, no approximation to tune, and removal is cheap
+(benchmarks/vector_index.py has the measurements behind this choice).
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+class VectorIndex:
+    def __init__(self, dim: int, index: faiss.Index | None = None):
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors [n, dim] under ids [n]; an id already present is replaced."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self.remove(ids)
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def remove(self, ids) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and self.index.ntotal:
+            self.index.remove_ids(ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best (scores [q, k'], ids [q, k']) per query [q, dim], k' = min(k, len(self))."""
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def vectors(self, ids) -> np.ndarray:
+        """The stored vectors [n, dim] of ids [n] (each must be present)."""
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim))
+
+    def to_bytes(self) -> np.ndarray:
+        return faiss.serialize_index(self.index)
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray) -> "VectorIndex":
+        index = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        return cls(index.d, index)

@@ -1,0 +1,308 @@
+"""The gallery on the tiny random model: incremental indexing, failures, kills, versions, similar and search.
+
+The model is untrained, so its captions are random words: these tests check
+what the gallery does with photos and vectors, never caption wording.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import captioner.api
+from captioner import gallery as gallery_module
+from captioner.api import Captioner
+from captioner.cli import main
+from captioner.errors import CaptionerError
+from captioner.gallery import Gallery
+from captioner.retrieval import RetrievalConfig, save_head, train_head
+from conftest import TEST_THREADS, cached_encoder
+from photos import gradient, make_broken_photos
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir) -> Captioner:
+    return Captioner(captioner.api.load_model(tiny_model_dir, fast=True), cached_encoder("efficientnet-lite0"))
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder of the six example photos plus two drawn ones."""
+    folder = tmp_path / "photos"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("*.md"))
+    Image.fromarray(gradient(96, 64)).save(folder / "gradient.png")
+    (folder / "nested").mkdir()
+    Image.fromarray(gradient(64, 96)[::-1].copy()).save(folder / "nested" / "flipped.jpg")
+    return folder
+
+
+def rows(db: Path) -> dict[str, tuple]:
+    with sqlite3.connect(db) as conn:
+        return {Path(r[0]).name: r[1:] for r in conn.execute("SELECT path, id, sha256, caption, error FROM photos")}
+
+
+def test_index_captions_every_photo_and_a_second_run_touches_nothing(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    g = Gallery.create(db, captioner=tiny)
+    report = g.index([photos], progress=False)
+    assert (report.added, report.encoded, report.unchanged, report.failed) == (8, 8, 0, {})
+    assert len(g) == report.photos == 8
+    stored = rows(db)
+    assert all(caption and not error for _, _, caption, error in stored.values())
+    again = g.index([photos], progress=False)
+    assert (again.added, again.changed, again.encoded, again.unchanged, again.removed) == (0, 0, 0, 8, 0)
+    assert rows(db) == stored
+    g.close()
+
+
+def test_moved_copied_changed_and_removed_photos(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    g = Gallery.create(db, captioner=tiny)
+    g.index([photos], progress=False)
+    before = rows(db)
+    (photos / "tabby_cat.jpg").rename(photos / "nested" / "cat.jpg")  # moved
+    shutil.copy(photos / "cup_of_coffee.jpg", photos / "cup copy.jpg")  # copied
+    Image.fromarray(gradient(50, 50)).save(photos / "gradient.png")  # changed content
+    (photos / "rocky_cliff_by_a_lake.jpg").unlink()  # removed
+    report = g.index([photos], progress=False)
+    assert (report.moved, report.added, report.changed, report.removed, report.encoded) == (1, 1, 1, 1, 1)
+    after = rows(db)
+    assert after["cat.jpg"][:3] == before["tabby_cat.jpg"][:3]  # same row, same caption: nothing redone
+    assert after["cup copy.jpg"][1:3] == before["cup_of_coffee.jpg"][1:3]
+    assert after["gradient.png"][1] != before["gradient.png"][1]
+    assert "rocky_cliff_by_a_lake.jpg" not in after and len(g) == 8
+    assert g.similar(after["cat.jpg"][0], k=8, by="visual")  # the moved photo's vectors still answer
+    g.close()
+
+
+def test_only_photos_under_the_given_roots_are_removed(tiny, photos, tmp_path):
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    g.index([photos], progress=False)
+    report = g.index([photos / "nested"], progress=False)
+    assert (report.removed, report.unchanged, len(g)) == (0, 1, 8)
+    g.close()
+
+
+def test_failed_photos_are_recorded_and_never_stop_the_run(tiny, photos, tmp_path):
+    broken = make_broken_photos(tmp_path / "broken")
+    shutil.copytree(tmp_path / "broken", photos / "broken", ignore=shutil.ignore_patterns("x.jpg"))
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    report = g.index([photos], progress=False)
+    failed = {Path(p).name for p in report.failed}
+    assert failed == {"empty.jpg", "notes.jpg", "bomb.png", "damaged.png"}
+    assert all(Path(p).name in reason for p, reason in report.failed.items())
+    assert {Path(p).name for p, _ in g.failures()} == failed
+    assert len(g) == 8 + 1  # the truncated JPEG loads (with a warning) and is captioned
+    again = g.index([photos], progress=False)
+    assert again.encoded == 0 and not again.failed  # unchanged failures are not retried
+    assert broken  # the factory ran
+    g.close()
+
+
+def test_an_interrupted_run_keeps_its_batches_and_resumes(tiny, photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(gallery_module, "COMMIT_EVERY", 3)
+    db = tmp_path / "g.db"
+    g = Gallery.create(db, captioner=tiny)
+    real_stream = tiny.stream
+
+    def stream_then_interrupt(paths, **kw):
+        for n, c in enumerate(real_stream(paths, **kw)):
+            if n == 5:
+                raise KeyboardInterrupt
+            yield c
+
+    monkeypatch.setattr(tiny, "stream", stream_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        g.index([photos], progress=False, batch_size=2)
+    g.close()
+    monkeypatch.undo()
+    reader = Gallery.open(db, captioner=tiny)
+    assert len(reader) == 3  # one committed batch of three
+    reader.close()
+    g = Gallery.create(db, captioner=tiny)
+    report = g.index([photos], progress=False)
+    assert (report.unchanged, report.encoded, len(g)) == (3, 5, 8)
+    g.close()
+
+
+def test_a_kill_at_any_moment_leaves_a_usable_gallery(tiny_model_dir, photos, tmp_path):
+    db = tmp_path / "g.db"
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(60):
+        Image.fromarray(np.roll(gradient(80, 60), i * 3, axis=1)).save(many / f"{i:02d}.jpg")
+    env = os.environ | {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(TEST_THREADS)}
+    child = subprocess.Popen([sys.executable, "-m", "captioner.cli", "index", str(many), "--db", str(db),
+                              "--model", str(tiny_model_dir), "--batch-size", "4", "--quiet"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if db.exists() and 0 < _count(db) < 60:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = _count(db)
+    assert 0 < done < 60, "the kill should land mid-run"
+    g = Gallery.create(db, model=tiny_model_dir)
+    assert len(g) == done  # vector indexes caught up with the catalogue
+    report = g.index([many], progress=False)
+    assert (report.unchanged, report.encoded, len(g)) == (done, 60 - done, 60)
+    g.close()
+
+
+def _count(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM photos").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    writer = Gallery.create(db, captioner=tiny)
+    writer.index([photos / "nested"], progress=False)
+    reader = Gallery.open(db, captioner=tiny)
+    assert len(reader) == 1
+    writer.index([photos], progress=False)
+    assert len(reader) == 8
+    assert {m.path.name for m in reader.search("a dog", k=8)} == {p.name for p in photos.rglob("*") if p.is_file()}
+    with pytest.raises(CaptionerError, match="another `captioner index` is writing"):
+        Gallery.create(db, captioner=tiny)
+    writer.close()
+    reader.close()
+
+
+def test_galleries_of_other_versions_and_models_say_what_to_do(tiny, photos, tmp_path, tiny_model_dir):
+    db = tmp_path / "g.db"
+    Gallery.create(db, captioner=tiny).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    with pytest.raises(CaptionerError, match="upgrade captioner"):
+        Gallery.open(db, captioner=tiny)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'format'")
+    with pytest.raises(CaptionerError, match="--rebuild"):
+        Gallery.open(db, captioner=tiny)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
+        conn.execute("UPDATE meta SET value = 'another' WHERE key = 'model'")
+    with pytest.raises(CaptionerError, match="another model"):
+        Gallery.open(db, captioner=tiny)
+    Gallery.create(db, captioner=tiny, rebuild=True).close()
+    Gallery.open(db, captioner=tiny).close()
+    with pytest.raises(CaptionerError, match="no gallery"):
+        Gallery.open(tmp_path / "none.db", captioner=tiny)
+    (tmp_path / "notes.db").write_text("not a database at all, just some text that is long enough" * 20)
+    with pytest.raises(CaptionerError, match="not a captioner gallery"):
+        Gallery.open(tmp_path / "notes.db", captioner=tiny)
+
+
+def test_similar_finds_a_near_duplicate_and_leaves_the_photo_out(tiny, photos, tmp_path):
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    g.index([photos], progress=False)
+    outside = tmp_path / "brighter cat.jpg"
+    cat = Image.open(photos / "tabby_cat.jpg")
+    Image.fromarray(np.clip(np.asarray(cat, np.int16) + 12, 0, 255).astype(np.uint8)).resize(
+        (cat.width // 2, cat.height // 2)).save(outside)
+    for by in ("visual", "both"):
+        found = g.similar(outside, k=3, by=by)
+        assert found[0].path.name == "tabby_cat.jpg", by
+        assert len(found) == 3 and [m.score for m in found] == sorted((m.score for m in found), reverse=True)
+    inside = g.similar(photos / "tabby_cat.jpg", k=20, by="visual")
+    assert len(inside) == 7 and "tabby_cat.jpg" not in {m.path.name for m in inside}
+    cat_id = rows(g.db)["tabby_cat.jpg"][0]
+    by_id = g.similar(cat_id, k=20, by="visual")
+    assert [m.id for m in by_id] == [m.id for m in inside]
+    np.testing.assert_allclose([m.score for m in by_id], [m.score for m in inside], atol=2e-3)
+    assert g.similar(cat_id, k=3, by="caption")
+    with pytest.raises(CaptionerError, match="unknown similarity"):
+        g.similar(cat_id, by="colour")
+    g.close()
+
+
+def test_search_finds_a_photo_by_its_caption_and_reranks(tiny, photos, tmp_path):
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    g.index([photos], progress=False)
+    stored = rows(g.db)
+    for name in ("tabby_cat.jpg", "gradient.png"):
+        found = g.search(stored[name][2], k=3)
+        assert found[0].path.name == name and found[0].caption == stored[name][2]
+    reranked = g.search(stored["tabby_cat.jpg"][2], k=8, rerank=True)
+    assert len(reranked) == 8 and [m.score for m in reranked] == sorted((m.score for m in reranked), reverse=True)
+    assert reranked[0].path.name == "tabby_cat.jpg"  # the model wrote this caption for it: most likely there
+    with pytest.raises(CaptionerError, match="empty"):
+        g.search("  ")
+    g.close()
+
+
+def test_a_retrieval_head_adds_text_aligned_image_vectors(tiny_model_dir, photos, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    torch.manual_seed(0)
+    head = train_head(torch.randn(64, 1280), torch.nn.functional.normalize(torch.randn(64, 2, 384), dim=-1),
+                      RetrievalConfig(hidden=32), epochs=2, progress=False)
+    save_head(model, head)
+    c = Captioner(captioner.api.load_model(model, fast=True), cached_encoder("efficientnet-lite0"))
+    g = Gallery.create(tmp_path / "g.db", captioner=c)
+    g.index([photos], progress=False)
+    assert g.text.dim == 768
+    caption = rows(g.db)["cup_of_coffee.jpg"][2]
+    assert len(g.search(caption, k=8)) == 8
+    g.close()
+    with pytest.raises(CaptionerError, match="another model"):  # the head is part of the model's identity
+        Gallery.open(tmp_path / "g.db", model=tiny_model_dir)
+
+
+def test_train_head_learns_a_hidden_pairing():
+    """Sentence vectors made from image vectors by a fixed map: the trained head retrieves them."""
+    from captioner.retrieval import recall
+
+    g = torch.Generator().manual_seed(1)
+    pooled = torch.randn(400, 64, generator=g)
+    mix = torch.randn(64, 384, generator=g)
+    sentences = torch.nn.functional.normalize((pooled @ mix)[:, None] + 0.3 * torch.randn(400, 3, 384, generator=g),
+                                              dim=-1)
+    head = train_head(pooled[:300], sentences[:300], RetrievalConfig(hidden=128), epochs=40, progress=False)
+    with torch.no_grad():
+        scores = (head.text(sentences[300:, 0]) @ head.image(pooled[300:]).T).numpy()
+    assert recall(scores, np.arange(100))["R@1"] > 80
+
+
+def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encoders, capsys):
+    db = str(tmp_path / "g.db")
+    broken = photos / "notes.jpg"
+    broken.write_text("not a photo")
+    assert main(["index", str(photos), "--db", db, "--model", str(tiny_model_dir), "--json", "--quiet"]) == 1
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert out[0] == {"path": str(broken), "error": out[0]["error"]} and "notes.jpg" in out[0]["error"]
+    assert out[-1]["added"] == 9 and out[-1]["photos"] == 8
+    assert main(["search", "a man", "-k", "3", "--db", db, "--model", str(tiny_model_dir), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [m["rank"] for m in lines] == [1, 2, 3] and set(lines[0]) == {"rank", "id", "path", "caption", "score"}
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a dog\n\na red ball on the grass\n")
+    assert main(["search", "--queries", str(queries), "-k", "2", "--db", db, "--model", str(tiny_model_dir)]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["query"] for a in answers] == ["a dog", "a red ball on the grass"]
+    assert all(len(a["paths"]) == 2 == len(a["scores"]) for a in answers)
+    assert main(["similar", str(photos / "tabby_cat.jpg"), "-k", "2", "--db", db, "--model",
+                 str(tiny_model_dir)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["search", "--db", db]) == 1
+    assert "either a search TEXT or --queries" in capsys.readouterr().err
