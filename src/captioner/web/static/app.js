@@ -1,0 +1,271 @@
+// captioner's page: send a photo, show its caption, alternatives, attention, similar photos; search.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const page = {
+  maxUpload: null,   // bytes, from /api/health
+  current: null,     // the caption shown (the JSON of /api/caption)
+  request: 0,        // the latest request's number: answers to older ones are dropped
+};
+
+// ---- talking to the server ----
+
+async function api(url, options) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch {
+    throw new Error("The captioner server cannot be reached; check that `captioner serve` is still running.");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = typeof body.detail === "string" ? body.detail : `The server answered ${response.status}.`;
+    throw new Error(detail);
+  }
+  return body;
+}
+
+function megabytes(bytes) {
+  return `${Number((bytes / 1024 / 1024).toPrecision(3))} MB`;
+}
+
+// ---- state shown to the user ----
+
+function setState(state, message = "") {
+  document.body.dataset.state = state;
+  $("status").textContent = state === "busy" ? message : "";
+  $("error").hidden = state !== "error";
+  $("error").textContent = state === "error" ? message : "";
+}
+
+// ---- captioning ----
+
+async function captionFile(file) {
+  if (!file) return;
+  if (page.maxUpload !== null && file.size > page.maxUpload) {
+    setState("error", `The photo is ${megabytes(file.size)}, more than the ${megabytes(page.maxUpload)} limit; `
+      + "send a smaller photo (shrink or export it again).");
+    return;
+  }
+  const name = file.name || "the pasted photo";
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted.png");
+  await show(`Captioning ${name}…`, URL.createObjectURL(file),
+             () => api("/api/caption", { method: "POST", body: form }), "Your photo");
+}
+
+async function explore(match) {
+  await show(`Captioning ${match.name}…`, match.url,
+             () => api(`/api/photo/${match.id}/caption`), `${match.name}, from the gallery`);
+  $("result-title").focus();
+}
+
+async function show(busyMessage, photoUrl, ask, title) {
+  const request = ++page.request;
+  setState("busy", busyMessage);
+  let answer;
+  try {
+    answer = await ask();
+  } catch (error) {
+    if (request === page.request) setState("error", error.message);
+    return;
+  }
+  if (request !== page.request) return;
+  page.current = answer;
+  const photo = $("photo");
+  if (photo.src.startsWith("blob:")) URL.revokeObjectURL(photo.src);
+  photo.alt = answer.caption;
+  photo.src = photoUrl;
+  $("result-title").textContent = title;
+  $("caption").textContent = `Caption: ${answer.caption}`;
+  showWords(answer);
+  showAlternatives(answer.alternatives);
+  $("warning").hidden = !answer.warning;
+  $("warning").textContent = answer.warning;
+  $("result").hidden = false;
+  clearAttention();
+  if (answer.similar) showMatches($("similar"), answer.similar, "No similar photos in the gallery.");
+  $("similar-section").hidden = !answer.similar;
+  setState("ready");
+}
+
+function showWords(answer) {
+  const words = $("words");
+  words.replaceChildren(...answer.words.map((word, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "word";
+    button.textContent = word;
+    button.dataset.index = i;
+    if (answer.attention) {
+      button.addEventListener("mouseenter", () => showAttention(i));
+      button.addEventListener("focus", () => showAttention(i));
+      button.addEventListener("click", () => showAttention(i));
+    }
+    return button;
+  }));
+  words.onmouseleave = clearAttention;
+  words.onfocusout = (event) => { if (!words.contains(event.relatedTarget)) clearAttention(); };
+  $("looking").hidden = !answer.attention;
+}
+
+function showAlternatives(alternatives) {
+  const list = $("alternatives");
+  list.replaceChildren(...alternatives.map(({ caption, score }) => {
+    const item = document.createElement("li");
+    const text = document.createElement("span");
+    text.textContent = caption;
+    const value = document.createElement("span");
+    value.className = "score";
+    value.textContent = score.toFixed(2);
+    item.append(text, " ", value);
+    return item;
+  }));
+  list.previousElementSibling.hidden = list.nextElementSibling.hidden = alternatives.length === 0;
+}
+
+// ---- attention: the photo darkened away from where a word looked ----
+
+function showAttention(index) {
+  const { attention, words } = page.current;
+  const canvas = $("attention");
+  const photo = $("photo");
+  const scale = window.devicePixelRatio || 1;
+  canvas.width = Math.round(photo.clientWidth * scale);
+  canvas.height = Math.round(photo.clientHeight * scale);
+  const side = attention.grid;
+  const map = attention.maps[index];
+  const peak = Math.max(...map, 1e-8);
+  const cells = new ImageData(side, side);
+  map.forEach((weight, i) => {
+    cells.data[i * 4 + 3] = Math.round(255 * 0.78 * (1 - weight / peak));  // black, see-through where it looked
+  });
+  const grid = document.createElement("canvas");
+  grid.width = grid.height = side;
+  grid.getContext("2d").putImageData(cells, 0, 0);
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = true;
+  context.imageSmoothingQuality = "high";
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(grid, 0, 0, canvas.width, canvas.height);
+  canvas.dataset.word = index;
+  for (const button of $("words").children) button.classList.toggle("active", button.dataset.index == index);
+  $("looking").textContent = `Where the model looked when it wrote “${words[index]}”.`;
+}
+
+function clearAttention() {
+  const canvas = $("attention");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  delete canvas.dataset.word;
+  for (const button of $("words").children) button.classList.remove("active");
+  $("looking").textContent = "Hover over or focus a word to see where the model looked.";
+}
+
+// ---- gallery: similar photos and search ----
+
+function showMatches(list, matches, emptyMessage) {
+  if (matches.length === 0) {
+    const item = document.createElement("li");
+    item.className = "empty";
+    item.textContent = emptyMessage;
+    list.replaceChildren(item);
+    return;
+  }
+  list.replaceChildren(...matches.map((match) => {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "match";
+    button.dataset.id = match.id;
+    const image = document.createElement("img");
+    image.src = match.thumbnail;
+    image.alt = match.caption;
+    image.loading = "lazy";
+    const text = document.createElement("span");
+    text.className = "match-caption";
+    text.textContent = match.caption;
+    text.setAttribute("aria-hidden", "true");  // the image's alt text already says it
+    button.append(image, text);
+    button.addEventListener("click", () => explore(match));
+    item.append(button);
+    return item;
+  }));
+}
+
+async function search(event) {
+  event.preventDefault();
+  const query = $("query").value.trim();
+  if (!query) return;
+  const status = $("search-status");
+  status.textContent = "Searching…";
+  status.classList.remove("error");
+  try {
+    const answer = await api(`/api/search?q=${encodeURIComponent(query)}`);
+    showMatches($("search-results"), answer.results, "");
+    status.textContent = answer.results.length
+      ? `${answer.results.length} photos match “${query}”.` : `No photo matches “${query}”.`;
+  } catch (error) {
+    status.textContent = error.message;
+    status.classList.add("error");
+  }
+}
+
+// ---- getting a photo in: pick, drop, paste ----
+
+function firstImage(items) {
+  return Array.from(items || []).find((file) => file && file.type.startsWith("image/"))
+    || Array.from(items || [])[0];
+}
+
+function listen() {
+  const drop = $("drop");
+  $("choose").addEventListener("click", () => $("file").click());
+  $("file").addEventListener("change", (event) => {
+    captionFile(event.target.files[0]);
+    event.target.value = "";  // choosing the same file again still captions it
+  });
+  document.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (event.relatedTarget === null) drop.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dragging");
+    captionFile(firstImage(event.dataTransfer.files));
+  });
+  document.addEventListener("paste", (event) => {
+    const file = firstImage(event.clipboardData.files);
+    if (file) {
+      event.preventDefault();
+      captionFile(file);
+    }
+  });
+  $("speak").addEventListener("click", () => {
+    if (!page.current) return;
+    speechSynthesis.cancel();
+    speechSynthesis.speak(new SpeechSynthesisUtterance(page.current.caption));
+  });
+  $("search-form").addEventListener("submit", search);
+  window.addEventListener("resize", () => {
+    const word = $("attention").dataset.word;
+    if (word !== undefined) showAttention(Number(word));
+  });
+}
+
+async function start() {
+  listen();
+  $("speak").hidden = !("speechSynthesis" in window);
+  try {
+    const health = await api("/api/health");
+    page.maxUpload = health.max_upload_bytes;
+    $("limit").textContent = `JPEG, PNG, WebP, GIF, BMP or TIFF, up to ${megabytes(page.maxUpload)}.`;
+    $("search-section").hidden = health.gallery_photos === null;
+  } catch (error) {
+    setState("error", error.message);
+  }
+}
+
+start();

@@ -1,0 +1,240 @@
+"""The web app's JSON API (httpx through FastAPI's TestClient, and a live uvicorn for concurrency), and its worker."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from captioner.api import Caption
+from captioner.web.app import NO_GALLERY, create_app
+from captioner.web.worker import CaptionWorker
+from conftest import TINY_MAX_LEN, TINY_WORDS
+from photos import bomb_png_bytes, gradient, truncated_jpeg_bytes
+from webapp import EXAMPLES, LiveServer, tiny_captioner
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_model_dir):
+    return tiny_captioner(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def client(captioner):
+    with TestClient(create_app(captioner)) as client:
+        yield client
+
+
+def jpeg_bytes(width: int = 96, height: int = 64) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(gradient(width, height)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def post_photo(client, data: bytes, name: str = "photo.jpg", media: str = "image/jpeg"):
+    return client.post("/api/caption", files={"file": (name, data, media)})
+
+
+def test_health_says_what_the_server_offers(client):
+    body = client.get("/api/health").json()
+    assert body["status"] == "ok"
+    assert body["encoder"] == "efficientnet-lite0"
+    assert body["gallery_photos"] is None
+    assert body["max_upload_bytes"] == 20 * 1024 * 1024
+
+
+def test_caption_has_words_alternatives_and_one_attention_map_per_word(client):
+    r = post_photo(client, (EXAMPLES / "tabby_cat.jpg").read_bytes(), "tabby_cat.jpg")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] is None and body["name"] == "tabby_cat.jpg" and body["warning"] == ""
+    assert len(body["words"]) == TINY_MAX_LEN and set(body["words"]) <= set(TINY_WORDS)
+    assert body["caption"] == " ".join(body["words"])
+    assert body["score"] < 0
+    assert len(body["alternatives"]) == 2  # the tiny model's beam of 3, less the caption itself
+    assert all(alt["caption"] != body["caption"] and alt["score"] <= body["score"] for alt in body["alternatives"])
+    attention = body["attention"]
+    assert attention["grid"] == 7
+    maps = np.array(attention["maps"])
+    assert maps.shape == (TINY_MAX_LEN + 1, 49)  # each word and the end of the sentence
+    np.testing.assert_allclose(maps.sum(axis=1), 1.0, atol=1e-2)
+    assert "similar" not in body  # no gallery
+
+
+def test_same_photo_gets_the_same_caption(client):
+    data = (EXAMPLES / "rocky_cliff_by_a_lake.jpg").read_bytes()
+    first, second = (post_photo(client, data).json() for _ in range(2))
+    assert first["caption"] == second["caption"]
+
+
+@pytest.mark.parametrize("media", ["image/png", "application/octet-stream", ""])
+def test_a_png_is_captioned_whatever_type_the_browser_guessed(client, media):
+    out = io.BytesIO()
+    Image.fromarray(gradient(40, 30)).convert("RGBA").save(out, "PNG")
+    r = post_photo(client, out.getvalue(), "pasted.png", media)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["words"]) == TINY_MAX_LEN
+
+
+@pytest.mark.parametrize("name, media", [("notes.txt", "text/plain"), ("logo.svg", "image/svg+xml"),
+                                         ("clip.mp4", "video/mp4")])
+def test_a_file_of_another_type_is_415_naming_it(client, name, media):
+    r = post_photo(client, b"<svg></svg>", name, media)
+    assert r.status_code == 415
+    assert r.json()["detail"] == (f"{name} is {media}, not a photo; send a JPEG, PNG, WebP, GIF, BMP or TIFF.")
+
+
+@pytest.mark.parametrize("data, phrase", [
+    (b"these are my holiday notes, not a photo\n", "notes.jpg: is not a photo Pillow can read"),
+    (b"", "notes.jpg: is empty"),
+    (bomb_png_bytes(), "notes.jpg: declares 3,600 megapixels, more than the 179-megapixel limit"),
+])
+def test_a_file_that_is_not_a_readable_photo_is_422_with_the_captioners_reason(client, data, phrase):
+    r = post_photo(client, data, "notes.jpg")
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail.startswith(phrase)
+    assert "upload-" not in detail and "/tmp" not in detail  # the server's temporary file is never named
+
+
+def test_a_truncated_photo_is_captioned_with_a_warning_naming_the_upload(client):
+    r = post_photo(client, truncated_jpeg_bytes(), "cut.jpg")
+    assert r.status_code == 200
+    assert r.json()["warning"].startswith("cut.jpg: the file ends early")
+
+
+def test_the_upload_must_be_in_the_file_field(client):
+    r = client.post("/api/caption", files={"photo": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+@pytest.fixture(scope="module")
+def small_limit_client(captioner):
+    with TestClient(create_app(captioner, max_upload_bytes=64 * 1024)) as client:
+        yield client
+
+
+def test_a_photo_above_the_limit_is_413_saying_the_limit(small_limit_client):
+    data = jpeg_bytes(300, 300) + bytes(70 * 1024)  # a real JPEG padded past 64 KB (still within the slack)
+    r = post_photo(small_limit_client, data)
+    assert r.status_code == 413
+    assert r.json()["detail"].startswith(f"The photo is {len(data) / 1024 / 1024:.3g} MB, more than the "
+                                         "0.0625 MB limit")
+    assert post_photo(small_limit_client, jpeg_bytes()).status_code == 200  # below the limit
+
+
+def test_a_huge_upload_is_413_before_it_is_read(small_limit_client):
+    r = post_photo(small_limit_client, bytes(1024 * 1024))
+    assert r.status_code == 413
+    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MB limit")
+
+
+def test_a_huge_upload_without_a_length_is_cut_off_at_the_limit(small_limit_client):
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+
+    def chunks():  # a chunked body: no Content-Length header
+        yield head
+        for _ in range(64):
+            yield bytes(16 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = small_limit_client.post("/api/caption", content=chunks(),
+                                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413
+    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MB limit")
+
+
+@pytest.mark.parametrize("url", ["/api/similar?id=1", "/api/search?q=a+dog", "/api/photo/1",
+                                 "/api/photo/1/thumbnail", "/api/photo/1/caption"])
+def test_gallery_routes_without_a_gallery_say_how_to_get_one(client, url):
+    r = client.get(url)
+    assert r.status_code == 404
+    assert r.json()["detail"] == NO_GALLERY
+
+
+def test_the_page_and_the_api_docs_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'aria-live="polite"' in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/api/caption", "/api/similar", "/api/search", "/api/health"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_eight_concurrent_clients_all_get_their_own_photos_caption(captioner):
+    photos = sorted(EXAMPLES.glob("*.jpg"))
+    expected = {p.name: c.text for p, c in zip(photos, captioner.caption(photos))}
+    with LiveServer(create_app(captioner)) as url:
+        def post(photo: Path) -> tuple[str, httpx.Response]:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                return photo.name, http.post("/api/caption", files={"file": (photo.name, photo.read_bytes(),
+                                                                              "image/jpeg")})
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, [photos[i % len(photos)] for i in range(16)]))
+    assert [r.status_code for _, r in answers] == [200] * 16
+    for name, r in answers:
+        assert r.json()["name"] == name
+        assert r.json()["caption"] == expected[name]
+
+
+class SlowCaptioner:
+    """Stands in for Captioner: each call takes a while and is recorded; a path named 'boom' raises."""
+
+    def __init__(self, seconds: float = 0.2):
+        self.seconds = seconds
+        self.calls: list[list[Path]] = []
+        self.busy = threading.Lock()
+        self.overlapped = False
+
+    def caption(self, paths, batch_size=16):
+        if not self.busy.acquire(blocking=False):
+            self.overlapped = True
+            self.busy.acquire()
+        try:
+            self.calls.append(list(paths))
+            time.sleep(self.seconds)
+            if any(p.name == "boom" for p in paths):
+                raise RuntimeError("out of memory")
+            return [Caption(p, text=f"caption of {p.name}") for p in paths]
+        finally:
+            self.busy.release()
+
+
+def test_the_worker_batches_waiting_photos_and_answers_each_its_own():
+    slow = SlowCaptioner()
+    worker = CaptionWorker(slow, max_batch=3)
+    first = worker.submit(Path("0.jpg"))
+    time.sleep(0.05)  # the worker is now busy with the first photo alone
+    later = [worker.submit(Path(f"{i}.jpg")) for i in (1, 2, 3, 4, 2)]
+    worker.close()
+    assert first.result().text == "caption of 0.jpg"
+    assert [f.result().text for f in later] == [f"caption of {i}.jpg" for i in (1, 2, 3, 4, 2)]
+    # the photos that waited went in batches of at most 3, a photo asked twice captioned once per batch
+    assert slow.calls == [[Path("0.jpg")], [Path("1.jpg"), Path("2.jpg"), Path("3.jpg")],
+                          [Path("4.jpg"), Path("2.jpg")]]
+    assert not slow.overlapped
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
+    worker = CaptionWorker(SlowCaptioner(0.05), max_batch=4)
+    worker.submit(Path("block.jpg"))
+    time.sleep(0.01)
+    doomed = [worker.submit(Path("a.jpg")), worker.submit(Path("boom"))]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        doomed[0].result()
+    assert worker.submit(Path("c.jpg")).result().text == "caption of c.jpg"
+    worker.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        worker.submit(Path("d.jpg"))
