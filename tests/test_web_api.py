@@ -18,7 +18,7 @@ from captioner.web.app import NO_GALLERY, create_app
 from captioner.web.worker import CaptionWorker
 from conftest import TINY_MAX_LEN, TINY_WORDS
 from photos import bomb_png_bytes, gradient, truncated_jpeg_bytes
-from webapp import EXAMPLES, LiveServer, tiny_captioner
+from webapp import EXAMPLES, LiveServer, examples_gallery, tiny_captioner
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +238,125 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
     worker.close()
     with pytest.raises(RuntimeError, match="stopped"):
         worker.submit(Path("d.jpg"))
+
+
+# ---- with a gallery of the six example photos ----
+
+@pytest.fixture(scope="module")
+def gallery(captioner, tmp_path_factory):
+    return examples_gallery(tmp_path_factory.mktemp("web-gallery"), captioner)
+
+
+@pytest.fixture(scope="module")
+def gallery_client(captioner, gallery):
+    with TestClient(create_app(captioner, gallery)) as client:
+        yield client
+
+
+def photo_id(gallery, name: str) -> int:
+    return next(i for i in range(1, 7) if gallery.photo(i).path.name == name)
+
+
+def assert_matches(results, k: int, leaving_out: str | None = None):
+    assert len(results) == k
+    for m in results:
+        assert set(m) == {"id", "name", "caption", "score", "url", "thumbnail"}  # never a server path
+        assert m["url"] == f"/api/photo/{m['id']}" and m["thumbnail"] == f"/api/photo/{m['id']}/thumbnail"
+        assert len(m["caption"].split()) == TINY_MAX_LEN
+        assert m["name"] != leaving_out
+    scores = [m["score"] for m in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_health_counts_the_gallery(gallery_client):
+    assert gallery_client.get("/api/health").json()["gallery_photos"] == 6
+
+
+def test_an_uploaded_photo_comes_with_similar_gallery_photos(gallery_client):
+    body = post_photo(gallery_client, jpeg_bytes()).json()
+    assert_matches(body["similar"], 6)
+
+
+def test_an_uploaded_copy_of_a_gallery_photo_is_not_similar_to_itself(gallery_client):
+    body = post_photo(gallery_client, (EXAMPLES / "tabby_cat.jpg").read_bytes(), "my cat.jpg").json()
+    assert_matches(body["similar"], 5, leaving_out="tabby_cat.jpg")
+
+
+def test_similar_to_a_gallery_photo(gallery_client, gallery):
+    cat = photo_id(gallery, "tabby_cat.jpg")
+    body = gallery_client.get(f"/api/similar?id={cat}").json()
+    assert body["photo"]["id"] == cat and body["photo"]["name"] == "tabby_cat.jpg" and body["by"] == "both"
+    assert_matches(body["results"], 5, leaving_out="tabby_cat.jpg")
+    for by in ("visual", "caption"):
+        assert_matches(gallery_client.get(f"/api/similar?id={cat}&k=2&by={by}").json()["results"], 2, "tabby_cat.jpg")
+
+
+@pytest.mark.parametrize("query, status, detail", [
+    ("id=999", 404, "The gallery has no photo 999."),
+    ("id=1&by=colour", 422, None),
+    ("id=1&k=0", 422, None),
+    ("id=one", 422, None),
+])
+def test_similar_refuses_what_it_cannot_answer(gallery_client, query, status, detail):
+    r = gallery_client.get(f"/api/similar?{query}")
+    assert r.status_code == status
+    if detail:
+        assert r.json()["detail"] == detail
+
+
+def test_search_finds_a_photo_by_its_caption(gallery_client, gallery):
+    tripod = gallery.photo(photo_id(gallery, "man_with_camera_on_tripod.jpg"))
+    body = gallery_client.get("/api/search", params={"q": tripod.caption, "k": 3}).json()
+    assert body["query"] == tripod.caption
+    assert_matches(body["results"], 3)
+    assert body["results"][0]["id"] == tripod.id
+
+
+def test_a_blank_search_asks_for_words(gallery_client):
+    r = gallery_client.get("/api/search", params={"q": "   "})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "Type a few words that describe the photos you are looking for."
+
+
+def test_gallery_photos_are_served_by_id(gallery_client, gallery):
+    cat = gallery.photo(photo_id(gallery, "tabby_cat.jpg"))
+    r = gallery_client.get(f"/api/photo/{cat.id}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == (EXAMPLES / "tabby_cat.jpg").read_bytes()
+    thumb = gallery_client.get(f"/api/photo/{cat.id}/thumbnail")
+    assert thumb.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(thumb.content)) as img:
+        assert max(img.size) == 320
+    assert gallery_client.get("/api/photo/999").json()["detail"] == "The gallery has no photo 999."
+
+
+@pytest.mark.parametrize("url", ["/api/photo/..%2F..%2F..%2Fetc%2Fpasswd", "/api/photo/%2Fetc%2Fpasswd",
+                                 "/api/photo/1%2F..%2F..%2Fetc%2Fpasswd", "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+                                 "/static/../app.py", "/api/photo/-1"])
+def test_no_file_outside_the_gallery_is_ever_served(gallery_client, url):
+    r = gallery_client.get(url)
+    assert r.status_code in (404, 422)
+    assert b"root:" not in r.content and b"def create_app" not in r.content
+
+
+def test_a_gallery_photo_can_be_explored_like_an_upload(gallery_client, gallery):
+    cat = gallery.photo(photo_id(gallery, "tabby_cat.jpg"))
+    body = gallery_client.get(f"/api/photo/{cat.id}/caption").json()
+    assert body["id"] == cat.id and body["name"] == "tabby_cat.jpg"
+    assert body["caption"] == cat.caption  # the same captioner, the same caption as when indexed
+    assert len(body["attention"]["maps"]) == TINY_MAX_LEN + 1
+    assert_matches(body["similar"], 5, leaving_out="tabby_cat.jpg")
+
+
+def test_a_gallery_photo_gone_from_disk_is_a_clear_error(captioner, tmp_path):
+    gallery = examples_gallery(tmp_path, captioner)
+    (tmp_path / "photos" / "cup_of_coffee.jpg").unlink()
+    cup = photo_id(gallery, "cup_of_coffee.jpg")
+    with TestClient(create_app(captioner, gallery)) as client:
+        assert client.get(f"/api/photo/{cup}").json()["detail"] == (
+            f"Photo {cup}'s file cup_of_coffee.jpg is gone from the disk.")
+        assert client.get(f"/api/photo/{cup}/thumbnail").json()["detail"] == (
+            f"Photo {cup}'s file cup_of_coffee.jpg cannot be read.")
+        r = client.get(f"/api/photo/{cup}/caption")
+        assert r.status_code == 422
+        assert r.json()["detail"] == "cup_of_coffee.jpg: does not exist (check the path and its spelling)"

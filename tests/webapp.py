@@ -46,3 +46,18 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+
+
+def examples_gallery(folder: Path, captioner: Captioner):
+    """A gallery of copies of the six example photos in `folder`, indexed with `captioner`, opened for reading."""
+    from captioner.gallery import Gallery
+
+    photos = folder / "photos"
+    photos.mkdir(parents=True)
+    for photo in EXAMPLES.glob("*.jpg"):
+        (photos / photo.name).write_bytes(photo.read_bytes())
+    db = folder / "gallery.db"
+    writer = Gallery.create(db, captioner=captioner)
+    writer.index([photos], progress=False)
+    writer.close()
+    return Gallery.open(db, captioner=captioner)

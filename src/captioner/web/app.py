@@ -73,12 +73,9 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
             raise HTTPException(404, f"The gallery has no photo {photo_id}.")
         return match
 
-    async def similar_to(photo: Caption | int, k: int, by: str = "both") -> list[dict]:
-        """Gallery photos like `photo`, never the photo itself."""
-        found = await run_in_threadpool(gallery.similar, photo, k=k + 1, by=by)
-        if isinstance(photo, int):
-            found = [m for m in found if m.id != photo]
-        return [match_json(m) for m in found[:k]]
+    async def similar_to(photo: Caption | int, k: int = SIMILAR_K, by: str = "both") -> list[dict]:
+        """Gallery photos like `photo` (the gallery leaves the photo itself out)."""
+        return [match_json(m) for m in await run_in_threadpool(gallery.similar, photo, k=k, by=by)]
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -104,11 +101,11 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         path = save_upload(data, request.app.state.uploads)
         try:
             c = await caption_file(request, path, name)
+            body = caption_json(c, name, None)
+            if gallery is not None:  # while the file is there: the gallery leaves out its own copy of it
+                body["similar"] = await similar_to(c)
         finally:
             path.unlink(missing_ok=True)
-        body = caption_json(c, name, None)
-        if gallery is not None:
-            body["similar"] = await similar_to(c, SIMILAR_K)
         return body
 
     @app.get("/api/photo/{photo_id}/caption", summary="Caption a gallery photo (to explore from it)")
@@ -116,7 +113,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         """The same answer as `POST /api/caption`, for a photo already in the gallery."""
         match = await gallery_photo(photo_id)
         c = await caption_file(request, match.path, match.path.name)
-        return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(match.id, SIMILAR_K)}
+        return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(match.id)}
 
     @app.get("/api/similar", summary="Gallery photos that look like, or are described like, a gallery photo")
     async def similar(id: Annotated[int, Query(description="a gallery photo's id")], k: K = SIMILAR_K,
