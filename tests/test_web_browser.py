@@ -1,0 +1,231 @@
+"""The web page in real Chromium (Debian's, driven by Playwright): upload, attention, similar photos, search,
+errors, keyboard and phone width. Screenshots are kept in test-artifacts/web/."""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner.web.app import create_app
+from conftest import TINY_MAX_LEN
+from photos import bomb_png_bytes, gradient
+from webapp import EXAMPLES, LiveServer, examples_gallery, tiny_captioner
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "web"
+LIMIT = 200 * 1024  # the test server's upload limit: the example photos are below it
+
+if not CHROMIUM.exists():
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
+                allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402  (only once Chromium is known to be there)
+
+READ_ALOUD_SPY = """
+window.spoken = [];
+window.speechSynthesis.speak = (utterance) => window.spoken.push(utterance.text);
+"""
+
+DROP = """([data, name, type, event]) => {
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, { type }));
+  const init = { bubbles: true, cancelable: true };
+  const target = document.getElementById("drop");
+  target.dispatchEvent(event === "drop" ? new DragEvent("drop", { ...init, dataTransfer: transfer })
+                                        : new ClipboardEvent("paste", { ...init, clipboardData: transfer }));
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    captioner = tiny_captioner(tiny_model_dir)
+    gallery = examples_gallery(tmp_path_factory.mktemp("browser-gallery"), captioner)
+    with LiveServer(create_app(captioner, gallery, max_upload_bytes=LIMIT)) as url:
+        yield url, gallery
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.add_init_script(READ_ALOUD_SPY)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server[0] + "/")
+    expect(page.locator("#limit")).to_contain_text("up to 0.195 MB")  # /api/health has answered
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def caption_of(page) -> str:
+    expect(page.locator("body")).to_have_attribute("data-state", "ready")
+    return page.locator("#photo").get_attribute("alt")
+
+
+def send(page, data: bytes, name: str, media: str, how: str) -> None:
+    page.evaluate(DROP, [base64.b64encode(data).decode(), name, media, how])
+
+
+def attention_pixels(page) -> list[int]:
+    """The attention overlay's alpha channel, sampled on a coarse grid."""
+    return page.evaluate("""() => {
+      const canvas = document.getElementById("attention");
+      if (!canvas.width || !canvas.height) return [];
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      const out = [];
+      for (let y = 0; y < 20; y++) for (let x = 0; x < 20; x++) {
+        const px = Math.floor((x + 0.5) * canvas.width / 20), py = Math.floor((y + 0.5) * canvas.height / 20);
+        out.push(data[(py * canvas.width + px) * 4 + 3]);
+      }
+      return out;
+    }""")
+
+
+def test_pick_a_photo_and_see_its_caption_alternatives_and_similar_photos(page):
+    page.set_input_files("#file", EXAMPLES / "rocky_cliff_by_a_lake.jpg")
+    caption = caption_of(page)
+    words = page.locator("#words button")
+    expect(words).to_have_count(TINY_MAX_LEN)
+    assert " ".join(words.all_inner_texts()) == caption
+    expect(page.locator("#caption")).to_have_text(f"Caption: {caption}")  # the aria-live region
+    assert page.locator("#caption").get_attribute("aria-live") == "polite"
+    expect(page.locator("#alternatives li")).to_have_count(2)
+    expect(page.locator("#similar img")).to_have_count(5)  # the gallery's own copy is left out
+    page.wait_for_function("() => [...document.images].every((img) => img.complete)")
+    missing_alt = page.evaluate("() => [...document.images].filter((img) => !img.alt.trim()).map((i) => i.src)")
+    assert missing_alt == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#words button").nth(2).hover()
+    page.screenshot(path=ARTIFACTS / "caption.png", full_page=True)
+    print(f"screenshot: {ARTIFACTS / 'caption.png'}")
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_drop_or_paste_a_photo(page, how):
+    send(page, (EXAMPLES / "tabby_cat.jpg").read_bytes(), "tabby_cat.jpg", "image/jpeg", how)
+    assert len(caption_of(page).split()) == TINY_MAX_LEN
+    expect(page.locator("#result-title")).to_have_text("Your photo")
+
+
+def test_hovering_a_word_shows_where_it_looked(page):
+    page.set_input_files("#file", EXAMPLES / "man_with_camera_on_tripod.jpg")
+    caption_of(page)
+    page.wait_for_function("() => document.getElementById('photo').complete")
+    words = page.locator("#words button")
+    words.nth(0).hover()
+    expect(page.locator("#attention")).to_have_attribute("data-word", "0")
+    first = attention_pixels(page)
+    words.nth(5).hover()
+    expect(page.locator("#attention")).to_have_attribute("data-word", "5")
+    sixth = attention_pixels(page)
+    assert len(first) == len(sixth) == 400
+    assert max(first) > 0 and max(sixth) > 0  # the photo is darkened away from the word's attention
+    assert first != sixth
+    expect(page.locator("#looking")).to_have_text(f"Where the model looked when it wrote “{words.nth(5).inner_text()}”.")
+    page.mouse.move(5, 5)  # off the caption: the photo shows plain again
+    expect(page.locator("#attention")).not_to_have_attribute("data-word", "5")
+    assert max(attention_pixels(page)) == 0
+
+
+def test_read_aloud_speaks_the_caption(page):
+    page.set_input_files("#file", EXAMPLES / "tabby_cat.jpg")
+    caption = caption_of(page)
+    page.get_by_role("button", name="Read aloud").click()
+    assert page.evaluate("window.spoken") == [caption]
+
+
+def test_click_a_similar_photo_to_explore_from_it(page, server):
+    gallery = server[1]
+    page.set_input_files("#file", EXAMPLES / "rocky_cliff_by_a_lake.jpg")
+    caption_of(page)
+    choice = page.locator("#similar button").nth(1)
+    chosen = gallery.photo(int(choice.get_attribute("data-id")))
+    choice.click()
+    expect(page.locator("#result-title")).to_have_text(f"{chosen.path.name}, from the gallery")
+    assert caption_of(page) == chosen.caption
+    assert page.locator("#photo").get_attribute("src") == f"/api/photo/{chosen.id}"
+    shown = {int(i) for i in page.locator("#similar button").evaluate_all("bs => bs.map((b) => b.dataset.id)")}
+    assert len(shown) == 5 and chosen.id not in shown
+    expect(page.locator("#result-title")).to_be_focused()  # keyboard users land on what they chose
+
+
+def test_search_the_gallery_by_description(page, server):
+    gallery = server[1]
+    tripod = next(gallery.photo(i) for i in range(1, 7) if gallery.photo(i).path.name.startswith("man_with"))
+    page.get_by_label("Describe the photos you are looking for").fill(tripod.caption)
+    page.keyboard.press("Enter")
+    results = page.locator("#search-results button")
+    expect(results).to_have_count(6)
+    expect(page.locator("#search-status")).to_have_text(f"6 photos match “{tripod.caption}”.")
+    assert results.first.get_attribute("data-id") == str(tripod.id)
+    assert results.first.locator("img").get_attribute("alt") == tripod.caption
+    results.first.click()
+    assert caption_of(page) == tripod.caption
+
+
+def test_everything_works_by_keyboard_with_a_visible_focus(page):
+    page.keyboard.press("Tab")
+    expect(page.locator("#choose")).to_be_focused()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"
+    page.set_input_files("#file", EXAMPLES / "astronaut_in_orange_spacesuit.jpg")
+    caption_of(page)
+    page.locator("#words button").first.focus()
+    page.keyboard.press("Tab")  # to the second word
+    expect(page.locator("#words button").nth(1)).to_be_focused()
+    expect(page.locator("#attention")).to_have_attribute("data-word", "1")
+    first_similar = page.locator("#similar button").first
+    first_similar.focus()
+    chosen = first_similar.get_attribute("data-id")
+    page.keyboard.press("Enter")
+    expect(page.locator("#photo")).to_have_attribute("src", f"/api/photo/{chosen}")
+    expect(page.locator("#result-title")).to_be_focused()
+
+
+@pytest.mark.parametrize("name, media, data, message", [
+    ("notes.txt", "text/plain", b"holiday notes", "notes.txt is text/plain, not a photo; send a JPEG"),
+    ("notes.jpg", "image/jpeg", b"holiday notes", "notes.jpg: is not a photo Pillow can read (is it an image file?)"),
+    ("bomb.png", "image/png", bomb_png_bytes(), "bomb.png: declares 3,600 megapixels, more than the 179-megapixel"),
+    ("huge.bmp", "image/bmp", bytes(300 * 1024), "The photo is 0.293 MB, more than the 0.195 MB limit"),
+])
+def test_each_refused_file_says_why_in_the_page(page, name, media, data, message):
+    send(page, data, name, media, "drop")
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text(message)
+    expect(page.locator("body")).to_have_attribute("data-state", "error")
+    send(page, (EXAMPLES / "tabby_cat.jpg").read_bytes(), "tabby_cat.jpg", "image/jpeg", "drop")
+    caption_of(page)
+    expect(alert).to_be_hidden()  # a good photo clears the message
+
+
+def test_the_page_fits_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    page.goto(server[0] + "/")
+    out = io.BytesIO()
+    Image.fromarray(gradient(640, 480)).save(out, "JPEG")
+    send(page, out.getvalue(), "phone.jpg", "image/jpeg", "drop")
+    caption_of(page)
+    expect(page.locator("#similar img")).to_have_count(6)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    box = page.locator("#photo").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 375
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
+    context.close()
