@@ -40,6 +40,7 @@ from .features import encode_photos, hash_photos
 from .files import atomic_path
 from .images import expand_paths, file_sha256
 from .retrieval import RetrievalConfig, load_head, photo_vectors, query_vectors, text_logprob
+from .sentences import load_sentence_encoder
 from .vectorindex import VectorIndex
 
 FORMAT = 1
@@ -449,7 +450,7 @@ class Gallery:
             raise CaptionerError("the search text is empty")
         self.refresh()
         cfg = self.head.cfg if self.head is not None else RetrievalConfig()
-        q = query_vectors(self.head, [text])
+        q = query_vectors(self.head, load_sentence_encoder().embed([text]))
         scores, ids = self.text.search(q, max(k, cfg.rerank_pool) if rerank else k)
         scored = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         if rerank and scored:

@@ -110,13 +110,12 @@ def photo_vectors(head: RetrievalHead | None, pooled: torch.Tensor, captions: li
 
 
 @torch.inference_mode()
-def query_vectors(head: RetrievalHead | None, texts: list[str], blend: float | None = None) -> np.ndarray:
-    """Descriptions as vectors whose inner product with `photo_vectors` is their match score."""
-    q = load_sentence_encoder().embed(texts)
+def query_vectors(head: RetrievalHead | None, sentences: np.ndarray, blend: float | None = None) -> np.ndarray:
+    """Descriptions' sentence vectors [n, 384] made comparable with `photo_vectors` by inner product."""
     if head is None:
-        return q
+        return sentences
     blend = head.cfg.blend if blend is None else blend
-    return np.concatenate([(1 - blend) * q, blend * head.text(torch.from_numpy(q)).numpy()], 1)
+    return np.concatenate([(1 - blend) * sentences, blend * head.text(torch.from_numpy(sentences)).numpy()], 1)
 
 
 def text_logprob(model, pooled: torch.Tensor, grid: torch.Tensor, text: str) -> np.ndarray:
@@ -191,13 +190,14 @@ def tune(model, head: RetrievalHead, pooled: torch.Tensor, grid: torch.Tensor, q
     """
     cfg = head.cfg
     photos = photo_vectors(head, pooled, beam_captions(model, pooled, grid))
+    sentences = load_sentence_encoder().embed(queries)
     trials = []
     for blend in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
-        first = query_vectors(head, queries, blend) @ photos.T
+        first = query_vectors(head, sentences, blend) @ photos.T
         trials.append({"blend": blend, "rerank_weight": 0.0} | recall(first, truth))
     best = max(trials, key=lambda t: (t["R@1"], t["R@10"]))
     cfg.blend = best["blend"]
-    first = query_vectors(head, queries) @ photos.T
+    first = query_vectors(head, sentences) @ photos.T
     pool = np.argsort(-first, 1)[:, :cfg.rerank_pool]
     logprob = np.stack([text_logprob(model, pooled[p], grid[p], q)
                         for q, p in tqdm(list(zip(queries, pool)), desc="likelihood", unit="query",

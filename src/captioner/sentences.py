@@ -42,7 +42,7 @@ class Layer(nn.Module):
         self.down = nn.Linear(hidden, dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, d]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, d]
@@ -75,7 +75,8 @@ class SentenceEncoder(nn.Module):
     def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """ids, keep [B, T] (keep: 1 for a token, 0 for padding) -> [B, 384] unit vectors."""
         x = self.norm(self.words(ids) + self.positions.weight[:ids.shape[1]] + self.token_type)
-        mask = torch.zeros(keep.shape, dtype=x.dtype).masked_fill(keep == 0, -math.inf)[:, None, None, :]
+        mask = None if bool(keep.all()) else \
+            torch.zeros(keep.shape, dtype=x.dtype).masked_fill(keep == 0, -math.inf)[:, None, None, :]
         for layer in self.layers:
             x = layer(x, mask)
         w = keep[..., None].to(x.dtype)
@@ -84,11 +85,13 @@ class SentenceEncoder(nn.Module):
     def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """[len(texts), 384] float32 unit vectors."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of like lengths pad little
         for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer.encode_batch(texts[i:i + batch_size])
+            rows = order[i:i + batch_size]
+            batch = self.tokenizer.encode_batch([texts[j] for j in rows])
             ids = torch.tensor([e.ids for e in batch])
             keep = torch.tensor([e.attention_mask for e in batch])
-            out[i:i + len(batch)] = self(ids, keep).numpy()
+            out[rows] = self(ids, keep).numpy()
         return out
 
 
