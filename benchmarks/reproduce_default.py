@@ -3,7 +3,8 @@
     python benchmarks/reproduce_default.py --corpus ../shared/data/flickr8k --work /tmp/captioner-bench
 
 Runs `captioner prepare`, `features`, `train configs/default.toml`, chooses the
-beam width and length penalty on the dev split (benchmarks/tune_decoding.py) and
+beam width and length penalty on the dev split (benchmarks/tune_decoding.py),
+trains the retrieval head for gallery search (`align`: train split, tuned on dev) and
 runs `evaluate --split test` once, as a user would, each as its own process, and
 prints the commands, their wall-clock times and the test-split metrics. With --ship
 the trained model is copied into src/captioner/assets/default with its card.
@@ -69,6 +70,7 @@ def main() -> None:
     run([*exe, "train", str(cfg_path)], log)
     run([sys.executable, str(ROOT / "benchmarks" / "tune_decoding.py"), "--model", str(out / "model"),
          "--data", str(data), "--beams", "3,5", "--length-penalties", "0,0.5", "--write"], log)
+    run([*exe, "align", "--model", str(out / "model"), "--data", str(data)], log)
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "test", "--json"], log)
     total = time.time() - started
     report = json.loads((out / "model" / "eval-test" / "report.json").read_text())
@@ -91,7 +93,7 @@ def ship(model: Path, summary: dict, config: str) -> None:
 
     dest = ROOT / "src" / "captioner" / "assets" / "default"
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "vocab.json"):
+    for name in ("config.json", "vocab.json", "retrieval.safetensors"):
         shutil.copyfile(model / name, dest / name)
     # float16 halves the package; the decoder loads it back into float32.
     weights = {k: v.half() for k, v in load_file(str(model / "model.safetensors")).items()}

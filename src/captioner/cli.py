@@ -1,4 +1,4 @@
-"""The `captioner` command: caption, prepare, features, train, evaluate, align, index, similar, search."""
+"""The `captioner` command: caption, prepare, features, train, evaluate, align, index, similar, search, serve."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ examples:
   captioner index ~/Pictures                      caption and embed a collection into the gallery
   captioner search "a dog catching a frisbee"     find gallery photos by description
   captioner similar photo.jpg -k 5                gallery photos most like this one
+  captioner serve --gallery ~/.local/share/captioner/gallery.db   the web app on http://127.0.0.1:8000/
 """
 
 
@@ -174,6 +175,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web.app import serve
+
+    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20)
+    return 0
+
+
 def gallery_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="the gallery database (default: $CAPTIONER_GALLERY, else "
                    "~/.local/share/captioner/gallery.db)")
@@ -290,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
                    'prints one JSON object per query: {"query", "paths", "scores"}')
     gallery_options(p)
     p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("serve", help="the web app: caption, hear, explore and search photos in the browser",
+                       description="Serve the web page and its JSON API (OpenAPI docs at /docs). The model (and "
+                       "the gallery) is loaded once and shared by all requests.")
+    p.add_argument("--gallery", metavar="DB", help="a gallery made by `captioner index`: adds similar photos and "
+                   "search")
+    p.add_argument("--model", help="the model folder (default: the shipped model; must be the gallery's)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                   "machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
+                   "(default 20)")
+    p.set_defaults(run=cmd_serve)
     return parser
 
 
