@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -189,12 +188,13 @@ def test_eight_concurrent_clients_all_get_their_own_photos_caption(captioner):
         assert r.json()["caption"] == expected[name]
 
 
-class SlowCaptioner:
-    """Stands in for Captioner: each call takes a while and is recorded; a path named 'boom' raises."""
+class GatedCaptioner:
+    """Stands in for Captioner: records each call and holds it until `gate` opens; a path named 'boom' raises."""
 
-    def __init__(self, seconds: float = 0.2):
-        self.seconds = seconds
+    def __init__(self):
         self.calls: list[list[Path]] = []
+        self.entered = threading.Event()  # set once a call is under way
+        self.gate = threading.Event()
         self.busy = threading.Lock()
         self.overlapped = False
 
@@ -204,7 +204,8 @@ class SlowCaptioner:
             self.busy.acquire()
         try:
             self.calls.append(list(paths))
-            time.sleep(self.seconds)
+            self.entered.set()
+            self.gate.wait(timeout=10)
             if any(p.name == "boom" for p in paths):
                 raise RuntimeError("out of memory")
             return [Caption(p, text=f"caption of {p.name}") for p in paths]
@@ -213,27 +214,31 @@ class SlowCaptioner:
 
 
 def test_the_worker_batches_waiting_photos_and_answers_each_its_own():
-    slow = SlowCaptioner()
-    worker = CaptionWorker(slow, max_batch=3)
+    captioner = GatedCaptioner()
+    worker = CaptionWorker(captioner, max_batch=3)
     first = worker.submit(Path("0.jpg"))
-    time.sleep(0.05)  # the worker is now busy with the first photo alone
+    assert captioner.entered.wait(timeout=10)  # the worker is busy with the first photo alone
     later = [worker.submit(Path(f"{i}.jpg")) for i in (1, 2, 3, 4, 2)]
+    captioner.gate.set()
     worker.close()
     assert first.result().text == "caption of 0.jpg"
     assert [f.result().text for f in later] == [f"caption of {i}.jpg" for i in (1, 2, 3, 4, 2)]
     # the photos that waited went in batches of at most 3, a photo asked twice captioned once per batch
-    assert slow.calls == [[Path("0.jpg")], [Path("1.jpg"), Path("2.jpg"), Path("3.jpg")],
-                          [Path("4.jpg"), Path("2.jpg")]]
-    assert not slow.overlapped
+    assert captioner.calls == [[Path("0.jpg")], [Path("1.jpg"), Path("2.jpg"), Path("3.jpg")],
+                               [Path("4.jpg"), Path("2.jpg")]]
+    assert not captioner.overlapped
 
 
 def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
-    worker = CaptionWorker(SlowCaptioner(0.05), max_batch=4)
+    captioner = GatedCaptioner()
+    worker = CaptionWorker(captioner, max_batch=4)
     worker.submit(Path("block.jpg"))
-    time.sleep(0.01)
+    assert captioner.entered.wait(timeout=10)
     doomed = [worker.submit(Path("a.jpg")), worker.submit(Path("boom"))]
-    with pytest.raises(RuntimeError, match="out of memory"):
-        doomed[0].result()
+    captioner.gate.set()
+    for future in doomed:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            future.result()
     assert worker.submit(Path("c.jpg")).result().text == "caption of c.jpg"
     worker.close()
     with pytest.raises(RuntimeError, match="stopped"):
