@@ -1,6 +1,8 @@
 """The web app's JSON API (httpx through FastAPI's TestClient, and a live uvicorn for concurrency), and its worker."""
 from __future__ import annotations
 
+import re
+
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -168,7 +170,11 @@ def test_the_page_and_the_api_docs_are_served(client):
         assert client.get(asset).status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/api/caption", "/api/similar", "/api/search", "/api/health"} <= set(schema["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text
+    scripts = re.findall(r'src="([^"]+)"', docs.text)
+    assert scripts and all(src.startswith("/") for src in scripts)  # served here: works with no internet
+    assert all(client.get(src).status_code == 200 for src in scripts)
 
 
 def test_eight_concurrent_clients_all_get_their_own_photos_caption(captioner):

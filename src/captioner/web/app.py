@@ -12,6 +12,7 @@ from fastapi import FastAPI, File, HTTPException, Path as PathParam, Query, Requ
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline  # /docs with Swagger UI served from the package, not a CDN
 
 from captioner import __version__
 from captioner.api import Caption, Captioner
@@ -48,7 +49,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
             finally:
                 app.state.worker.close()
 
-    app = FastAPI(title="captioner", version=__version__, lifespan=lifespan,
+    app = FastAPIOffline(title="captioner", version=__version__, lifespan=lifespan,
                   description="Caption photos, see where each word looked, find similar photos and search a "
                               "gallery by description. The page is at `/`.")
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
