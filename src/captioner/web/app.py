@@ -50,8 +50,8 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
                 app.state.worker.close()
 
     app = FastAPIOffline(title="captioner", version=__version__, lifespan=lifespan,
-                  description="Caption photos, see where each word looked, find similar photos and search a "
-                              "gallery by description. The page is at `/`.")
+                         description="Caption photos, see where each word looked, find similar photos and search "
+                                     "a gallery by description. The page is at `/`.")
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
