@@ -120,3 +120,21 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
     assert report["meta"]["split"] == "dev" and report["meta"]["beam"] == 2
     assert len(report["samples"]) == DEV and all(s["references"] for s in report["samples"])
     assert "<img" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_align_adds_a_retrieval_head_chosen_on_dev(mini_corpus, tmp_path, capsys):
+    from captioner.cli import main
+    from captioner.retrieval import FILE, load_head
+
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
+    model_dir = train(cfg, progress=False)
+    assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    head = load_head(model_dir)
+    assert (model_dir / FILE).is_file() and vars(head.cfg) == result["config"]
+    trials = result["dev_trials"]
+    assert all(t["median_rank"] >= 1 and 0 <= t["R@1"] <= t["R@5"] <= t["R@10"] <= 100 for t in trials)
+    first_stage = [t for t in trials if not t["rerank_pool"]]
+    assert head.cfg.blend in {t["blend"] for t in first_stage} and len(first_stage) == 7
+    chosen = max((t for t in trials if t["rerank_pool"]), key=lambda t: t["R@1"] + t["R@5"] + t["R@10"])
+    assert (head.cfg.rerank_pool, head.cfg.rerank_weight) == (chosen["rerank_pool"], chosen["rerank_weight"])

@@ -120,11 +120,12 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     result = align(args.model, args.data, args.cache)
     cfg = result["config"]
-    best = max((t for t in result["dev_trials"] if t["blend"] == cfg["blend"]
-                and t["rerank_weight"] == cfg["rerank_weight"]), key=lambda t: t["R@1"])
+    best = next(t for t in result["dev_trials"] if all(t[k] == cfg[k] for k in ("blend", "rerank_pool",
+                                                                                "rerank_weight")))
     print(json.dumps(result) if args.json else
-          f"retrieval head saved in {args.model}: blend {cfg['blend']}, rerank weight {cfg['rerank_weight']}; "
-          f"dev R@1 {best['R@1']:.1f}, R@10 {best['R@10']:.1f}, median rank {best['median_rank']:.0f}")
+          f"retrieval head saved in {args.model}: blend {cfg['blend']}, re-ranking the best {cfg['rerank_pool']} "
+          f"with weight {cfg['rerank_weight']}; dev R@1 {best['R@1']:.1f}, R@10 {best['R@10']:.1f}, "
+          f"median rank {best['median_rank']:.0f} (with --rerank)")
     return 0
 
 
