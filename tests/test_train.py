@@ -124,7 +124,7 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
 
 def test_align_adds_a_retrieval_head_chosen_on_dev(mini_corpus, tmp_path, capsys):
     from captioner.cli import main
-    from captioner.retrieval import FILE, load_head
+    from captioner.retrieval import FILE, choose_rerank, load_head
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
@@ -136,5 +136,15 @@ def test_align_adds_a_retrieval_head_chosen_on_dev(mini_corpus, tmp_path, capsys
     assert all(t["median_rank"] >= 1 and 0 <= t["R@1"] <= t["R@5"] <= t["R@10"] <= 100 for t in trials)
     first_stage = [t for t in trials if not t["rerank_pool"]]
     assert head.cfg.blend in {t["blend"] for t in first_stage} and len(first_stage) == 7
-    chosen = max((t for t in trials if t["rerank_pool"]), key=lambda t: t["R@1"] + t["R@5"] + t["R@10"])
-    assert (head.cfg.rerank_pool, head.cfg.rerank_weight) == (chosen["rerank_pool"], chosen["rerank_weight"])
+    assert (head.cfg.rerank_pool, head.cfg.rerank_weight) == choose_rerank(trials)
+
+
+def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():
+    from captioner.retrieval import choose_rerank
+
+    def trial(pool, weight, r1):
+        return {"blend": 0.8, "rerank_pool": pool, "rerank_weight": weight, "R@1": r1, "R@5": 50.0, "R@10": 60.0}
+
+    trials = [trial(0, 0.0, 30.0), trial(30, 0.02, 20.0), trial(30, 0.05, 20.5), trial(100, 0.02, 21.4)]
+    assert choose_rerank(trials) == (30, 0.05)
+    assert choose_rerank(trials + [trial(100, 0.05, 21.6)]) == (100, 0.05)

@@ -206,9 +206,21 @@ def tune(model, head: RetrievalHead, pooled: torch.Tensor, grid: torch.Tensor, q
         for weight in (0.01, 0.02, 0.05, 0.1, 0.2):
             trials.append({"blend": cfg.blend, "rerank_pool": size, "rerank_weight": weight}
                           | recall(reranked(first, pool[:, :size], logprob[:, :size], weight), truth))
-    best = max((t for t in trials if t["rerank_pool"]), key=_rsum)
-    cfg.rerank_pool, cfg.rerank_weight = best["rerank_pool"], best["rerank_weight"]
+    cfg.rerank_pool, cfg.rerank_weight = choose_rerank(trials)
     return trials
+
+
+def choose_rerank(trials: list[dict], slack: float = 1.0) -> tuple[int, float]:
+    """The smallest pool within `slack` points of the best R@1 + R@5 + R@10, and its best weight.
+
+    Each candidate costs an encoding of its photo, so a pool three times larger
+    must earn more than noise to be chosen.
+    """
+    reranked = [t for t in trials if t["rerank_pool"]]
+    best = max(map(_rsum, reranked))
+    pool = min(t["rerank_pool"] for t in reranked if _rsum(t) >= best - slack)
+    chosen = max((t for t in reranked if t["rerank_pool"] == pool), key=_rsum)
+    return chosen["rerank_pool"], chosen["rerank_weight"]
 
 
 def _rsum(trial: dict) -> float:
