@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioner.sentences import DIM, load_sentence_encoder, model_dir
+from captioner.sentences import DIM, SentenceEncoder, load_sentence_encoder, model_dir
 
 TEXTS = ["a dog runs on the beach",
          "Two children play in a fountain while their mother watches from a bench near the trees.",
@@ -16,9 +16,12 @@ def test_vectors_match_the_reference_implementation(monkeypatch):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     reference = sentence_transformers.SentenceTransformer(str(model_dir()), device="cpu")
     expected = reference.encode(TEXTS, normalize_embeddings=True)
-    got = load_sentence_encoder().embed(TEXTS, batch_size=2)  # batches of mixed lengths: padding must not leak
+    exact = SentenceEncoder(model_dir(), bf16=False)
+    got = exact.embed(TEXTS, batch_size=2)  # batches of mixed lengths: padding must not leak
     assert got.shape == (len(TEXTS), DIM) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    fast = SentenceEncoder(model_dir(), bf16=True).embed(TEXTS, batch_size=2)
+    assert fast.dtype == np.float32 and (fast * expected).sum(1).min() > 0.999
 
 
 def test_similar_sentences_are_closer_than_unrelated_ones():
