@@ -173,7 +173,7 @@ def _count(db: Path) -> int:
         return 0
 
 
-def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path):
+def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path, monkeypatch):
     db = tmp_path / "g.db"
     writer = Gallery.create(db, captioner=tiny)
     writer.index([photos / "nested"], progress=False)
@@ -182,6 +182,15 @@ def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path):
     writer.index([photos], progress=False)
     assert len(reader) == 8
     assert {m.path.name for m in reader.search("a dog", k=8)} == {p.name for p in photos.rglob("*") if p.is_file()}
+    with sqlite3.connect(db) as conn:  # the writer saved its vector indexes and pruned the removal log
+        assert conn.execute("SELECT count(*) FROM removed").fetchone()[0] == 0
+    (photos / "tabby_cat.jpg").unlink()
+    Image.fromarray(gradient(40, 40)).save(photos / "gradient.png")
+    monkeypatch.setattr(writer, "_save_vectors", lambda: None)  # mid-run: only the catalogue has the news
+    writer.index([photos], progress=False)
+    found = {m.path.name for m in reader.search("a cat", k=8)}
+    assert len(reader) == 7 and "tabby_cat.jpg" not in found and "gradient.png" in found
+    assert reader.text.vectors([rows(db)["gradient.png"][0]]).shape == (1, 384)  # the changed photo's new row
     with pytest.raises(CaptionerError, match="another `captioner index` is writing"):
         Gallery.create(db, captioner=tiny)
     writer.close()

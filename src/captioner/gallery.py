@@ -9,10 +9,14 @@ Files, side by side:
   gallery.db.lock        held while `index` writes
 
 The catalogue is the truth: every batch of photos is committed in one
-transaction, and the vector indexes are saved after it from time to time. A
-kill at any moment leaves the last committed batch; vector indexes older than
-the catalogue are rebuilt from it when the gallery is opened. Readers may open
-the gallery while one indexer writes; they see each committed batch.
+transaction that bumps the catalogue's generation, and each row records the
+generation that wrote it (a trigger logs removed rows the same way). Anyone
+holding vector indexes of an older generation catches up by reading only what
+changed since; the vector indexes are saved from time to time, after which the
+removal log before them is pruned. A kill at any moment leaves the last
+committed batch, and vector indexes that are missing or too old are rebuilt
+from the catalogue. Readers may query while one indexer writes, and see each
+batch it commits.
 """
 from __future__ import annotations
 
@@ -63,9 +67,20 @@ CREATE TABLE IF NOT EXISTS photos (
     error TEXT,
     indexed_at TEXT NOT NULL,
     visual BLOB,
-    text BLOB
+    text BLOB,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS photos_sha256 ON photos (sha256);
+CREATE INDEX IF NOT EXISTS photos_generation ON photos (generation);
+CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, generation INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_generation ON removed (generation);
+CREATE TRIGGER IF NOT EXISTS photos_written AFTER INSERT ON photos BEGIN
+    UPDATE photos SET generation = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation')
+    WHERE id = NEW.id;
+END;
+CREATE TRIGGER IF NOT EXISTS photos_removed AFTER DELETE ON photos BEGIN
+    INSERT INTO removed VALUES (OLD.id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
+END;
 """
 
 
@@ -201,7 +216,7 @@ class Gallery:
                 self.conn.execute("BEGIN")
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("format", str(FORMAT)), ("captioner", __version__), ("model", model_id),
-                    ("model_folder", str(self.captioner.model.folder)), ("generation", "0")])
+                    ("model_folder", str(self.captioner.model.folder)), ("generation", "0"), ("pruned", "0")])
             return
         fmt = int(meta.get("format", "0"))
         if fmt > FORMAT:
@@ -215,20 +230,21 @@ class Gallery:
         if rebuild:
             with self.conn:
                 self.conn.execute("BEGIN")
+                self._bump()
                 self.conn.execute("DELETE FROM photos")
                 self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
                     (model_id, "model"), (str(self.captioner.model.folder), "model_folder"),
                     (__version__, "captioner")])
-                self._bump()
         elif meta["model"] != model_id:
             raise CaptionerError(f"{self.db} was indexed with another model ({meta['model_folder']}): "
                                  f"open it with that model (--model), or index it again with this one (--rebuild)")
 
     def _bump(self) -> None:
+        """Start a new generation: first thing in every writing transaction, so its rows carry it."""
         self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
-    def _db_generation(self) -> int:
-        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+    def _meta_int(self, key: str) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
     # -- vector indexes --------------------------------------------------------------------------
 
@@ -237,40 +253,52 @@ class Gallery:
         return Path(f"{self.db}.vectors")
 
     def refresh(self) -> None:
-        """Catch up with what an indexer committed since: reload or rebuild the vector indexes."""
-        with self.lock:
-            generation = self._db_generation()
+        """Catch up with what an indexer committed since: read the rows written or removed after us."""
+        with self.lock, self.conn:
+            self.conn.execute("BEGIN")  # one snapshot of the catalogue
+            generation = self._meta_int("generation")
             if generation == self.generation:
                 return
-            if not self._load_vectors(generation):
-                self._rebuild_vectors()
+            if self.generation < self._meta_int("pruned"):  # the removals since we last looked are forgotten
+                self.generation = self._load_vectors()
+            written = self.conn.execute("SELECT id, visual, text FROM photos WHERE generation > ?",
+                                        (self.generation,)).fetchall()
+            gone = [r[0] for r in self.conn.execute("SELECT id FROM removed WHERE generation > ?",
+                                                    (self.generation,))]
+            self.visual.remove(gone + [r[0] for r in written])
+            self.text.remove(gone + [r[0] for r in written])
+            written = [r for r in written if r[1] is not None]  # failed photos have no vectors
+            if written:
+                ids = np.array([r[0] for r in written])
+                self.visual.add(ids, np.stack([_vector(r[1]) for r in written]))
+                self.text.add(ids, np.stack([_vector(r[2]) for r in written]))
             self.generation = generation
 
-    def _load_vectors(self, generation: int) -> bool:
+    def _load_vectors(self) -> int:
+        """Vector indexes from the saved file if it is recent enough to catch up from, else empty; their generation."""
         try:
             with safe_open(str(self.vectors_path), "np") as f:
-                if int(f.metadata()["generation"]) != generation:
-                    return False
-                self.visual = VectorIndex.from_bytes(f.get_tensor("visual"))
-                self.text = VectorIndex.from_bytes(f.get_tensor("text"))
-            return True
-        except Exception:  # missing, partial or foreign: the catalogue has everything to rebuild it
-            return False
-
-    def _rebuild_vectors(self) -> None:
-        rows = self.conn.execute("SELECT id, visual, text FROM photos WHERE visual IS NOT NULL").fetchall()
-        visual_dim = self.captioner.encoder.spec.dim
-        text_dim = 384 * (1 if self.head is None else 2)
-        self.visual, self.text = VectorIndex(visual_dim), VectorIndex(text_dim)
-        if rows:
-            ids = np.array([r[0] for r in rows])
-            self.visual.add(ids, np.stack([_vector(r[1]) for r in rows]))
-            self.text.add(ids, np.stack([_vector(r[2]) for r in rows]))
+                saved = int(f.metadata()["generation"])
+                if self._meta_int("pruned") <= saved <= self._meta_int("generation"):
+                    self.visual = VectorIndex.from_bytes(f.get_tensor("visual"))
+                    self.text = VectorIndex.from_bytes(f.get_tensor("text"))
+                    return saved
+        except Exception:  # missing, partial or foreign: the catalogue has everything to rebuild them
+            pass
+        self.visual = VectorIndex(self.captioner.encoder.spec.dim)
+        self.text = VectorIndex(384 * (1 if self.head is None else 2))
+        return -1  # empty: catching up reads every row
 
     def _save_vectors(self) -> None:
-        with atomic_path(self.vectors_path) as tmp:
-            save_file({"visual": self.visual.to_bytes(), "text": self.text.to_bytes()}, str(tmp),
-                      metadata={"generation": str(self.generation)})
+        """Save the vector indexes (the writer, up to date), then prune the removal log they make unneeded."""
+        with self.lock:
+            with atomic_path(self.vectors_path) as tmp:
+                save_file({"visual": self.visual.to_bytes(), "text": self.text.to_bytes()}, str(tmp),
+                          metadata={"generation": str(self.generation)})
+            with self.conn:
+                self.conn.execute("BEGIN")
+                self.conn.execute("DELETE FROM removed WHERE generation <= ?", (self.generation,))
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'pruned'", (str(self.generation),))
 
     # -- indexing ----------------------------------------------------------------------------------
 
@@ -316,6 +344,7 @@ class Gallery:
         encode: list[tuple[Path, str]] = []
         with self.lock, self.conn:
             self.conn.execute("BEGIN")
+            self._bump()
             for p, h in zip(todo, hashes):
                 if h is None:
                     continue
@@ -337,8 +366,6 @@ class Gallery:
             for path, row in gone.items():
                 self.conn.execute("DELETE FROM photos WHERE id = ?", (row[0],))
                 report.removed += 1
-            if report.moved or report.removed or report.added or report.changed:
-                self._bump()
         self.refresh()
         try:
             self._encode(encode, stats, report, progress, batch_size)
@@ -383,8 +410,7 @@ class Gallery:
             pooled = np.stack([c.vector for c in ok])
             text = photo_vectors(self.head, torch.from_numpy(pooled), [[c.text] + [a for a, _ in c.alternatives]
                                                                       for c in ok])
-            # Rounded as stored, so vectors rebuilt from the catalogue score exactly the same.
-            visual, text = (_vector(_blob(v)).reshape(v.shape) for v in (_unit(pooled), text))
+            visual = _unit(pooled)
         rows = []
         for c in captions:
             p = Path(c.path)
@@ -398,23 +424,13 @@ class Gallery:
             rows.append((str(p), sha[p], size, mtime, c.text, json.dumps(c.alternatives), c.score, None, _now(),
                          _blob(visual[i]), _blob(text[i])))
         report.encoded += len(ok)
-        with self.lock:
-            with self.conn:
-                self.conn.execute("BEGIN")
-                old = [r[0] for p in rows for r in self.conn.execute("SELECT id FROM photos WHERE path = ?", (p[0],))]
-                self.conn.executemany("DELETE FROM photos WHERE path = ?", [(r[0],) for r in rows])
-                ids = [self.conn.execute("INSERT INTO photos (path, sha256, size, mtime_ns, caption, alternatives, "
-                                         "score, error, indexed_at, visual, text) VALUES "
-                                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", r).lastrowid for r in rows]
-                self._bump()
-            # The writer keeps its vector indexes in step with each commit, without a rebuild.
-            self.visual.remove(old)
-            self.text.remove(old)
-            if ok:
-                added = np.array(ids[len(rows) - len(ok):])
-                self.visual.add(added, visual)
-                self.text.add(added, text)
-            self.generation = self._db_generation()
+        with self.lock, self.conn:
+            self.conn.execute("BEGIN")
+            self._bump()
+            self.conn.executemany("DELETE FROM photos WHERE path = ?", [(r[0],) for r in rows])
+            self.conn.executemany("INSERT INTO photos (path, sha256, size, mtime_ns, caption, alternatives, score, "
+                                  "error, indexed_at, visual, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.refresh()
 
     # -- queries -----------------------------------------------------------------------------------
 
