@@ -171,17 +171,19 @@ class Gallery:
     @classmethod
     def _connect(cls, db: Path, model, captioner, create: bool, rebuild: bool = False) -> "Gallery":
         captioner = captioner or Captioner.load(model)
+        gallery = cls(db, sqlite3.connect(db, timeout=30, check_same_thread=False, isolation_level=None), captioner)
         try:
-            conn = sqlite3.connect(db, timeout=30, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            gallery = cls(db, conn, captioner)
+            gallery.conn.execute("PRAGMA journal_mode=WAL")
+            gallery.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
             if create:
                 gallery._take_writer_lock()
             gallery._check_or_init(create, rebuild)
             gallery.refresh()
-        except sqlite3.DatabaseError as e:
-            raise CaptionerError(f"{db} is not a captioner gallery ({e})") from None
+        except BaseException as e:
+            gallery.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise CaptionerError(f"{db} is not a captioner gallery ({e})") from None
+            raise
         return gallery
 
     def _take_writer_lock(self) -> None:
