@@ -315,3 +315,17 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["search", "--db", db]) == 1
     assert "either a search TEXT or --queries" in capsys.readouterr().err
+
+
+def test_vector_search_leaves_torch_threads_alone():
+    """faiss answers on one OpenMP thread; torch shares the setting and must keep its own two."""
+    code = ("import numpy as np, torch\n"
+            "from captioner.vectorindex import VectorIndex\n"
+            "index = VectorIndex(8); index.add(np.arange(3), np.eye(3, 8))\n"
+            "assert index.search(np.eye(1, 8), 2)[1][0][0] == 0\n"
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(SRC),
+                                                                          "OMP_NUM_THREADS": "2"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2"]

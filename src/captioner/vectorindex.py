@@ -3,17 +3,15 @@
 Exact search over float16 vectors (a flat scalar-quantizer index): at gallery
 sizes (10^5 photos) one query scans every vector in milliseconds, with nothing
 approximate to tune and cheap removal; float16 halves the memory of float32 and
-scans several times faster, as the scan is bound by memory bandwidth. One
-OpenMP thread: a single query is answered faster without the threads' start-up,
-and concurrent queries run in their own threads. benchmarks/vector_index.py
-has the measurements behind these choices.
+scans several times faster, as the scan is bound by memory bandwidth. A query
+runs on one OpenMP thread: a single query is answered faster without the
+threads' start-up, and concurrent queries run in their own threads.
+benchmarks/vector_index.py has the measurements behind these choices.
 """
 from __future__ import annotations
 
 import faiss
 import numpy as np
-
-faiss.omp_set_num_threads(1)
 
 
 class VectorIndex:
@@ -41,7 +39,13 @@ class VectorIndex:
         k = min(k, len(self))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        # The thread count is this thread's OpenMP setting, which torch shares: set it back afterwards.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     def vectors(self, ids) -> np.ndarray:
         """The stored vectors [n, dim] of ids [n] (each must be present)."""
