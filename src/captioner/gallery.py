@@ -407,6 +407,8 @@ class Gallery:
         bar.close()
 
     def _commit(self, captions: list[Caption], sha: dict[Path, str], stats: dict, report: IndexReport) -> None:
+        if not captions:
+            return
         ok = [c for c in captions if not c.error]
         if ok:
             pooled = np.stack([c.vector for c in ok])
