@@ -44,7 +44,7 @@ from .features import encode_photos, hash_photos
 from .files import atomic_path
 from .images import expand_paths, file_sha256
 from .retrieval import RetrievalConfig, load_head, photo_vectors, query_vectors, text_logprob
-from .sentences import load_sentence_encoder
+from .sentences import DIM, load_sentence_encoder
 from .vectorindex import VectorIndex
 
 FORMAT = 1
@@ -82,6 +82,10 @@ CREATE TRIGGER IF NOT EXISTS photos_removed AFTER DELETE ON photos BEGIN
     INSERT INTO removed VALUES (OLD.id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
 END;
 """
+
+
+INSERT_PHOTO = ("INSERT INTO photos (path, sha256, size, mtime_ns, caption, alternatives, score, error, indexed_at, "
+                "visual, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def default_db() -> Path:
@@ -288,7 +292,7 @@ class Gallery:
         except Exception:  # missing, partial or foreign: the catalogue has everything to rebuild them
             pass
         self.visual = VectorIndex(self.captioner.encoder.spec.dim)
-        self.text = VectorIndex(384 * (1 if self.head is None else 2))
+        self.text = VectorIndex(DIM * (1 if self.head is None else 2))
         return -1  # empty: catching up reads every row
 
     def _save_vectors(self) -> None:
@@ -341,7 +345,7 @@ class Gallery:
         failed_hash: dict[Path, str] = {}
         hashes = hash_photos(todo, failed=failed_hash)
         report.failed.update({str(p): reason for p, reason in failed_hash.items()})
-        done = {r[0]: r[1] for r in self.conn.execute("SELECT sha256, id FROM photos WHERE visual IS NOT NULL")}
+        done = {row[2]: row[0] for row in known.values() if row[5] is None}  # captioned: no error, vectors stored
         gone_by_hash = {row[2]: row for row in gone.values() if row[5] is None}
         encode: list[tuple[Path, str]] = []
         with self.lock, self.conn:
@@ -384,8 +388,7 @@ class Gallery:
         values = (str(path), sha, size, mtime, *row[:3], None, _now(), *row[3:])
         if existing:
             self.conn.execute("DELETE FROM photos WHERE id = ?", (existing[0],))
-        self.conn.execute("INSERT INTO photos (path, sha256, size, mtime_ns, caption, alternatives, score, "
-                          "error, indexed_at, visual, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        self.conn.execute(INSERT_PHOTO, values)
 
     def _encode(self, todo: list[tuple[Path, str]], stats: dict, report: IndexReport, progress: bool,
                 batch_size: int) -> None:
@@ -432,8 +435,7 @@ class Gallery:
             self.conn.execute("BEGIN")
             self._bump()
             self.conn.executemany("DELETE FROM photos WHERE path = ?", [(r[0],) for r in rows])
-            self.conn.executemany("INSERT INTO photos (path, sha256, size, mtime_ns, caption, alternatives, score, "
-                                  "error, indexed_at, visual, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(INSERT_PHOTO, rows)
         self.refresh()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -490,7 +492,7 @@ class Gallery:
     def _features(self, ids: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Each photo's (pooled, grid) features: encoded from its file, kept for the next queries."""
         with self.lock:
-            todo = [m for m in self._matches([(i, 0.0) for i in ids if i not in self.grids])]
+            todo = self._matches([(i, 0.0) for i in ids if i not in self.grids])
         if todo:
             for ok, pooled, grid, _ in encode_photos(self.captioner.encoder, [m.path for m in todo],
                                                      batch_size=16, progress=False):
@@ -534,7 +536,7 @@ class Gallery:
                 with self.lock:
                     exclude |= {r[0] for r in self.conn.execute("SELECT id FROM photos WHERE sha256 = ?", (digest,))}
         caption_part = np.zeros_like(text)
-        caption_part[:384] = text[:384]  # caption vectors only: photo to photo, their captions compared
+        caption_part[:DIM] = text[:DIM]  # caption vectors only: photo to photo, their captions compared
         weight = {"visual": 1.0, "caption": 0.0, "both": visual_weight}[by]
         wanted = k + len(exclude)
         candidates: set[int] = set()

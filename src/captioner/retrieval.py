@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -71,11 +72,9 @@ def load_head(model_dir: Path) -> RetrievalHead | None:
     path = Path(model_dir) / FILE
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         cfg = RetrievalConfig(**json.loads(f.metadata()["config"]))
-    weights = load_file(str(path))
+        weights = {k: f.get_tensor(k) for k in f.keys()}
     head = RetrievalHead(cfg, weights["mean"].shape[0])
     head.load_state_dict({k: v.float() for k, v in weights.items()})
     return head.eval()
