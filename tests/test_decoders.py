@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from captioner.decode import beam_search, greedy
+from captioner.decode import beam_search, greedy, sample
 from captioner.decoders import Decoder, DecoderConfig, KINDS
 from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
 
@@ -27,7 +27,7 @@ def test_forward_shapes(kind):
     captions = torch.randint(4, V, (3, 7))
     logits, attention = small(kind)(pooled, grid, captions)
     assert logits.shape == (3, 6, V)
-    if kind == "attention":
+    if kind in ("attention", "transformer"):
         assert attention.shape == (3, 6, N)
         assert torch.allclose(attention.sum(-1), torch.ones(3, 6), atol=1e-5)
     else:
@@ -40,11 +40,11 @@ def test_step_matches_teacher_forcing(kind):
     decoder = small(kind)
     pooled, grid = features()
     g = torch.Generator().manual_seed(2)
-    captions = torch.randint(4, V, (10, 9), generator=g)
+    captions = torch.randint(4, V, (70, 9), generator=g)  # the transformer runs them in chunks of 32
     captions[:, 0] = START_ID
-    for row, length in enumerate([9, 3, 5, 9, 2, 7, 8, 4, 6, 9]):  # short captions leave the batch early
+    for row, length in enumerate(torch.randint(2, 10, (70,), generator=g).tolist()):  # short ones end early
         captions[row, length:] = PAD_ID
-    owner = torch.randint(0, 3, (10,), generator=g)  # several captions per photo
+    owner = torch.randint(0, 3, (70,), generator=g)  # several captions per photo
     logits, _ = decoder(pooled, grid, captions, owner)
     state, memory = decoder.start(pooled[owner], grid[owner])
     for t in range(8):
@@ -123,3 +123,36 @@ def test_length_penalty_prefers_longer_captions():
     normalised = beam_search(decoder, pooled, grid, beam=3, max_len=10, length_penalty=1.0)[0][0]
     assert len(normalised.tokens) >= len(plain.tokens)
     assert normalised.score == pytest.approx(normalised.logprob / (len(normalised.tokens) + 1))
+
+
+def test_ngram_blocking_stops_a_repeated_phrase():
+    # The decoder would say "5 6 5 6": with bigram blocking the second "5 6" is ruled out and it ends instead.
+    script = [{5: 5, 7: 1}, {6: 5, 7: 1}, {5: 5, 7: 1}, {6: 5, END_ID: 1, 7: 0}, {END_ID: 5}]
+    decoder = Scripted(script)
+    pooled, grid = features(2)
+    assert beam_search(decoder, pooled, grid, beam=1, max_len=10)[0][0].tokens == [5, 6, 5, 6]
+    assert beam_search(decoder, pooled, grid, beam=1, max_len=10, block_ngram=2)[0][0].tokens == [5, 6, 5]
+    assert beam_search(decoder, pooled, grid, beam=1, max_len=10, block_ngram=3)[0][0].tokens == [5, 6, 5, 6]
+    for hyps in beam_search(decoder, pooled, grid, beam=3, max_len=10, block_ngram=1):  # no word twice
+        for h in hyps:
+            assert len(set(h.tokens)) == len(h.tokens)
+
+
+def test_sampling_follows_the_distribution():
+    decoder = Scripted([{5: math.log(0.75), 6: math.log(0.25)}, {END_ID: 20}])
+    pooled, grid = features(2)
+    ids = sample(decoder, pooled, grid, k=1000, max_len=10, generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (2000, 2)
+    assert set(ids[:, 1].tolist()) == {END_ID}
+    assert 0.72 < (ids[:, 0] == 5).float().mean() < 0.78
+
+
+def test_sampling_ends_every_caption_and_pads_after():
+    decoder = Scripted([{9: 5, END_ID: 4}])  # ends now and then, and at max_len at the latest
+    pooled, grid = features(3)
+    ids = sample(decoder, pooled, grid, k=4, max_len=6, generator=torch.Generator().manual_seed(1))
+    assert ids.shape[0] == 12 and ids.shape[1] <= 7
+    for row in ids.tolist():
+        end = row.index(END_ID)
+        assert set(row[:end]) == {9} or end == 0
+        assert set(row[end + 1:]) <= {PAD_ID}

@@ -4,15 +4,20 @@
     start(pooled [B, D], grid [B, N, D]) -> (state, memory)
     step(words [B], state, memory)        -> (logits [B, V], state, attention [B, N] | None)
     forward(pooled, grid, captions [B, T], owner [B]) -> (logits [B, T-1, V], attention [B, T-1, N] | None)
-Each kind supplies `embed`, `out` and `drop` modules, `start`, and a `step` from
-an embedded word to the vector `out` reads, so that training embeds, drops out
-and projects to the vocabulary all steps at once. In all of them, `state` (recurrent, changes every step) and `memory` (fixed per photo) are
-tuples of tensors with the batch first, so beam search can reorder and repeat
-them without knowing which decoder it drives.
+Each kind supplies `embed`, `out` and `drop` modules, `start`, a `step` from an
+embedded word to the vector `out` reads, and a `sequence` that does the same for
+whole teacher-forced captions (the recurrent kinds unroll `step`; the
+transformer runs all positions at once), so that training embeds, drops out and
+projects to the vocabulary all steps at once. In all of them, `state` (changes
+every step: the LSTM's h and c, or the transformer's cached keys and values) and
+`memory` (fixed per photo) are tuples of tensors with the batch first, so beam
+search can reorder and repeat them without knowing which decoder it drives.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +40,46 @@ class Dropout(nn.Dropout):
 
 @dataclass
 class DecoderConfig:
-    kind: str = "attention"  # merge | inject | attention
+    kind: str = "attention"  # merge | inject | attention | transformer
     embed_dim: int = 512
-    hidden_dim: int = 512
-    attention_dim: int = 512
+    hidden_dim: int = 512  # the LSTM's state; the transformer's width
+    attention_dim: int = 512  # attention kind only
     dropout: float = 0.5
     glove: str = "none"  # none | frozen | trained: initialise the word embedding from GloVe 6B 50d
+    layers: int = 3  # transformer only
+    heads: int = 8  # transformer only: hidden_dim must be a multiple
+    ffn_dim: int = 2048  # transformer only: the feed-forward width
+
+
+def unroll(net: nn.Module, words: torch.Tensor, steps: torch.Tensor, state: State, memory: State,
+           owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A recurrent kind's `step` over whole captions: words [B, T, E] -> features [B, T, F], attention.
+
+    Caption b runs for steps[b] words from the state and memory of row owner[b].
+    Captions run longest first and ended ones leave the batch, so padding costs little.
+    """
+    B, T = words.shape[:2]
+    order = steps.argsort(descending=True, stable=True)
+    rows = owner.index_select(0, order)
+    state = tuple(s.index_select(0, rows) for s in state)
+    memory = tuple(m.index_select(0, rows) for m in memory)
+    words = words.index_select(0, order)
+    active = (steps.index_select(0, order)[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # [T]
+    active = [b for b in active if b > 0]
+    features, alphas = [], []
+    kept = B  # captions still run; shrunk in steps, as each slice of memory costs a full-size gradient
+    for t, b in enumerate(active):
+        if b <= kept * 3 // 4:
+            kept = b
+            state = tuple(s[:b] for s in state)
+            memory = tuple(m[:b] for m in memory)
+        step_features, state, alpha = net.step(words[:kept, t], state, memory)
+        features.append(F.pad(step_features[:b], (0, 0, 0, B - b)))  # ended captions: zeros
+        alphas.append(F.pad(alpha[:b], (0, 0, 0, B - b)) if alpha is not None else None)
+    unsort = order.argsort()
+    features = torch.stack(features, 1).index_select(0, unsort)
+    attention = torch.stack(alphas, 1).index_select(0, unsort) if alphas[0] is not None else None
+    return features, attention
 
 
 class Merge(nn.Module):
@@ -64,6 +103,8 @@ class Merge(nn.Module):
         h, c = self.lstm(words, state)
         return F.relu(self.hidden(h + memory[0])), (h, c), None
 
+    sequence = unroll
+
 
 class Inject(nn.Module):
     """Show and Tell: the image is the LSTM's first input, the words follow."""
@@ -83,6 +124,8 @@ class Inject(nn.Module):
     def step(self, words, state, memory):
         h, c = self.lstm(words, state)
         return h, (h, c), None
+
+    sequence = unroll
 
 
 class Attention(nn.Module):
@@ -119,8 +162,117 @@ class Attention(nn.Module):
         h, c = self.lstm(torch.cat([words, z], 1), (h, c))
         return torch.tanh(self.deep(torch.cat([h, z], 1))), (h, c), alpha
 
+    sequence = unroll
 
-KINDS = {"merge": Merge, "inject": Inject, "attention": Attention}
+
+def attend(q, k, v, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention that also returns its weights: q [B, h, T, d], k, v [B, h, t, d].
+
+    Written out rather than F.scaled_dot_product_attention, whose CPU backward is
+    many times slower at caption lengths. `hidden` [T, t] masks keys out.
+    """
+    scores = q @ k.transpose(2, 3) / math.sqrt(q.shape[-1])  # [B, h, T, t]
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, float("-inf"))
+    alpha = scores.softmax(-1)
+    return alpha @ v, alpha
+
+
+class Block(nn.Module):
+    """A pre-norm transformer decoder layer: causal self-attention, cross-attention to the grid, feed-forward."""
+
+    def __init__(self, width: int, heads: int, ffn_dim: int, drop: nn.Module):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.self_out = nn.Linear(width, width)
+        self.query = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)  # grid cells -> keys and values, once per photo
+        self.cross_out = nn.Linear(width, width)
+        self.ffn = nn.Sequential(nn.Linear(width, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, width))
+        self.drop = drop
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, W] -> [B, heads, T, W / heads]
+        return x.unflatten(2, (self.heads, -1)).transpose(1, 2)
+
+    def memory(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(self.split(x) for x in self.kv(grid).chunk(2, -1))  # 2 x [B, heads, N, W / heads]
+
+    def forward(self, x, past_k, past_v, grid_k, grid_v):
+        """x [B, T, W] after past_k/past_v [B, heads, t, W / heads] -> x, keys and values so far, attention [B, T, N]."""
+        q, k, v = map(self.split, self.qkv(self.norm1(x)).chunk(3, -1))
+        k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+        T, t = q.shape[2], k.shape[2]
+        later = torch.ones(T, t, dtype=torch.bool).triu(t - T + 1)  # each word sees itself and the words before
+        a, _ = attend(q, k, v, later)
+        x = x + self.drop(self.self_out(a.transpose(1, 2).flatten(2)))
+        a, alpha = attend(self.split(self.query(self.norm2(x))), grid_k, grid_v)
+        x = x + self.drop(self.cross_out(a.transpose(1, 2).flatten(2)))
+        x = x + self.drop(self.ffn(self.norm3(x)))
+        return x, k, v, alpha.mean(1)
+
+
+class Transformer(nn.Module):
+    """A small transformer decoder: causal self-attention over the words, cross-attention to every grid cell."""
+
+    MAX_POSITIONS = 64
+
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int):
+        super().__init__()
+        W = cfg.hidden_dim
+        if W % cfg.heads:
+            raise ValueError(f"hidden_dim {W} is not a multiple of heads {cfg.heads}")
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.lift = nn.Linear(cfg.embed_dim, W) if cfg.embed_dim != W else nn.Identity()  # e.g. 50-d GloVe
+        self.position = nn.Embedding(self.MAX_POSITIONS, W)
+        self.project = nn.Sequential(nn.Linear(feature_dim, W), nn.LayerNorm(W))  # grid cells -> width
+        self.drop = Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(W, cfg.heads, cfg.ffn_dim, self.drop) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(W)
+        self.out = nn.Linear(W, vocab_size)
+
+    def start(self, pooled, grid):
+        cells = self.drop(self.project(grid))  # [B, N, W]
+        memory = tuple(t for block in self.blocks for t in block.memory(cells))  # per block: keys, values
+        B, W, heads = grid.shape[0], self.norm.normalized_shape[0], self.blocks[0].heads
+        empty = cells.new_zeros(B, heads, 0, W // heads)
+        return (empty,) * (2 * len(self.blocks)), memory
+
+    def sequence(self, words, steps, state, memory, owner, chunk: int = 32):
+        """All positions at once: the causal mask keeps each word from seeing the ones after it.
+
+        Captions run in chunks of similar length, each cut to its longest, so padding costs little.
+        """
+        B, T = words.shape[:2]
+        features = words.new_zeros(B, T, self.norm.normalized_shape[0])
+        attention = words.new_zeros(B, T, memory[0].shape[2])
+        for rows in steps.argsort(descending=True).split(chunk):
+            t = int(steps[rows[0]])
+            where = owner.index_select(0, rows)
+            f, _, a = self.run(words[rows, :t], tuple(s.index_select(0, where) for s in state),
+                               tuple(m.index_select(0, where) for m in memory))
+            features[rows, :t] = f.to(features.dtype)
+            attention[rows, :t] = a.to(attention.dtype)
+        return features, attention
+
+    def step(self, words, state, memory):
+        features, state, attention = self.run(words[:, None], state, memory)
+        return features[:, 0], state, attention[:, 0]
+
+    def run(self, words, state, memory):
+        """words [B, T, E] after the cached positions -> features [B, T, W], the new cache, attention [B, T, N]."""
+        past = state[0].shape[2]
+        positions = torch.arange(past, past + words.shape[1]).clamp(max=self.MAX_POSITIONS - 1)
+        x = self.drop(self.lift(words) + self.position(positions))
+        cache = []
+        for i, block in enumerate(self.blocks):
+            x, k, v, attention = block(x, state[2 * i], state[2 * i + 1], memory[2 * i], memory[2 * i + 1])
+            cache += [k, v]
+        return self.norm(x), tuple(cache), attention
+
+
+KINDS = {"merge": Merge, "inject": Inject, "attention": Attention, "transformer": Transformer}
 
 
 class Decoder(nn.Module):
@@ -152,31 +304,12 @@ class Decoder(nn.Module):
         """Teacher forcing: one pass over each whole caption (`<start> w1 .. wn <end> <pad>..`).
 
         With `owner` [B], caption b belongs to photo owner[b]: each photo's features
-        are prepared once for all of its captions. Captions run longest first and
-        ended ones leave the batch, so padding costs little.
+        are prepared once for all of its captions.
         """
-        B, T = captions.shape[0], captions.shape[1] - 1
         steps = (captions != PAD_ID).sum(1) - 1  # [B]: words to predict in each caption
-        order = steps.argsort(descending=True, stable=True)
-        owner = order if owner is None else owner.index_select(0, order)
+        owner = torch.arange(captions.shape[0]) if owner is None else owner
         state, memory = self.start(pooled, grid)
-        state = tuple(s.index_select(0, owner) for s in state)
-        memory = tuple(m.index_select(0, owner) for m in memory)
         net = self.net
-        words = net.drop(net.embed(captions.index_select(0, order)[:, :-1]))  # [B, T, E]
-        active = (steps.index_select(0, order)[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # [T]
-        active = [b for b in active if b > 0]
-        features, alphas = [], []
-        rows = B  # captions still run; shrunk in steps, as each slice of memory costs a full-size gradient
-        for t, b in enumerate(active):
-            if b <= rows * 3 // 4:
-                rows = b
-                state = tuple(s[:b] for s in state)
-                memory = tuple(m[:b] for m in memory)
-            step_features, state, alpha = net.step(words[:rows, t], state, memory)
-            features.append(F.pad(step_features[:b], (0, 0, 0, B - b)))  # ended captions: zeros
-            alphas.append(F.pad(alpha[:b], (0, 0, 0, B - b)) if alpha is not None else None)
-        unsort = order.argsort()
-        logits = net.out(net.drop(torch.stack(features, 1).index_select(0, unsort)))
-        attention = torch.stack(alphas, 1).index_select(0, unsort) if alphas[0] is not None else None
-        return logits, attention
+        words = net.drop(net.embed(captions[:, :-1]))  # [B, T, E]
+        features, attention = net.sequence(words, steps, state, memory, owner)
+        return net.out(net.drop(features)), attention
