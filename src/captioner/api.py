@@ -67,7 +67,7 @@ class Captioner:
                 results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
                 if ok:
                     hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
-                                       cfg.length_penalty)
+                                       cfg.length_penalty, cfg.block_ngram)
                     for i, beams, vector in zip(ok, hyps, pooled.float().numpy()):
                         results[i] = self._caption(paths[i], beams, grid_side, vector)
                 # The next batch is decoded (and may warn) while this one is captioned, so warnings

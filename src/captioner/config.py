@@ -29,7 +29,13 @@ class TrainConfig:
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
     attention_reg: float = 1.0  # doubly stochastic attention regularisation (attention decoders)
-    patience: int = 4  # stop after this many epochs without a better dev CIDEr
+    patience: int = 4  # end a phase after this many epochs without a better dev CIDEr
+    # Self-critical sequence training after cross-entropy, from its best epoch: sample captions,
+    # reward each by its CIDEr-D against the photo's references, push up those above the baseline.
+    scst_epochs: int = 0
+    scst_lr: float = 2e-5  # constant
+    scst_samples: int = 5  # captions sampled per photo
+    scst_baseline: str = "mean"  # mean: of the photo's other samples | greedy: the greedy caption's reward
     seed: int = 0
     threads: int = 0  # torch threads; 0: all cores
     bf16: bool = True  # bfloat16 autocast where the CPU supports it (about twice as fast)
@@ -40,6 +46,7 @@ class DecodeConfig:
     beam: int = 3
     length_penalty: float = 0.0
     max_len: int = 30
+    block_ngram: int = 0  # n > 0: no caption repeats an n-gram of its own
 
 
 @dataclass

@@ -23,6 +23,18 @@ def _never(logp: torch.Tensor) -> torch.Tensor:
     return logp
 
 
+def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """Rule out every word that would repeat an n-gram already in its beam: logp [B, K, V], history [B, K, t]."""
+    if history.shape[2] < n - 1:
+        return logp
+    windows = history.unfold(2, n, 1) if history.shape[2] >= n else history[..., :0, None].expand(-1, -1, -1, n)
+    tail = history[..., history.shape[2] - (n - 1):]  # [B, K, n - 1]: the words the next one would follow
+    seen = (windows[..., :n - 1] == tail[..., None, :]).all(-1)  # [B, K, W]: windows that start like the tail
+    V = logp.shape[-1]
+    banned = torch.where(seen, windows[..., n - 1], V)  # V: a spare column for windows that do not match
+    return logp + logp.new_zeros(*logp.shape[:2], V + 1).scatter_(2, banned, float("-inf"))[..., :V]
+
+
 def _repeat(tensors: State, k: int) -> State:
     return tuple(t.repeat_interleave(k, 0) for t in tensors)
 
@@ -61,13 +73,41 @@ def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: 
 
 
 @torch.inference_mode()
+def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, max_len: int = 30,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """k captions per photo, each word drawn from the decoder's distribution.
+
+    Returns ids [B * k, T]: row b * k + j is photo b's j-th caption, its words,
+    <end>, then <pad>.
+    """
+    state, memory = decoder.start(pooled, grid)
+    state, memory = _repeat(state, k), _repeat(memory, k)
+    words = torch.full((pooled.shape[0] * k,), START_ID, dtype=torch.long)
+    done = torch.zeros_like(words, dtype=torch.bool)
+    out = []
+    for t in range(max_len + 1):
+        logits, state, _ = decoder.step(words, state, memory)
+        if t == max_len:
+            words = torch.full_like(words, END_ID)
+        else:
+            words = torch.multinomial(_never(logits.float().log_softmax(-1)).exp(), 1, generator=generator).squeeze(1)
+        words = torch.where(done, PAD_ID, words)
+        out.append(words)
+        done |= words == END_ID
+        if done.all():
+            break
+    return torch.stack(out, 1)
+
+
+@torch.inference_mode()
 def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam: int = 3, max_len: int = 30,
-                length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+                length_penalty: float = 0.0, block_ngram: int = 0) -> list[list[Hypothesis]]:
     """The `beam` best captions of each photo, best first.
 
     Candidates are ranked by log-probability / length ** length_penalty (0: plain
     log-probability, 1: mean log-probability per word). A finished beam keeps its
     score and competes with the open ones until every beam of the photo has ended.
+    With `block_ngram` n > 0, no caption repeats an n-gram of its own.
     """
     B, K = pooled.shape[0], beam
     state, memory = decoder.start(pooled, grid)
@@ -83,6 +123,8 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
         logp = _never(logits.float().log_softmax(-1)).view(B, K, -1)
+        if block_ngram:
+            logp = _block_repeats(logp, history, block_ngram)
         alpha = alpha.float() if alpha is not None else None
         V = logp.shape[-1]
         if t == max_len:  # out of room: every open beam ends here

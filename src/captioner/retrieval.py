@@ -128,7 +128,8 @@ def beam_captions(model, pooled: torch.Tensor, grid: torch.Tensor, batch_size: i
     out = []
     for i in range(0, len(pooled), batch_size):
         for beams in beam_search(model.decoder, pooled[i:i + batch_size], grid[i:i + batch_size],
-                                 model.decode.beam, model.decode.max_len, model.decode.length_penalty):
+                                 model.decode.beam, model.decode.max_len, model.decode.length_penalty,
+                                 model.decode.block_ngram):
             out.append([detokenize(model.vocab.words[t] for t in h.tokens) for h in beams])
     return out
 
