@@ -41,14 +41,15 @@ def mini_corpus(tmp_path_factory, request) -> Path:
 def tiny_config(corpus: Path, out: Path, kind: str, **train) -> dict:
     return {
         "data": {"prepared": str(corpus), "encoder": "efficientnet-lite0", "cache": str(corpus / "features")},
-        "model": {"kind": kind, "embed_dim": 32, "hidden_dim": 48, "attention_dim": 16, "dropout": 0.1},
+        "model": {"kind": kind, "embed_dim": 32, "hidden_dim": 48, "attention_dim": 16, "dropout": 0.1,
+                  "layers": 2, "heads": 4, "ffn_dim": 64},
         "train": {"out": str(out), "epochs": 4, "batch_size": 8, "lr": 3e-3, "min_lr": 1e-3, "warmup_steps": 1,
                   "patience": 10, "seed": 1, **train},
         "decode": {"beam": 2, "max_len": 12},
     }
 
 
-@pytest.mark.parametrize("kind", ["merge", "inject", "attention"])
+@pytest.mark.parametrize("kind", ["merge", "inject", "attention", "transformer"])
 def test_each_decoder_learns(mini_corpus, tmp_path, kind):
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / kind, kind))
     model_dir = train(cfg, progress=False)
@@ -90,6 +91,56 @@ def test_resume_is_exact(mini_corpus, tmp_path):
         assert torch.equal(a[key], b[key]), key
     log = (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_self_critical_training_follows_the_best_cross_entropy_epoch(mini_corpus, tmp_path):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "transformer", epochs=2, scst_epochs=2,
+                                       scst_lr=1e-3, scst_samples=3))
+    model_dir = train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"]) for r in log] == [(1, "xe"), (2, "xe"), (3, "scst"), (4, "scst")]
+    assert all(0 <= r["train_reward"] < 10 for r in log[2:])  # mean CIDEr-D of the samples, toolkit scale
+    best = max(log, key=lambda r: r["dev_cider"])
+    assert f"selected at epoch {best['epoch']} " in (model_dir / "MODEL_CARD.md").read_text()
+
+
+def test_resume_is_exact_across_the_switch_to_self_critical(mini_corpus, tmp_path):
+    values = dict(epochs=1, scst_epochs=1, scst_samples=2, scst_baseline="greedy")
+    train(config_from_dict(tiny_config(mini_corpus, tmp_path / "straight", "attention", **values)), progress=False)
+    stopped = config_from_dict(tiny_config(mini_corpus, tmp_path / "stopped", "attention", **values))
+    train(stopped, stop_after=1, progress=False)
+    train(stopped, resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / CHECKPOINT))
+    b = load_file(str(tmp_path / "stopped" / CHECKPOINT))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_self_critical_loss_raises_the_reward():
+    """Sampled captions that score above their photo's baseline become more likely: the mean reward climbs."""
+    from captioner.cider import CiderD
+    from captioner.decoders import Decoder, DecoderConfig
+    from captioner.text import Vocab
+    from captioner.train import scst_loss
+
+    vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits", "red", "car"]] * 5, min_count=1)
+    cider = CiderD([[["a", "dog", "runs", "on", "grass"]], [["a", "red", "car"]], [["a", "cat", "sits"]]])
+    cfg = config_from_dict({"train": {"scst_samples": 8, "bf16": False}})
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(kind="transformer", embed_dim=16, hidden_dim=16, heads=2, ffn_dim=32, layers=1,
+                                    dropout=0.0), len(vocab), 8).eval()
+    pooled, grid = torch.eye(3, 8), torch.eye(3, 8)[:, None].expand(3, 4, 8)
+    opt = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    rewards = []
+    for _ in range(60):
+        loss, r = scst_loss(cfg, decoder, pooled, grid, [0, 1, 2], cider, vocab, 8, generator)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rewards.append(float(r.mean()))
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 1.0, rewards
 
 
 def test_resume_refuses_another_config(mini_corpus, tmp_path):

@@ -15,14 +15,15 @@ from tqdm import tqdm
 from .config import Config
 from .corpus import load_prepared
 from .dataset import Split, ensure_features, load_split
-from .decode import greedy
+from .cider import CiderD
+from .decode import greedy, sample
 from .decoders import Decoder
 from .encoders import bf16_supported
 from .errors import CaptionerError
 from .files import atomic_path, write_atomic
 from .glove import GLOVE_DIM, glove_vectors
 from .modelfolder import Model, save_model
-from .text import PAD_ID, Vocab
+from .text import END_ID, PAD_ID, START_ID, Vocab
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -80,11 +81,45 @@ def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, c
     target = captions[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=PAD_ID,
                            label_smoothing=cfg.train.label_smoothing)
-    if attention is not None and cfg.train.attention_reg:
+    if cfg.model.kind == "attention" and cfg.train.attention_reg:
         mask = (target != PAD_ID).float()[..., None]  # [B, T, 1]
         coverage = (attention * mask).sum(1)  # [B, N]: how much each cell was looked at over the caption
         loss = loss + cfg.train.attention_reg * ((1 - coverage) ** 2).mean()
     return loss
+
+
+def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, photos: list[int],
+              cider: CiderD, vocab: Vocab, max_len: int, generator: torch.Generator):
+    """Self-critical sequence training on one batch: returns the loss and each sample's reward [B * k].
+
+    Each photo's k sampled captions are rewarded by CIDEr-D against its
+    references; a caption's advantage is its reward minus the baseline (the mean
+    of the photo's other samples, or its greedy caption's reward), and the loss
+    is the advantage-weighted negative log-likelihood per word.
+    """
+    t, k = cfg.train, cfg.train.scst_samples
+    if t.scst_baseline not in ("mean", "greedy"):
+        raise CaptionerError(f"[train] scst_baseline must be mean or greedy, not {t.scst_baseline!r}")
+    if t.scst_baseline == "mean" and k < 2:
+        raise CaptionerError("[train] scst_samples must be at least 2 with the mean baseline")
+    use_bf16 = t.bf16 and bf16_supported()
+    words = lambda ids: [vocab.words[i] for i in ids if i not in (END_ID, PAD_ID)]  # noqa: E731
+    owner = torch.arange(len(photos)).repeat_interleave(k)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        samples = sample(decoder, pooled, grid, k, max_len, generator)  # [B * k, T]
+        rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], [words(s) for s in samples.tolist()]))
+        if t.scst_baseline == "greedy":
+            best = [words(h.tokens) for h in greedy(decoder, pooled, grid, max_len)]
+            baseline = torch.from_numpy(cider.scores(photos, best)).repeat_interleave(k)
+        else:
+            by_photo = rewards.view(-1, k)
+            baseline = ((by_photo.sum(1, keepdim=True) - by_photo) / (k - 1)).view(-1)
+        captions = torch.cat([torch.full((len(samples), 1), START_ID), samples], 1)
+        logits, _ = decoder(pooled, grid, captions, owner)
+    logp = logits.float().log_softmax(-1).gather(2, captions[:, 1:, None]).squeeze(2)  # [B * k, T]
+    mask = captions[:, 1:] != PAD_ID
+    loss = -((rewards - baseline)[:, None] * logp * mask).sum() / mask.sum()
+    return loss, rewards
 
 
 def _save_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer, state: dict) -> None:
@@ -123,8 +158,9 @@ def plot_curve(log: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in log]
+    xe = [r for r in log if "train_loss" in r]  # self-critical epochs have a reward instead
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [r["train_loss"] for r in log], "o-", color="tab:blue", label="train loss")
+    ax.plot([r["epoch"] for r in xe], [r["train_loss"] for r in xe], "o-", color="tab:blue", label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss", color="tab:blue")
     ax2 = ax.twinx()
@@ -167,9 +203,11 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     use_bf16 = cfg.train.bf16 and bf16_supported()
 
     decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1])
-    opt = torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad], lr=cfg.train.lr,
-                           weight_decay=cfg.train.weight_decay)
-    state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "config": cfg.to_dict()}
+    optimizer = lambda lr: torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad],  # noqa: E731
+                                            lr=lr, weight_decay=cfg.train.weight_decay)
+    opt = optimizer(cfg.train.lr)
+    state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
+             "config": cfg.to_dict()}
     if resume:
         state = _load_checkpoint(ckpt_path, decoder, opt)
         if state["config"] != cfg.to_dict():
@@ -180,42 +218,65 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     log = log[:state["epoch"]]  # an epoch logged after the last checkpoint is redone
     steps_per_epoch = math.ceil(len(rows_of) / cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
+    cider = CiderD([[r.split() for r in refs] for refs in train_split.references]) if cfg.train.scst_epochs else None
     first = state["epoch"]
-    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
+    while True:
+        if state["scst_from"] is None and (state["epoch"] >= cfg.train.epochs
+                                           or state["bad_epochs"] >= cfg.train.patience):
+            if not cfg.train.scst_epochs:
+                break
+            decoder.load_state_dict(load_file(str(out / "model" / "model.safetensors")))  # the best epoch so far
+            opt = optimizer(cfg.train.scst_lr)
+            state.update(scst_from=state["epoch"], bad_epochs=0)
+        if state["scst_from"] is not None and (state["epoch"] - state["scst_from"] >= cfg.train.scst_epochs
+                                               or state["bad_epochs"] >= cfg.train.patience):
+            break
         if stop_after is not None and state["epoch"] - first >= stop_after:
             break
+        scst = state["scst_from"] is not None
         epoch = state["epoch"] + 1
-        decoder.train()
+        decoder.train(not scst)  # self-critical: no dropout, so sampling and scoring see one model
         generator = torch.Generator().manual_seed(cfg.train.seed * 10_000 + epoch)
         started, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(batches(len(rows_of), cfg.train.batch_size, generator), desc=f"epoch {epoch}/{cfg.train.epochs}",
-                   unit="batch", disable=not progress, dynamic_ncols=True)
+        last = (state["scst_from"] + cfg.train.scst_epochs) if scst else cfg.train.epochs
+        bar = tqdm(batches(len(rows_of), cfg.train.batch_size, generator),
+                   desc=f"{'self-critical ' if scst else ''}epoch {epoch}/{last}", unit="batch",
+                   disable=not progress, dynamic_ncols=True)
         for photos in bar:
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, state["step"], total_steps)
-            idx = torch.cat([rows_of[p] for p in photos.tolist()])
-            caps = captions[idx, :int(lengths[idx].max())]
-            which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits, attention = decoder(train_split.pooled[photos], train_split.grid[photos], caps, which)
-            loss = loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, caps)
+            pooled, grid = train_split.pooled[photos], train_split.grid[photos]
+            if scst:
+                loss, rewards = scst_loss(cfg, decoder, pooled, grid, photos.tolist(), cider, vocab, max_len,
+                                          generator)
+                count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg, state["step"], total_steps)
+                idx = torch.cat([rows_of[p] for p in photos.tolist()])
+                caps = captions[idx, :int(lengths[idx].max())]
+                which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    logits, attention = decoder(pooled, grid, caps, which)
+                loss = loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, caps)
+                count, value = len(idx), loss.item() * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
             opt.step()
             state["step"] += 1
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", caps_s=f"{seen / (time.time() - started):.0f}")
+            seen += count
+            loss_sum += value
+            shown = {"reward": f"{loss_sum / seen:.3f}"} if scst else {"loss": f"{loss_sum / seen:.3f}"}
+            bar.set_postfix(**shown, caps_s=f"{seen / (time.time() - started):.0f}")
         bar.close()
         predictions = caption_split(decoder, dev_split, vocab, max_len)
-        cider = dev_cider(predictions, dev_split.references)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_cider": cider,
+        dev = dev_cider(predictions, dev_split.references)
+        record = {"epoch": epoch, "phase": "scst" if scst else "xe",
+                  "train_reward" if scst else "train_loss": loss_sum / seen, "dev_cider": dev,
                   "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
                   "captions_per_s": seen / (time.time() - started), "sample": predictions[0]}
-        if cider > state["best_cider"]:
-            state.update(best_cider=cider, best_epoch=epoch, bad_epochs=0)
+        if dev > state["best_cider"]:
+            state.update(best_cider=dev, best_epoch=epoch, bad_epochs=0)
             save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode),
                        card=training_card(cfg, record))
         else:
@@ -226,8 +287,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log))
         plot_curve(log, out / "curve.png")
         if progress:
-            left = (cfg.train.epochs - epoch) * sum(r["seconds"] for r in log) / len(log)
-            tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev CIDEr {cider:.1f} "
+            epochs_left = last - epoch + (0 if scst else cfg.train.scst_epochs)
+            left = epochs_left * sum(r["seconds"] for r in log) / len(log)
+            trained = f"reward {loss_sum / seen:.3f}" if scst else f"loss {loss_sum / seen:.3f}"
+            tqdm.write(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f} "
                        f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), "
                        f"at most {left / 60:.0f} min left; e.g. \"{predictions[0]}\"")
     return out / "model"
