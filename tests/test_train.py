@@ -51,7 +51,7 @@ def tiny_config(corpus: Path, out: Path, kind: str, **train) -> dict:
 
 @pytest.mark.parametrize("kind", ["merge", "inject", "attention", "transformer"])
 def test_each_decoder_learns(mini_corpus, tmp_path, kind):
-    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / kind, kind))
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / kind, kind, scheduled_sampling=0.25))
     model_dir = train(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / kind / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
@@ -141,6 +141,25 @@ def test_self_critical_loss_raises_the_reward():
         opt.step()
         rewards.append(float(r.mean()))
     assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 1.0, rewards
+
+
+def test_scheduled_sampling_feeds_the_models_own_words():
+    from captioner.decoders import Decoder, DecoderConfig
+    from captioner.text import END_ID, PAD_ID, START_ID
+    from captioner.train import with_own_words
+
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(kind="attention", embed_dim=8, hidden_dim=8, attention_dim=4, dropout=0.0), 30, 6)
+    pooled, grid = torch.randn(2, 6), torch.randn(2, 5, 6)
+    captions = torch.tensor([[START_ID, 7, 8, 9, END_ID, PAD_ID], [START_ID, 10, 11, 12, 13, END_ID]])
+    owner = torch.tensor([0, 1])
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(with_own_words(decoder, pooled, grid, captions, owner, 0.0, generator), captions)
+    own = with_own_words(decoder, pooled, grid, captions, owner, 1.0, generator)
+    guesses = decoder(pooled, grid, captions, owner)[0].argmax(-1)  # [2, 5]: the word predicted at each input
+    assert torch.equal(own[0, 1:4], guesses[0, :3]) and torch.equal(own[1, 1:5], guesses[1, :4])
+    assert torch.equal(own[:, 0], captions[:, 0])  # <start>, <end> and padding stay where they are
+    assert own[0, 4] == END_ID and own[0, 5] == PAD_ID and own[1, 5] == END_ID
 
 
 def test_resume_refuses_another_config(mini_corpus, tmp_path):

@@ -28,6 +28,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
+    scheduled_sampling: float = 0.0  # the chance an input word is the model's own guess, reached at the last step
     attention_reg: float = 1.0  # doubly stochastic attention regularisation (attention decoders)
     patience: int = 4  # end a phase after this many epochs without a better dev CIDEr
     # Self-critical sequence training after cross-entropy, from its best epoch: sample captions,

@@ -23,7 +23,7 @@ from .errors import CaptionerError
 from .files import atomic_path, write_atomic
 from .glove import GLOVE_DIM, glove_vectors
 from .modelfolder import Model, save_model
-from .text import END_ID, PAD_ID, START_ID, Vocab
+from .text import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -86,6 +86,18 @@ def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, c
         coverage = (attention * mask).sum(1)  # [B, N]: how much each cell was looked at over the caption
         loss = loss + cfg.train.attention_reg * ((1 - coverage) ** 2).mean()
     return loss
+
+
+def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor,
+                   owner: torch.Tensor, chance: float, generator: torch.Generator) -> torch.Tensor:
+    """Scheduled sampling, in two passes: each input word after <start> is, with probability `chance`,
+    replaced by the word the decoder itself predicts there from the true words before it."""
+    with torch.no_grad():
+        logits, _ = decoder(pooled, grid, captions, owner)  # [B, T - 1, V]
+    logits[..., [PAD_ID, START_ID, UNK_ID]] = float("-inf")
+    words = captions[:, 1:-1]  # inputs after <start>; the last position is never an input
+    swap = (torch.rand(words.shape, generator=generator) < chance) & (words != PAD_ID) & (words != END_ID)
+    return torch.cat([captions[:, :1], torch.where(swap, logits[:, :-1].argmax(-1), words), captions[:, -1:]], 1)
 
 
 def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, photos: list[int],
@@ -255,7 +267,9 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                 caps = captions[idx, :int(lengths[idx].max())]
                 which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    logits, attention = decoder(pooled, grid, caps, which)
+                    chance = cfg.train.scheduled_sampling * state["step"] / total_steps
+                    inputs = with_own_words(decoder, pooled, grid, caps, which, chance, generator) if chance else caps
+                    logits, attention = decoder(pooled, grid, inputs, which)
                 loss = loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, caps)
                 count, value = len(idx), loss.item() * len(idx)
             opt.zero_grad(set_to_none=True)
