@@ -136,11 +136,35 @@ def test_self_critical_loss_raises_the_reward():
     rewards = []
     for _ in range(60):
         loss, r = scst_loss(cfg, decoder, pooled, grid, [0, 1, 2], cider, vocab, 8, generator)
+        assert torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()
         opt.step()
         rewards.append(float(r.mean()))
     assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 1.0, rewards
+
+
+def test_self_critical_moves_no_mass_to_tokens_never_sampled():
+    """Samples never hold <pad>, <start> or <unk>, so the loss must give those tokens no gradient: otherwise
+    pushing sampled words down (most samples score below their baseline) drains the mass into them."""
+    from captioner.cider import CiderD
+    from captioner.decode import NEVER
+    from captioner.decoders import Decoder, DecoderConfig
+    from captioner.text import Vocab
+    from captioner.train import scst_loss
+
+    vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits"]] * 5, min_count=1)
+    cider = CiderD([[["a", "dog", "runs", "on", "grass"]], [["a", "cat", "sits"]]])
+    cfg = config_from_dict({"train": {"scst_samples": 6, "scst_baseline": "greedy", "bf16": False}})
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(kind="attention", embed_dim=8, hidden_dim=8, attention_dim=4, dropout=0.0),
+                      len(vocab), 4).eval()
+    loss, _ = scst_loss(cfg, decoder, torch.randn(2, 4), torch.randn(2, 3, 4), [0, 1], cider, vocab, 6,
+                        torch.Generator().manual_seed(0))
+    loss.backward()
+    bias = decoder.net.out.bias.grad  # [V]: the summed gradient of every step's logit of each word
+    assert torch.all(bias[NEVER] == 0)
+    assert bias.abs().sum() > 0
 
 
 def test_scheduled_sampling_feeds_the_models_own_words():

@@ -36,6 +36,7 @@ class TrainConfig:
     scst_epochs: int = 0
     scst_lr: float = 2e-5  # constant
     scst_samples: int = 5  # captions sampled per photo
+    scst_temperature: float = 1.0  # below 1: samples keep closer to the model's most likely words
     scst_baseline: str = "mean"  # mean: of the photo's other samples | greedy: the greedy caption's reward
     seed: int = 0
     threads: int = 0  # torch threads; 0: all cores

@@ -17,10 +17,17 @@ class Hypothesis:
     attention: torch.Tensor | None  # [len(tokens) + 1, N]: where each word (and <end>) looked
 
 
-def _never(logp: torch.Tensor) -> torch.Tensor:
-    """Rule out tokens a caption must never contain."""
-    logp[:, [PAD_ID, START_ID, UNK_ID]] = float("-inf")
-    return logp
+NEVER = [PAD_ID, START_ID, UNK_ID]  # tokens no caption contains
+
+
+def word_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(next word) [..., V] over the words a caption may contain: NEVER's tokens get no mass.
+
+    Search, sampling and self-critical training all use this one distribution: a
+    policy trained on another (one that keeps mass on tokens never sampled) slowly
+    moves its mass there.
+    """
+    return (logits.float() / temperature).index_fill(-1, torch.tensor(NEVER), float("-inf")).log_softmax(-1)
 
 
 def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
@@ -50,7 +57,7 @@ def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: 
     tokens, alphas = [], []
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
-        logp = _never(logits.float().log_softmax(-1))
+        logp = word_logprobs(logits)
         alpha = alpha.float() if alpha is not None else None
         if t == max_len:
             words = torch.full((B,), END_ID, dtype=torch.long)
@@ -74,7 +81,7 @@ def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: 
 
 @torch.inference_mode()
 def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, max_len: int = 30,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
     """k captions per photo, each word drawn from the decoder's distribution.
 
     Returns ids [B * k, T]: row b * k + j is photo b's j-th caption, its words,
@@ -90,7 +97,7 @@ def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, m
         if t == max_len:
             words = torch.full_like(words, END_ID)
         else:
-            words = torch.multinomial(_never(logits.float().log_softmax(-1)).exp(), 1, generator=generator).squeeze(1)
+            words = torch.multinomial(word_logprobs(logits, temperature).exp(), 1, generator=generator).squeeze(1)
         words = torch.where(done, PAD_ID, words)
         out.append(words)
         done |= words == END_ID
@@ -122,7 +129,7 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     offsets = (torch.arange(B) * K)[:, None]
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
-        logp = _never(logits.float().log_softmax(-1)).view(B, K, -1)
+        logp = word_logprobs(logits).view(B, K, -1)
         if block_ngram:
             logp = _block_repeats(logp, history, block_ngram)
         alpha = alpha.float() if alpha is not None else None

@@ -16,14 +16,14 @@ from .config import Config
 from .corpus import load_prepared
 from .dataset import Split, ensure_features, load_split
 from .cider import CiderD
-from .decode import greedy, sample
+from .decode import greedy, sample, word_logprobs
 from .decoders import Decoder
 from .encoders import bf16_supported
 from .errors import CaptionerError
 from .files import atomic_path, write_atomic
 from .glove import GLOVE_DIM, glove_vectors
 from .modelfolder import Model, save_model
-from .text import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
+from .text import END_ID, PAD_ID, START_ID, Vocab
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -94,10 +94,10 @@ def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, c
     replaced by the word the decoder itself predicts there from the true words before it."""
     with torch.no_grad():
         logits, _ = decoder(pooled, grid, captions, owner)  # [B, T - 1, V]
-    logits[..., [PAD_ID, START_ID, UNK_ID]] = float("-inf")
+    guesses = word_logprobs(logits[:, :-1]).argmax(-1)
     words = captions[:, 1:-1]  # inputs after <start>; the last position is never an input
     swap = (torch.rand(words.shape, generator=generator) < chance) & (words != PAD_ID) & (words != END_ID)
-    return torch.cat([captions[:, :1], torch.where(swap, logits[:, :-1].argmax(-1), words), captions[:, -1:]], 1)
+    return torch.cat([captions[:, :1], torch.where(swap, guesses, words), captions[:, -1:]], 1)
 
 
 def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, photos: list[int],
@@ -118,7 +118,7 @@ def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.T
     words = lambda ids: [vocab.words[i] for i in ids if i not in (END_ID, PAD_ID)]  # noqa: E731
     owner = torch.arange(len(photos)).repeat_interleave(k)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-        samples = sample(decoder, pooled, grid, k, max_len, generator)  # [B * k, T]
+        samples = sample(decoder, pooled, grid, k, max_len, generator, t.scst_temperature)  # [B * k, T]
         rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], [words(s) for s in samples.tolist()]))
         if t.scst_baseline == "greedy":
             best = [words(h.tokens) for h in greedy(decoder, pooled, grid, max_len)]
@@ -128,9 +128,9 @@ def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.T
             baseline = ((by_photo.sum(1, keepdim=True) - by_photo) / (k - 1)).view(-1)
         captions = torch.cat([torch.full((len(samples), 1), START_ID), samples], 1)
         logits, _ = decoder(pooled, grid, captions, owner)
-    logp = logits.float().log_softmax(-1).gather(2, captions[:, 1:, None]).squeeze(2)  # [B * k, T]
-    mask = captions[:, 1:] != PAD_ID
-    loss = -((rewards - baseline)[:, None] * logp * mask).sum() / mask.sum()
+    mask = captions[:, 1:] != PAD_ID  # [B * k, T]: the words and <end>; padding has no probability
+    logp = word_logprobs(logits, t.scst_temperature).gather(2, captions[:, 1:, None]).squeeze(2).where(mask, 0.0)
+    loss = -((rewards - baseline)[:, None] * logp).sum() / mask.sum()
     return loss, rewards
 
 
