@@ -2,8 +2,9 @@
 
     python benchmarks/reproduce_default.py --corpus ../shared/data/flickr8k --work /tmp/captioner-bench
 
-Runs `captioner prepare`, `features`, `train configs/default.toml`, chooses the
-beam width and length penalty on the dev split (benchmarks/tune_decoding.py) and
+Runs `captioner prepare`, `features`, `train configs/default.toml` (cross-entropy,
+then self-critical epochs), chooses the beam width, length penalty and n-gram
+blocking on the dev split (benchmarks/tune_decoding.py) and
 runs `evaluate --split test` once, as a user would, each as its own process, and
 prints the commands, their wall-clock times and the test-split metrics. Then it
 trains the retrieval head for gallery search (`align`: train split, tuned on
@@ -70,7 +71,7 @@ def main() -> None:
     run([*exe, "features", "--data", str(data), "--encoder", config["data"]["encoder"]], log)
     run([*exe, "train", str(cfg_path)], log)
     run([sys.executable, str(ROOT / "benchmarks" / "tune_decoding.py"), "--model", str(out / "model"),
-         "--data", str(data), "--beams", "3,5", "--length-penalties", "0,0.5", "--write"], log)
+         "--data", str(data), "--beams", "3,5", "--length-penalties", "0,0.5", "--block-ngrams", "0,3", "--write"], log)
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "test", "--json"], log)
     total = time.time() - started  # raw corpus to evaluated captioner
     run([*exe, "align", "--model", str(out / "model"), "--data", str(data)], log)  # for gallery search
@@ -81,7 +82,8 @@ def main() -> None:
                "epochs_run": len(epochs), "best_epoch": best["epoch"], "dev_cider_greedy": round(best["dev_cider"], 1),
                "test": {k: round(v, 1) for k, v in report["scores"].items() if k != "photos"},
                "diversity": report["diversity"], "beam": report["meta"]["beam"],
-               "length_penalty": report["meta"]["length_penalty"]}
+               "length_penalty": report["meta"]["length_penalty"], "block_ngram": report["meta"]["block_ngram"],
+               "xe_epochs": sum(r.get("phase", "xe") == "xe" for r in epochs)}
     print(json.dumps(summary, indent=2))
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.ship:
@@ -103,12 +105,14 @@ def ship(model: Path, summary: dict, config: str) -> None:
     test = summary["test"]
     card = card.format(machine=summary["machine"], minutes=summary["total_minutes"], epochs=summary["epochs_run"],
                        best_epoch=summary["best_epoch"], dev_cider=summary["dev_cider_greedy"], beam=summary["beam"],
-                       length_penalty=summary["length_penalty"],
+                       length_penalty=summary["length_penalty"], block_ngram=summary["block_ngram"],
+                       xe_epochs=summary["xe_epochs"],
                        config=Path(config).read_text().strip(),
                        metrics=" | ".join(f"{test[k]:.1f}" for k in test), metric_names=" | ".join(test),
                        rule="|".join("---" for _ in test),
                        distinct=f"{summary['diversity']['distinct_captions'] * 100:.1f}",
                        vocabulary=summary["diversity"]["vocabulary"],
+                       repeated=f"{summary['diversity']['repeated_word'] * 100:.1f}",
                        stages="\n".join(f"| `{s['command']}` | {s['seconds']:.0f} |" for s in summary["stages"]))
     (dest / "MODEL_CARD.md").write_text(card)
     print(f"shipped to {dest}")
