@@ -214,7 +214,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A small transformer decoder: causal self-attention over the words, cross-attention to every grid cell."""
+    """A small transformer decoder: causal self-attention over the words, cross-attention to every grid cell.
+
+    The pooled image vector joins every word's input, so each position sees the whole photo at once.
+    """
 
     MAX_POSITIONS = 64
 
@@ -227,6 +230,7 @@ class Transformer(nn.Module):
         self.lift = nn.Linear(cfg.embed_dim, W) if cfg.embed_dim != W else nn.Identity()  # e.g. 50-d GloVe
         self.position = nn.Embedding(self.MAX_POSITIONS, W)
         self.project = nn.Sequential(nn.Linear(feature_dim, W), nn.LayerNorm(W))  # grid cells -> width
+        self.photo = nn.Linear(feature_dim, W)  # pooled vector -> added to every input
         self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(W, cfg.heads, cfg.ffn_dim, self.drop) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(W)
@@ -234,7 +238,8 @@ class Transformer(nn.Module):
 
     def start(self, pooled, grid):
         cells = self.drop(self.project(grid))  # [B, N, W]
-        memory = tuple(t for block in self.blocks for t in block.memory(cells))  # per block: keys, values
+        memory = (self.photo(self.drop(pooled)),)  # [B, W]
+        memory += tuple(t for block in self.blocks for t in block.memory(cells))  # per block: keys, values
         B, W, heads = grid.shape[0], self.norm.normalized_shape[0], self.blocks[0].heads
         empty = cells.new_zeros(B, heads, 0, W // heads)
         return (empty,) * (2 * len(self.blocks)), memory
@@ -246,7 +251,7 @@ class Transformer(nn.Module):
         """
         B, T = words.shape[:2]
         features = words.new_zeros(B, T, self.norm.normalized_shape[0])
-        attention = words.new_zeros(B, T, memory[0].shape[2])
+        attention = words.new_zeros(B, T, memory[1].shape[2])
         for rows in steps.argsort(descending=True).split(chunk):
             t = int(steps[rows[0]])
             where = owner.index_select(0, rows)
@@ -264,10 +269,11 @@ class Transformer(nn.Module):
         """words [B, T, E] after the cached positions -> features [B, T, W], the new cache, attention [B, T, N]."""
         past = state[0].shape[2]
         positions = torch.arange(past, past + words.shape[1]).clamp(max=self.MAX_POSITIONS - 1)
-        x = self.drop(self.lift(words) + self.position(positions))
+        photo, grid = memory[0], memory[1:]
+        x = self.drop(self.lift(words) + self.position(positions) + photo[:, None])
         cache = []
         for i, block in enumerate(self.blocks):
-            x, k, v, attention = block(x, state[2 * i], state[2 * i + 1], memory[2 * i], memory[2 * i + 1])
+            x, k, v, attention = block(x, state[2 * i], state[2 * i + 1], grid[2 * i], grid[2 * i + 1])
             cache += [k, v]
         return self.norm(x), tuple(cache), attention
 
