@@ -200,7 +200,7 @@ class Block(nn.Module):
         return tuple(self.split(x) for x in self.kv(grid).chunk(2, -1))  # 2 x [B, heads, N, W / heads]
 
     def forward(self, x, past_k, past_v, grid_k, grid_v):
-        """x [B, T, W] after past_k/past_v [B, heads, t, W / heads] -> x, keys and values so far, attention [B, T, N]."""
+        """x [B, T, W] after the cached past_k, past_v [B, heads, t, d] -> x, keys, values, attention [B, T, N]."""
         q, k, v = map(self.split, self.qkv(self.norm1(x)).chunk(3, -1))
         k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
         T, t = q.shape[2], k.shape[2]

@@ -88,6 +88,16 @@ def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, c
     return loss
 
 
+def xe_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor,
+            owner: torch.Tensor, chance: float, generator: torch.Generator) -> torch.Tensor:
+    """Cross-entropy of one batch of captions [B, T], caption b of photo owner[b]; with scheduled
+    sampling, each input word is the decoder's own guess with probability `chance`."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16 and bf16_supported()):
+        inputs = with_own_words(decoder, pooled, grid, captions, owner, chance, generator) if chance else captions
+        logits, attention = decoder(pooled, grid, inputs, owner)
+    return loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, captions)
+
+
 def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor,
                    owner: torch.Tensor, chance: float, generator: torch.Generator) -> torch.Tensor:
     """Scheduled sampling, in two passes: each input word after <start> is, with probability `chance`,
@@ -114,12 +124,12 @@ def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.T
         raise CaptionerError(f"[train] scst_baseline must be mean or greedy, not {t.scst_baseline!r}")
     if t.scst_baseline == "mean" and k < 2:
         raise CaptionerError("[train] scst_samples must be at least 2 with the mean baseline")
-    use_bf16 = t.bf16 and bf16_supported()
     words = lambda ids: [vocab.words[i] for i in ids if i not in (END_ID, PAD_ID)]  # noqa: E731
     owner = torch.arange(len(photos)).repeat_interleave(k)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.bf16 and bf16_supported()):
         samples = sample(decoder, pooled, grid, k, max_len, generator, t.scst_temperature)  # [B * k, T]
-        rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], [words(s) for s in samples.tolist()]))
+        sentences = [words(s) for s in samples.tolist()]
+        rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], sentences))
         if t.scst_baseline == "greedy":
             best = [words(h.tokens) for h in greedy(decoder, pooled, grid, max_len)]
             baseline = torch.from_numpy(cider.scores(photos, best)).repeat_interleave(k)
@@ -212,7 +222,6 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     lengths = (captions != PAD_ID).sum(1)
     counts = torch.bincount(owner, minlength=len(train_split.paths))  # captions per photo
     rows_of = owner.argsort(stable=True).split(counts.tolist())  # photo -> its caption rows
-    use_bf16 = cfg.train.bf16 and bf16_supported()
 
     decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1])
     optimizer = lambda lr: torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad],  # noqa: E731
@@ -264,13 +273,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, state["step"], total_steps)
                 idx = torch.cat([rows_of[p] for p in photos.tolist()])
-                caps = captions[idx, :int(lengths[idx].max())]
                 which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    chance = cfg.train.scheduled_sampling * state["step"] / total_steps
-                    inputs = with_own_words(decoder, pooled, grid, caps, which, chance, generator) if chance else caps
-                    logits, attention = decoder(pooled, grid, inputs, which)
-                loss = loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, caps)
+                chance = cfg.train.scheduled_sampling * state["step"] / total_steps
+                loss = xe_loss(cfg, decoder, pooled, grid, captions[idx, :int(lengths[idx].max())], which, chance,
+                               generator)
                 count, value = len(idx), loss.item() * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
