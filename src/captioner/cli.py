@@ -230,14 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "cached by photo content and encoder; an interrupted run resumes where it stopped.")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
     p.add_argument("--encoder", default="efficientnet-lite2",
-                   help="efficientnet-lite0, efficientnet-lite1 or efficientnet-lite2 (default)")
+                   help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2 (default), or dinov2-vits14 "
+                   "(pip install 'captioner[dinov2]'; input size a multiple of 14)")
     p.add_argument("--input-size", type=int, default=224, help="photos are squashed to this square (default 224)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     p.set_defaults(run=cmd_features)
 
     p = sub.add_parser("train", help="train a decoder from a TOML config",
                        description="Train a decoder; the epoch with the best dev-split CIDEr is kept in OUT/model. "
-                       "A checkpoint is written every epoch: --resume continues a stopped run exactly.")
+                       "Cross-entropy first; with [train] scst_epochs, self-critical training on CIDEr-D then "
+                       "continues from the best cross-entropy epoch. A checkpoint is written every epoch: "
+                       "--resume continues a stopped run exactly.")
     p.add_argument("config", help="a TOML config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (continue later with --resume)")
