@@ -74,6 +74,13 @@ def test_glove_embedding_frozen(mini_corpus, tmp_path):
     assert torch.equal(model.decoder.embedding.weight, vectors)  # frozen: GloVe as loaded
 
 
+def assert_same_checkpoints(a_run: Path, b_run: Path) -> None:
+    a, b = load_file(str(a_run / CHECKPOINT)), load_file(str(b_run / CHECKPOINT))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_resume_is_exact(mini_corpus, tmp_path):
     """Two epochs in one run, or one epoch, a stop, and --resume: the same weights to the bit."""
     straight = config_from_dict(tiny_config(mini_corpus, tmp_path / "straight", "attention", epochs=2))
@@ -84,11 +91,7 @@ def test_resume_is_exact(mini_corpus, tmp_path):
     with pytest.raises(CaptionerError, match="--resume"):
         train(stopped, progress=False)
     train(stopped, resume=True, progress=False)
-    a = load_file(str(tmp_path / "straight" / CHECKPOINT))
-    b = load_file(str(tmp_path / "stopped" / CHECKPOINT))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_checkpoints(tmp_path / "straight", tmp_path / "stopped")
     log = (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
@@ -110,11 +113,7 @@ def test_resume_is_exact_across_the_switch_to_self_critical(mini_corpus, tmp_pat
     stopped = config_from_dict(tiny_config(mini_corpus, tmp_path / "stopped", "attention", **values))
     train(stopped, stop_after=1, progress=False)
     train(stopped, resume=True, progress=False)
-    a = load_file(str(tmp_path / "straight" / CHECKPOINT))
-    b = load_file(str(tmp_path / "stopped" / CHECKPOINT))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_checkpoints(tmp_path / "straight", tmp_path / "stopped")
 
 
 def test_self_critical_loss_raises_the_reward():
