@@ -107,6 +107,29 @@ def test_self_critical_training_follows_the_best_cross_entropy_epoch(mini_corpus
     assert f"selected at epoch {best['epoch']} " in (model_dir / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.parametrize("start", ["best", "last"])
+def test_self_critical_training_starts_from_the_chosen_cross_entropy_epoch(mini_corpus, tmp_path, start):
+    """Cross-entropy ends at its first epoch without a better dev CIDEr (patience 1), so its best and last
+    weights differ; at a zero learning rate the self-critical epoch keeps the weights it started from."""
+    values = dict(epochs=10, patience=1, scst_samples=2, scst_lr=0.0)
+    train(config_from_dict(tiny_config(mini_corpus, tmp_path / "xe", "merge", **values)), progress=False)
+    last = load_file(str(tmp_path / "xe" / CHECKPOINT))
+    best = load_file(str(tmp_path / "xe" / "model" / "model.safetensors"))
+    assert not all(torch.equal(last[f"model.{k}"], v) for k, v in best.items())
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "scst", "merge", **values, scst_epochs=1,
+                                       scst_start=start))
+    train(cfg, progress=False)
+    after = load_file(str(tmp_path / "scst" / CHECKPOINT))
+    expected = best if start == "best" else {k[len("model."):]: v for k, v in last.items() if k.startswith("model.")}
+    assert all(torch.equal(after[f"model.{k}"], v) for k, v in expected.items())
+
+
+def test_self_critical_start_must_be_best_or_last(mini_corpus, tmp_path):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", scst_epochs=1, scst_start="first"))
+    with pytest.raises(CaptionerError, match="scst_start must be best or last"):
+        train(cfg, progress=False)
+
+
 def test_resume_is_exact_across_the_switch_to_self_critical(mini_corpus, tmp_path):
     values = dict(epochs=1, scst_epochs=1, scst_samples=2, scst_baseline="greedy")
     train(config_from_dict(tiny_config(mini_corpus, tmp_path / "straight", "attention", **values)), progress=False)

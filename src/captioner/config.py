@@ -31,9 +31,10 @@ class TrainConfig:
     scheduled_sampling: float = 0.0  # the chance an input word is the model's own guess, reached at the last step
     attention_reg: float = 1.0  # doubly stochastic attention regularisation (attention decoders)
     patience: int = 4  # end a phase after this many epochs without a better dev CIDEr
-    # Self-critical sequence training after cross-entropy, from its best epoch: sample captions,
-    # reward each by its CIDEr-D against the photo's references, push up those above the baseline.
+    # Self-critical sequence training after cross-entropy: sample captions, reward each by its
+    # CIDEr-D against the photo's references, push up those above the baseline.
     scst_epochs: int = 0
+    scst_start: str = "best"  # best: the best cross-entropy epoch by dev CIDEr | last: the last one
     scst_lr: float = 2e-5  # constant
     scst_samples: int = 5  # captions sampled per photo
     scst_temperature: float = 1.0  # below 1: samples keep closer to the model's most likely words

@@ -209,6 +209,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                              "or choose another [train] out folder")
     if resume and not ckpt_path.exists():
         raise CaptionerError(f"{ckpt_path} does not exist: there is nothing to resume (start without --resume)")
+    if cfg.train.scst_start not in ("best", "last"):
+        raise CaptionerError(f"[train] scst_start must be best or last, not {cfg.train.scst_start!r}")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     prepared = load_prepared(cfg.data.prepared)
@@ -246,7 +248,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                                            or state["bad_epochs"] >= cfg.train.patience):
             if not cfg.train.scst_epochs:
                 break
-            decoder.load_state_dict(load_file(str(out / "model" / "model.safetensors")))  # the best epoch so far
+            if cfg.train.scst_start == "best":
+                decoder.load_state_dict(load_file(str(out / "model" / "model.safetensors")))
             opt = optimizer(cfg.train.scst_lr)
             state.update(scst_from=state["epoch"], bad_epochs=0)
         if state["scst_from"] is not None and (state["epoch"] - state["scst_from"] >= cfg.train.scst_epochs
