@@ -1,6 +1,6 @@
 """Time captioning with a loaded model: one photo warm, a folder of JPEGs, and peak memory.
 
-    python benchmarks/caption_speed.py --photos ../shared/data/flickr8k/Images --count 500 --beam 3
+    python benchmarks/caption_speed.py --photos ../shared/data/flickr8k/Images --count 500
 
 Single-photo latency is the median of --repeats calls of `Captioner.caption([photo])`
 on a loaded model (photo decode, encoder, beam search). Folder throughput is the
@@ -31,7 +31,7 @@ def main() -> None:
                         help="a folder of JPEGs to sample from")
     parser.add_argument("--count", type=int, default=500, help="photos in the timed folder")
     parser.add_argument("--model", help="model folder (default: the shipped model)")
-    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--beam", type=int, help="beam width (default: the model's own decoding setting)")
     parser.add_argument("--repeats", type=int, default=30, help="single-photo calls")
     parser.add_argument("--runs", type=int, default=3, help="passes over the folder")
     args = parser.parse_args()
@@ -57,7 +57,8 @@ def main() -> None:
         throughput.append(len(out) / (time.perf_counter() - t))
     shutil.rmtree(folder)
     result = {
-        "beam": args.beam, "threads": torch.get_num_threads(), "model_load_s": round(load_seconds, 2),
+        "beam": args.beam or captioner.model.decode.beam, "length_penalty": captioner.model.decode.length_penalty,
+        "block_ngram": captioner.model.decode.block_ngram, "threads": torch.get_num_threads(), "model_load_s": round(load_seconds, 2),
         "single_photo_ms_median": round(1000 * statistics.median(single), 1),
         "single_photo_ms_all": [round(1000 * s, 1) for s in sorted(single)][::max(1, args.repeats // 10)],
         "folder_photos": len(photos), "folder_photos_per_s_median": round(statistics.median(throughput), 1),
