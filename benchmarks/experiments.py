@@ -1,7 +1,7 @@
 """Train and score every run of the experiment table: select on dev, report on test.
 
-    python benchmarks/experiments.py --data /work/bench2/flickr8k --work /work/experiments
-    python benchmarks/experiments.py --data ... --work ... --only "transformer" --only "transformer + SCST"
+    python benchmarks/experiments.py --data data/flickr8k --work runs/experiments
+    python benchmarks/experiments.py --data ... --work ... --only "transformer" --only "soft attention"
 
 Each `[[run]]` of benchmarks/experiments.toml names a config from configs/ and
 the settings it changes (`set = {"model.kind" = "merge"}`). For each run this
