@@ -56,9 +56,10 @@ def main() -> None:
         out = captioner.caption([folder], beam=args.beam)
         throughput.append(len(out) / (time.perf_counter() - t))
     shutil.rmtree(folder)
+    decode = captioner.model.decode
     result = {
-        "beam": args.beam or captioner.model.decode.beam, "length_penalty": captioner.model.decode.length_penalty,
-        "block_ngram": captioner.model.decode.block_ngram, "threads": torch.get_num_threads(), "model_load_s": round(load_seconds, 2),
+        "beam": args.beam or decode.beam, "length_penalty": decode.length_penalty, "block_ngram": decode.block_ngram,
+        "threads": torch.get_num_threads(), "model_load_s": round(load_seconds, 2),
         "single_photo_ms_median": round(1000 * statistics.median(single), 1),
         "single_photo_ms_all": [round(1000 * s, 1) for s in sorted(single)][::max(1, args.repeats // 10)],
         "folder_photos": len(photos), "folder_photos_per_s_median": round(statistics.median(throughput), 1),
