@@ -124,10 +124,16 @@ def test_self_critical_training_starts_from_the_chosen_cross_entropy_epoch(mini_
     assert all(torch.equal(after[f"model.{k}"], v) for k, v in expected.items())
 
 
-def test_self_critical_start_must_be_best_or_last(mini_corpus, tmp_path):
-    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", scst_epochs=1, scst_start="first"))
-    with pytest.raises(CaptionerError, match="scst_start must be best or last"):
+@pytest.mark.parametrize("setting, message", [
+    ({"scst_start": "first"}, "scst_start must be best or last"),
+    ({"scst_baseline": "max"}, "scst_baseline must be mean or greedy"),
+    ({"scst_samples": 1}, "scst_samples must be at least 2"),
+])
+def test_self_critical_settings_are_refused_before_any_epoch(mini_corpus, tmp_path, setting, message):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", scst_epochs=1, **setting))
+    with pytest.raises(CaptionerError, match=message):
         train(cfg, progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_resume_is_exact_across_the_switch_to_self_critical(mini_corpus, tmp_path):

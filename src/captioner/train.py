@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .config import Config
+from .config import Config, TrainConfig
 from .corpus import load_prepared
 from .dataset import Split, ensure_features, load_split
 from .cider import CiderD
@@ -110,6 +110,16 @@ def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, c
     return torch.cat([captions[:, :1], torch.where(swap, guesses, words), captions[:, -1:]], 1)
 
 
+def check_scst(t: TrainConfig) -> None:
+    """Refuse self-critical settings that cannot run, before any epoch is spent."""
+    if t.scst_start not in ("best", "last"):
+        raise CaptionerError(f"[train] scst_start must be best or last, not {t.scst_start!r}")
+    if t.scst_baseline not in ("mean", "greedy"):
+        raise CaptionerError(f"[train] scst_baseline must be mean or greedy, not {t.scst_baseline!r}")
+    if t.scst_baseline == "mean" and t.scst_samples < 2:
+        raise CaptionerError("[train] scst_samples must be at least 2 with the mean baseline")
+
+
 def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, photos: list[int],
               cider: CiderD, vocab: Vocab, max_len: int, generator: torch.Generator):
     """Self-critical sequence training on one batch: returns the loss and each sample's reward [B * k].
@@ -120,10 +130,6 @@ def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.T
     is the advantage-weighted negative log-likelihood per word.
     """
     t, k = cfg.train, cfg.train.scst_samples
-    if t.scst_baseline not in ("mean", "greedy"):
-        raise CaptionerError(f"[train] scst_baseline must be mean or greedy, not {t.scst_baseline!r}")
-    if t.scst_baseline == "mean" and k < 2:
-        raise CaptionerError("[train] scst_samples must be at least 2 with the mean baseline")
     words = lambda ids: [vocab.words[i] for i in ids if i not in (END_ID, PAD_ID)]  # noqa: E731
     owner = torch.arange(len(photos)).repeat_interleave(k)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.bf16 and bf16_supported()):
@@ -209,8 +215,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                              "or choose another [train] out folder")
     if resume and not ckpt_path.exists():
         raise CaptionerError(f"{ckpt_path} does not exist: there is nothing to resume (start without --resume)")
-    if cfg.train.scst_start not in ("best", "last"):
-        raise CaptionerError(f"[train] scst_start must be best or last, not {cfg.train.scst_start!r}")
+    if cfg.train.scst_epochs:
+        check_scst(cfg.train)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     prepared = load_prepared(cfg.data.prepared)
