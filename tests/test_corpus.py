@@ -1,8 +1,10 @@
 """Corpus readers, prepare and load_prepared, on small corpora written in each test (plus one real Flickr8k run)."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from captioner import corpus
 from captioner.corpus import (DUPLICATE, EMPTY_CAPTION, MALFORMED, MISSING_IMAGE, SPLIT_CONFLICT, UNDECODABLE,
                               UNKNOWN_SPLIT, hash_split, load_prepared, prepare, read_captions_csv, read_coco,
-                              read_flickr8k, read_karpathy, read_table)
+                              read_flickr8k, read_img2dataset, read_karpathy, read_table)
 from captioner.errors import CaptionerError
 from captioner.text import Vocab
 
@@ -287,6 +289,85 @@ def test_a_missing_image_folder_is_one_clear_error(tmp_path):
     assert_one_sentence(str(error.value))
 
 
+# --- img2dataset / webdataset ---------------------------------------------------------------------------------
+
+# One shard of samples as img2dataset writes them: KEY.jpg, KEY.txt, KEY.json (file name -> bytes).
+SHARD = {
+    "000000000.jpg": b"photo 0", "000000000.txt": "A dog runs on the beach .".encode(),
+    "000000000.json": json.dumps({"caption": "A dog runs on the beach .", "status": "success"}).encode(),
+    "000000001.jpg": b"photo 1", "000000001.json": json.dumps({"caption": "Actor attends the premiere"}).encode(),
+    "000000002.png": b"photo 2", "000000002.txt": "Une caf\xe9".encode("latin-1"),
+    "000000003.jpg": b"photo 3", "000000003.json": b"not json",
+    "000000004.txt": b"a caption whose photo failed to download",
+    "000000005.jpg": b"photo 5",
+    "000000006.jpg": b"photo 6", "000000006.txt": b" ! ",
+}
+SHARD_RECORDS = [("00000/000000000.jpg", "A dog runs on the beach ."), ("00000/000000001.jpg", "Actor attends the premiere")]
+def write_shard_folder(root: Path) -> Path:
+    for name, data in SHARD.items():
+        (root / "00000").mkdir(parents=True, exist_ok=True)
+        (root / "00000" / name).write_bytes(data)
+    return root
+
+
+def write_tar_shard(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in SHARD.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_img2dataset_shard_folders_read_captions_from_txt_or_json(tmp_path):
+    found = read_img2dataset(write_shard_folder(tmp_path / "cc"))
+    assert [(r.image, r.raw) for r in found.records] == SHARD_RECORDS
+    assert [r.split for r in found.records] == [hash_split("00000/000000000"), hash_split("00000/000000001")]
+    assert found.problems.counts == {UNDECODABLE: 1, MALFORMED: 2, MISSING_IMAGE: 1, EMPTY_CAPTION: 1}
+    where = {kind: [p.where for p in found.problems.examples[kind]] for kind in found.problems.counts}
+    assert where == {UNDECODABLE: ["00000/000000002.txt"], MALFORMED: ["00000/000000003.json", "00000/000000005"],
+                     MISSING_IMAGE: ["00000/000000004.txt"], EMPTY_CAPTION: ["00000/000000006.txt"]}
+    assert found.image_root == (tmp_path / "cc").resolve()
+
+
+def test_img2dataset_tar_shards_are_read_alike_and_their_photos_extracted(tmp_path):
+    folder = read_img2dataset(write_shard_folder(tmp_path / "files"))
+    write_tar_shard(tmp_path / "shards" / "00000.tar")
+    found = read_img2dataset(tmp_path / "shards", tmp_path / "images")
+    assert [(r.image, r.split, r.raw) for r in found.records] == [(r.image, r.split, r.raw) for r in folder.records]
+    assert found.problems.counts == folder.problems.counts
+    assert (tmp_path / "images" / "00000" / "000000001.jpg").read_bytes() == b"photo 1"
+    assert found.image_root == (tmp_path / "images").resolve()
+    one = read_img2dataset(tmp_path / "shards" / "00000.tar", tmp_path / "images")  # a single shard
+    assert [r.image for r in one.records] == [r.image for r in found.records]
+
+
+def test_prepare_img2dataset_extracts_tar_shards_into_the_output(tmp_path):
+    write_tar_shard(tmp_path / "shards" / "00000.tar")
+    report = prepare("img2dataset", tmp_path / "shards", tmp_path / "out", min_count=1)
+    assert sum(report.captions.values()) == 2 and report.problems.total == 5
+    prepared = load_prepared(tmp_path / "out")
+    assert prepared.image_root == (tmp_path / "out" / "images").resolve()
+    assert all((prepared.image_root / im["image"]).is_file() for im in prepared.images)
+
+
+def test_img2dataset_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(CaptionerError, match="nowhere does not exist; expected an img2dataset folder") as error:
+        read_img2dataset(tmp_path / "nowhere")
+    assert_one_sentence(str(error.value))
+    write_tar_shard(tmp_path / "shards" / "00000.tar")
+    with pytest.raises(CaptionerError, match="holds tar shards: name a folder to extract their photos into"):
+        read_img2dataset(tmp_path / "shards")
+    (tmp_path / "shards" / "00001.tar").write_bytes(b"not a tar file at all" * 50)
+    with pytest.raises(CaptionerError, match="00001.tar is not a readable tar shard") as error:
+        read_img2dataset(tmp_path / "shards", tmp_path / "images")
+    assert_one_sentence(str(error.value))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaptionerError, match="holds no photos with captions"):
+        read_img2dataset(tmp_path / "empty")
+
+
 # --- splits ---------------------------------------------------------------------------------------------------
 
 def test_hash_split_is_stable_and_covers_all_splits():
@@ -370,11 +451,19 @@ def test_prepare_finds_images_beside_a_kaggle_captions_file(tmp_path):
     assert sum(report.captions.values()) == 20 and report.problems.total == 0
 
 
-def test_prepare_without_training_captions_is_refused(tmp_path):
-    source = write_table(tmp_path, ["c.jpg,A zebra .,dev", "ghost.jpg,A ghost .,train"])
-    with pytest.raises(CaptionerError, match="no usable training captions .*captions.csv:3") as error:
+def test_prepare_without_usable_captions_is_refused(tmp_path):
+    source = write_table(tmp_path, ["ghost.jpg,A ghost .,train", "c.jpg,,dev"])
+    with pytest.raises(CaptionerError, match="no usable captions .*captions.csv:2") as error:
         prepare("table", source, tmp_path / "out")
     assert_one_sentence(str(error.value))
+
+
+def test_prepare_keeps_a_dev_only_corpus_for_selection_and_evaluation(tmp_path):
+    source = write_table(tmp_path, ["c.jpg,A zebra .,dev", "d.jpg,A dog .,dev", "ghost.jpg,A ghost .,train"])
+    report = prepare("table", source, tmp_path / "out")
+    assert report.images == {"train": 0, "dev": 2, "test": 0} and report.vocab_size == 4
+    assert "no training captions: the corpus can select and evaluate models, not train them" in report.summary()
+    assert [im["image"] for im in load_prepared(tmp_path / "out").images] == ["c.jpg", "d.jpg"]
 
 
 def test_prepare_refuses_an_unknown_kind(tmp_path):

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .corpus import KINDS
 from .errors import CaptionerError
 
 DEFAULT_DATA = "data/flickr8k"
@@ -15,6 +16,7 @@ EXAMPLES = """\
 examples:
   captioner caption photo.jpg holiday/            caption photos with the shipped model
   captioner prepare flickr8k ~/Flickr8k --out data/flickr8k
+  captioner prepare img2dataset ~/cc3m-shards --out data/cc  an img2dataset / webdataset corpus
   captioner features --data data/flickr8k         encode every photo once (cached)
   captioner train configs/flickr8k-attention.toml
   captioner evaluate --model runs/attention/model --split test --beam 3
@@ -213,12 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="read a corpus, clean captions, build the vocabulary",
                        description="Read a caption corpus, clean its captions and build the vocabulary from "
                        "the train split. Flawed lines are skipped and reported (the first few with file:line).")
-    p.add_argument("kind", choices=["flickr8k", "csv", "karpathy", "coco", "table"],
+    p.add_argument("kind", choices=KINDS,
                    help="flickr8k: a folder with Flickr8k.token.txt, the split files and Images/; csv: a "
                    "captions.txt with image,caption; karpathy: dataset_*.json; coco: captions_*.json; "
-                   "table: a CSV or JSONL of image, caption[, split]")
-    p.add_argument("source", help="the corpus folder (flickr8k) or file (the others)")
-    p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source)")
+                   "table: a CSV or JSONL of image, caption[, split]; img2dataset: an img2dataset or webdataset "
+                   "output folder (shard folders of KEY.jpg + KEY.txt, or .tar shards)")
+    p.add_argument("source", help="the corpus folder (flickr8k, img2dataset) or file (the others)")
+    p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source); for "
+                   "img2dataset .tar shards, where their photos are extracted (default: OUT/images)")
     p.add_argument("--out", default=DEFAULT_DATA, help=f"where to write the prepared corpus (default {DEFAULT_DATA})")
     p.add_argument("--min-count", type=int, default=5, help="keep words seen at least this often in train (default 5)")
     p.add_argument("--max-len", type=int, default=30, help="longest caption in words used for training (default 30)")
