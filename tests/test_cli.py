@@ -220,3 +220,47 @@ def test_the_real_command_exits_1_with_a_json_line_per_input_and_no_traceback(ti
     assert_captioned(records[0])
     assert "is empty" in records[1]["error"]
     assert_no_traceback(done.stderr)
+
+
+def test_tags_are_shown_after_each_caption_and_in_json(caption, odd):
+    code, lines, err = caption("--tags", odd["rgb_jpeg"], odd["unicode_name"])
+    assert code == 0, err
+    assert [line.startswith("  tags: ") for line in lines] == [False, True, False, True]
+    shown = lines[1].removeprefix("  tags: ")
+    assert shown == "none" or all(part.rsplit(" ", 1)[1].endswith("%") for part in shown.split(", "))
+    code, lines, err = caption("--tags", "--json", odd["rgb_jpeg"])
+    record = json.loads(lines[0])
+    assert set(record) == {"path", "caption", "score", "tags"}
+    assert all(set(t) == {"label", "p", "word"} and 0.05 <= t["p"] <= 1 for t in record["tags"])
+    assert [t["p"] for t in record["tags"]] == sorted((t["p"] for t in record["tags"]), reverse=True)
+
+
+@pytest.fixture
+def calibrated(tiny_model_dir, tmp_path):
+    """The tiny model with a confidence that is always `sure` (no weights, only a bias)."""
+    import shutil
+
+    import torch
+
+    from captioner import confidence
+
+    def make(sure: float) -> Path:
+        folder = tmp_path / f"calibrated-{sure}"
+        shutil.copytree(tiny_model_dir, folder)
+        n = len(confidence.FEATURES)
+        fixed = confidence.Confidence(torch.zeros(n), torch.logit(torch.tensor(sure)), torch.zeros(n), torch.ones(n))
+        confidence.save(folder, torch.eye(8, 1280), fixed)
+        return folder
+    return make
+
+
+def test_a_calibrated_models_confidence_is_in_json_and_its_doubt_in_words(calibrated, reuse_encoders, odd, capsys):
+    for sure, doubt in ((0.9, False), (0.2, True)):
+        model = str(calibrated(sure))
+        assert main(["caption", "--model", model, str(odd["rgb_jpeg"])]) == 0
+        line = capsys.readouterr().out.strip()
+        assert line.startswith("I am not sure; it may be ") == doubt
+        assert main(["caption", "--model", model, "--json", str(odd["rgb_jpeg"])]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert set(record) == {"path", "caption", "score", "confidence"} and record["confidence"] == sure
+        assert len(record["caption"].split()) == TINY_MAX_LEN  # the model's sentence, without the doubt

@@ -156,3 +156,23 @@ def test_sampling_ends_every_caption_and_pads_after():
         end = row.index(END_ID)
         assert set(row[:end]) == {9} or end == 0
         assert set(row[end + 1:]) <= {PAD_ID}
+
+
+def test_a_guide_word_gets_into_the_caption_once_and_the_logprob_stays_the_models():
+    # The decoder prefers "5 6" then <end>; word 8 is less likely than 6 by 2 nats at the second step.
+    script = [{5: 5}, {6: 4, 8: 2, END_ID: 1}, {END_ID: 5, 8: 3}, {END_ID: 5}]
+    decoder = Scripted(script)
+    pooled, grid = features(2)
+    plain = beam_search(decoder, pooled, grid, beam=3, max_len=10)
+    assert [hyps[0].tokens for hyps in plain] == [[5, 6], [5, 6]]
+    # Photo 0's tags name word 8 with probability 0.9 (weight 4: a bonus of 3.6 nats); photo 1's name nothing.
+    guide = (4 * torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([[8, -1], [-1, -1]]))
+    guided = beam_search(decoder, pooled, grid, beam=3, max_len=10, guide=guide)
+    best = guided[0][0]
+    assert best.tokens == [5, 8] and guided[1][0].tokens == [5, 6]
+    assert best.tokens.count(8) == 1  # the bonus is collected once: no "8 8"
+    logp = {tuple(h.tokens): h.logprob for h in plain[0]}
+    assert best.logprob == pytest.approx(logp[(5, 8)], abs=1e-5)  # the model's own log-probability
+    assert best.score == pytest.approx(best.logprob + 3.6, abs=1e-5)
+    zero = beam_search(decoder, pooled, grid, beam=3, max_len=10, guide=(0 * guide[0], guide[1]))
+    assert [[h.tokens for h in hyps] for hyps in zero] == [[h.tokens for h in hyps] for hyps in plain]

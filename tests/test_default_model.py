@@ -5,7 +5,7 @@ from pathlib import Path
 from captioner import Captioner
 from captioner.modelfolder import DEFAULT_MODEL
 from captioner.text import clean
-from captioner.train import dev_cider
+from captioner.metrics import dev_cider
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

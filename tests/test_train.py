@@ -1,6 +1,7 @@
 """Training end to end on ~50 Flickr8k photos: every decoder learns, resume is exact, the model folder loads."""
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from captioner.config import config_from_dict
-from captioner.corpus import prepare
+from captioner.corpus import load_prepared, prepare
 from captioner.errors import CaptionerError
 from captioner.modelfolder import load_model
 from captioner.train import CHECKPOINT, train
@@ -43,7 +44,7 @@ def tiny_config(corpus: Path, out: Path, kind: str, **train) -> dict:
         "data": {"prepared": str(corpus), "encoder": "efficientnet-lite0", "cache": str(corpus / "features")},
         "model": {"kind": kind, "embed_dim": 32, "hidden_dim": 48, "attention_dim": 16, "dropout": 0.1,
                   "layers": 2, "heads": 4, "ffn_dim": 64},
-        "train": {"out": str(out), "epochs": 4, "batch_size": 8, "lr": 3e-3, "min_lr": 1e-3, "warmup_steps": 1,
+        "train": {"out": str(out), "epochs": 4, "batch_captions": 40, "lr": 3e-3, "min_lr": 1e-3, "warmup_steps": 1,
                   "patience": 10, "seed": 1, **train},
         "decode": {"beam": 2, "max_len": 12},
     }
@@ -270,3 +271,102 @@ def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():
     trials = [trial(0, 0.0, 30.0), trial(30, 0.02, 20.0), trial(30, 0.05, 20.5), trial(100, 0.02, 21.4)]
     assert choose_rerank(trials) == (30, 0.05)
     assert choose_rerank(trials + [trial(100, 0.05, 21.6)]) == (100, 0.05)
+
+
+def test_an_epoch_draws_each_corpus_by_its_share_in_batches_of_captions():
+    from captioner.train import epoch_batches
+
+    counts = torch.tensor([5] * 40 + [1] * 100)  # corpus 0: 40 photos x 5 captions; corpus 1: 100 x 1
+    pools = [torch.arange(40), torch.arange(40, 140)]
+    generator = torch.Generator().manual_seed(0)
+    one = epoch_batches(pools[:1], [1.0], counts, 20, generator)  # one corpus: every photo once, 4 per batch
+    assert sorted(torch.cat(one).tolist()) == list(range(40)) and {len(b) for b in one} == {4}
+    mixed = epoch_batches(pools, [1.0, 1.0], counts, 20, generator)  # 300 captions: 150 from each corpus
+    drawn = torch.cat(mixed)
+    assert (drawn < 40).sum() == 30 and (drawn >= 40).sum() == 150
+    assert len(set(drawn[drawn >= 40].tolist())) == 100  # 150 draws of 100 photos: each at least once
+    sizes = [int(counts[b].sum()) for b in mixed]
+    assert all(abs(n - 20) < 5 for n in sizes[:-1]) and sum(sizes) == 300  # photos are never split
+    only_first = epoch_batches(pools, [1.0, 0.0], counts, 20, generator)  # share 0: never trained on
+    assert int(torch.cat(only_first).max()) < 40
+
+
+def single_caption_corpus(root: Path, flickr8k_root: Path, tmp_path_factory) -> Path:
+    """A corpus of 60 of Flickr8k's photos with one caption each (the first), as an img2dataset folder."""
+    names = (flickr8k_root / "Flickr_8k.trainImages.txt").read_text().split()[TRAIN:TRAIN + 60]
+    first = {}
+    for line in (flickr8k_root / "Flickr8k.token.txt").read_text().splitlines():
+        key, caption = line.split("\t")
+        first.setdefault(key.split("#")[0], caption)
+    for i, name in enumerate(names):
+        (root / "00000").mkdir(parents=True, exist_ok=True)
+        shutil.copy(flickr8k_root / "Images" / name, root / "00000" / f"{i:09d}.jpg")
+        (root / "00000" / f"{i:09d}.txt").write_text(first[name])
+    out = tmp_path_factory.mktemp("single-prepared")
+    prepare("img2dataset", root, out, min_count=2)
+    return out
+
+
+def test_training_on_two_corpora_with_a_dev_set_kept_apart(mini_corpus, flickr8k_root, tmp_path, tmp_path_factory):
+    """Five-caption and one-caption photos train together, one vocabulary from both train splits, the epoch
+    chosen by the mean dev CIDEr of two dev sets; self-critical epochs only on photos with 5 references."""
+    from captioner.dataset import load_training
+
+    single = single_caption_corpus(tmp_path_factory.mktemp("single"), flickr8k_root, tmp_path_factory)
+    values = tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=2, scst_epochs=1, scst_samples=2,
+                         scst_min_refs=5)
+    values["data"] = {"corpora": [{"prepared": str(mini_corpus), "share": 0.5}, {"prepared": str(single), "share": 0.5}],
+                      "dev": [str(mini_corpus), str(single)], "encoder": "efficientnet-lite0",
+                      "cache": str(tmp_path / "features")}
+    cfg = config_from_dict(values)
+    data = load_training(cfg.data, progress=False)
+    single_train = [im for im in load_prepared(single).images if im["split"] == "train"]
+    assert len(data.train.paths) == TRAIN + len(single_train) and data.source.tolist().count(1) == len(single_train)
+    counted = Counter(w for refs in data.train.references for r in refs for w in r.split())
+    assert data.vocab.words[4:] == sorted((w for w, n in counted.items() if n >= 2), key=lambda w: (-counted[w], w))
+    assert set(data.dev) == {mini_corpus.name, single.name}
+    model_dir = train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == ["xe", "xe", "scst"]
+    for r in log:
+        assert set(r["dev"]) == {mini_corpus.name, single.name}
+        assert r["dev_cider"] == pytest.approx(sum(r["dev"].values()) / 2)
+    assert load_model(model_dir).vocab.words == data.vocab.words
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert f"{mini_corpus} (share 0.5), {single} (share 0.5)" in card
+
+
+def test_self_critical_training_needs_photos_with_enough_references(mini_corpus, tmp_path):
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", epochs=1, scst_epochs=1,
+                                       scst_samples=2, scst_min_refs=6))
+    with pytest.raises(CaptionerError, match="no training photo has 6 references for self-critical training"):
+        train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"prepared": "a", "corpora": [{"prepared": "b"}]}, "not both"),
+    ({"corpora": [{"share": 1.0}]}, "the setting 'prepared' is missing"),
+    ({"corpora": [{"prepared": "a", "share": 0.0}]}, "at least one must be above 0"),
+    ({"corpora": [{"prepared": "a", "weight": 1.0}]}, "unknown setting 'weight'"),
+])
+def test_corpus_settings_are_checked(data, message):
+    with pytest.raises(CaptionerError, match=message):
+        config_from_dict({"data": data})
+
+
+def test_training_writes_tag_words_and_centroids_and_calibrate_fits_the_confidence(mini_corpus, tmp_path, capsys):
+    from captioner import confidence
+    from captioner.cli import main
+
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
+    model_dir = train(cfg, progress=False)
+    model = load_model(model_dir)
+    assert len(model.class_words) == 1000 and set(model.class_words) - {""} <= set(model.vocab.words)
+    centres, regression = confidence.load(model_dir)
+    assert centres.shape == (min(confidence.CENTROIDS, TRAIN), 1280) and regression is None
+    assert main(["calibrate", "--model", str(model_dir), "--data", str(mini_corpus), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    check = result["check"][mini_corpus.name]
+    assert check["photos"] == DEV and 0 <= check["below_low"] <= 1
+    assert set(result["weights"]) == set(confidence.FEATURES)
+    assert confidence.load(model_dir)[1] is not None

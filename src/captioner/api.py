@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import confidence
 from .decode import beam_search
 from .encoders import Encoder, load_encoder
 from .features import encode_photos
 from .images import expand_paths
 from .modelfolder import Model, load_model
+from .tags import Tag, tagger
 from .text import detokenize
 
 
@@ -27,13 +29,23 @@ class Caption:
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # the beam's other captions
     attention: np.ndarray | None = None  # [len(words) + 1, G, G]: where each word (and the end) looked
     vector: np.ndarray | None = None  # [D] float32: the encoder's pooled vector of the photo
+    tags: list[Tag] = field(default_factory=list)  # what the encoder's classifier recognises, likeliest first
+    confidence: float | None = None  # the chance the caption is right (None: the model is not calibrated)
     error: str = ""
     warning: str = ""
 
-    def to_json(self) -> dict:
+    @property
+    def said(self) -> str:
+        """The caption as a person should read or hear it: with doubt in words when its confidence is low."""
+        return confidence.say(self.text, self.confidence)
+
+    def to_json(self, tags: bool = False) -> dict:
         if self.error:
             return {"path": str(self.path), "error": self.error}
-        return {"path": str(self.path), "caption": self.text, "score": round(self.score, 4)}
+        out = {"path": str(self.path), "caption": self.text, "score": round(self.score, 4)}
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 3)
+        return out | {"tags": [t.to_json() for t in self.tags]} if tags else out
 
 
 class Captioner:
@@ -42,6 +54,8 @@ class Captioner:
     def __init__(self, model: Model, encoder: Encoder):
         self.model = model
         self.encoder = encoder
+        self.tagger = tagger(model, encoder)
+        self.centroids, self.confidence = confidence.load(model.folder) if model.folder else (None, None)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> "Captioner":
@@ -66,10 +80,16 @@ class Captioner:
             for ok, pooled, grid, errors in encode_photos(self.encoder, paths, batch_size, progress):
                 results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
                 if ok:
+                    probs = self.tagger.probabilities(pooled) if self.tagger else None
+                    guide = self.tagger.guide(probs, cfg.tag_weight) if self.tagger and cfg.tag_weight else None
                     hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
-                                       cfg.length_penalty, cfg.block_ngram)
-                    for i, beams, vector in zip(ok, hyps, pooled.float().numpy()):
-                        results[i] = self._caption(paths[i], beams, grid_side, vector)
+                                       cfg.length_penalty, cfg.block_ngram, guide)
+                    tags = self.tagger.tags(probs) if self.tagger else [[] for _ in ok]
+                    sure = self.confidence(confidence.features(hyps, pooled, self.centroids, probs, self.tagger.word_ids
+                                                               if self.tagger else None)).tolist() \
+                        if self.confidence else [None] * len(ok)
+                    for i, beams, vector, photo_tags, c in zip(ok, hyps, pooled.float().numpy(), tags, sure):
+                        results[i] = self._caption(paths[i], beams, grid_side, vector, photo_tags, c)
                 # The next batch is decoded (and may warn) while this one is captioned, so warnings
                 # are matched by the path they start with and never cleared: one may be for a later batch.
                 for w in list(caught):
@@ -78,12 +98,14 @@ class Captioner:
                             c.warning = str(w.message)
                 yield from (results[i] for i in sorted(results))
 
-    def _caption(self, path: Path, beams, grid_side: int, vector: np.ndarray) -> Caption:
+    def _caption(self, path: Path, beams, grid_side: int, vector: np.ndarray, tags: list[Tag],
+                 sure: float | None) -> Caption:
         words_of = [[self.model.vocab.words[t] for t in h.tokens] for h in beams]
         best = beams[0]
         attention = None
         if best.attention is not None:
             attention = best.attention.reshape(-1, grid_side, grid_side).numpy()
         return Caption(path, detokenize(words_of[0]), best.logprob, words_of[0],
-                       [(detokenize(w), h.logprob) for w, h in zip(words_of[1:], beams[1:])], attention, vector)
+                       [(detokenize(w), h.logprob) for w, h in zip(words_of[1:], beams[1:])], attention, vector, tags,
+                       sure)
 

@@ -1,4 +1,5 @@
-"""The `captioner` command: caption, prepare, features, train, evaluate, align, index, similar, search, serve."""
+"""The `captioner` command: caption, prepare, features, train, evaluate, calibrate, align, index, similar, search,
+serve."""
 from __future__ import annotations
 
 import argparse
@@ -63,11 +64,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
             pictures.add(name)
             save_attention(c, Path(args.attention), name)
         if args.json:
-            print(json.dumps(c.to_json(), ensure_ascii=False), flush=True)
-        elif len(args.photos) == 1 and Path(args.photos[0]).is_file():
-            print(c.text, flush=True)
-        else:
-            print(f"{c.path}: {c.text}", flush=True)
+            print(json.dumps(c.to_json(tags=args.tags), ensure_ascii=False), flush=True)
+            continue
+        print(c.said if len(args.photos) == 1 and Path(args.photos[0]).is_file() else f"{c.path}: {c.said}",
+              flush=True)
+        if args.tags:
+            print("  tags: " + (", ".join(f"{t.label} {t.p:.0%}" + (f" ({t.word})" if t.word else "")
+                                          for t in c.tags) or "none"), flush=True)
     return 1 if failed else 0
 
 
@@ -114,6 +117,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         d = result["diversity"]
         print(f"distinct captions {d['distinct_captions'] * 100:.1f}% of photos, {d['vocabulary']} words used")
         print(f"report: {result['html']}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    result = calibrate(args.model, args.data, args.cache)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"confidence saved in {args.model}; weights: "
+          + ", ".join(f"{name} {w:+.2f}" for name, w in result["weights"].items()))
+    for name, r in result["check"].items():
+        print(f"{name} ({r['photos']} photos): least confident fifth CIDEr {r['least_confident_fifth_cider']:.1f}, "
+              f"the rest {r['rest_cider']:.1f}; {r['below_low']:.0%} said with doubt")
     return 0
 
 
@@ -205,10 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a model folder written by `captioner train` (default: the shipped model)")
     p.add_argument("--beam", type=positive_int, default=None,
                    help="beam width (default: the model's, 3 for the shipped one)")
-    p.add_argument("--json", action="store_true", help='one JSON object per photo: {"path", "caption", "score"} '
-                   'or {"path", "error"}')
+    p.add_argument("--json", action="store_true", help='one JSON object per photo: {"path", "caption", "score", '
+                   '"confidence"} or {"path", "error"}; "caption" is the model\'s sentence, and "confidence" (0-1, '
+                   'calibrated models only) the chance it is right: below 0.5 the plain output says "I am not sure"')
     p.add_argument("--attention", metavar="DIR", help="write a PNG per photo showing where each word looked "
                    "(attention models)")
+    p.add_argument("--tags", action="store_true", help="also show what the encoder's ImageNet classifier "
+                   'recognises: up to 5 labels with their probabilities and caption words (in --json: "tags")')
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
     p.set_defaults(run=cmd_caption)
 
@@ -261,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit a model's caption confidence on dev sets",
+                       description="Caption the dev split of each --data corpus, fit how a caption's confidence is "
+                       "weighed (its likelihood, the photo's tags, how close the photo is to the training photos) "
+                       "against whether the caption matches the human ones, and save it in the model folder. "
+                       "Prints, per dev set and cross-fitted, the mean per-photo CIDEr of the least confident fifth "
+                       "of photos and of the rest.")
+    p.add_argument("--model", required=True, help="the model folder (written by `captioner train`)")
+    p.add_argument("--data", action="append", required=True, help="a prepared corpus whose dev split to fit on "
+                   "(repeatable: e.g. Flickr8k and a set of other photos)")
+    p.add_argument("--cache", help="the feature cache folder (default: each corpus's features/)")
+    p.add_argument("--json", action="store_true", help="print the check and the weights as JSON")
+    p.set_defaults(run=cmd_calibrate)
 
     p = sub.add_parser("align", help="train a model's retrieval head for gallery search",
                        description="Train the small head that maps photos into the sentence space (train split), "

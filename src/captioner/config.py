@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .decoders import DecoderConfig
@@ -10,18 +10,37 @@ from .errors import CaptionerError
 
 
 @dataclass
+class CorpusConfig:
+    prepared: str  # a folder written by `captioner prepare`
+    share: float = 1.0  # its share of each epoch's training captions, relative to the other corpora's
+
+
+@dataclass
 class DataConfig:
-    prepared: str = "data/flickr8k"  # a folder written by `captioner prepare`
+    prepared: str = ""  # one corpus (a folder written by `captioner prepare`); or several in [[data.corpora]]
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)  # prepared corpora whose dev splits choose the epoch by their
+    # mean CIDEr (e.g. one kept apart from training, like coco-val-mini); empty: the training corpora's
     encoder: str = "efficientnet-lite2"
     input_size: int = 224
-    cache: str = ""  # feature cache folder; empty: <prepared>/features
+    cache: str = ""  # one feature cache folder for every corpus; empty: each corpus's <prepared>/features
+
+    def __post_init__(self) -> None:
+        if self.prepared and self.corpora:
+            raise CaptionerError("[data]: give one corpus in prepared or several in [[data.corpora]], not both")
+        self.corpora = [c if isinstance(c, CorpusConfig) else _section(CorpusConfig, c, "[[data.corpora]]")
+                        for c in self.corpora] or [CorpusConfig(self.prepared or "data/flickr8k")]
+        self.prepared = ""
+        if any(c.share < 0 for c in self.corpora) or not any(c.share > 0 for c in self.corpora):
+            raise CaptionerError("[[data.corpora]]: shares must not be negative, and at least one must be above 0")
+        self.dev = self.dev or [c.prepared for c in self.corpora if c.share > 0]
 
 
 @dataclass
 class TrainConfig:
     out: str = "runs/model"  # checkpoints, logs and the selected model (out/model)
     epochs: int = 20
-    batch_size: int = 32  # photos per batch, each with all of its captions
+    batch_captions: int = 80  # captions per batch; a batch holds whole photos, each with all of its captions
     lr: float = 5e-4
     min_lr: float = 2e-5  # cosine schedule from lr down to min_lr over all epochs
     warmup_steps: int = 200
@@ -36,7 +55,8 @@ class TrainConfig:
     scst_epochs: int = 0
     scst_start: str = "best"  # best: the best cross-entropy epoch by dev CIDEr | last: the last one
     scst_lr: float = 2e-5  # constant
-    scst_samples: int = 5  # captions sampled per photo
+    scst_samples: int = 5  # captions sampled per photo (batch_captions // scst_samples photos per batch)
+    scst_min_refs: int = 1  # train self-critically only on photos with at least this many references
     scst_temperature: float = 1.0  # below 1: samples keep closer to the model's most likely words
     scst_baseline: str = "mean"  # mean: of the photo's other samples | greedy: the greedy caption's reward
     seed: int = 0
@@ -50,6 +70,7 @@ class DecodeConfig:
     length_penalty: float = 0.0
     max_len: int = 30
     block_ngram: int = 0  # n > 0: no caption repeats an n-gram of its own
+    tag_weight: float = 0.0  # guided decoding: the word of a tag with probability p gains tag_weight x p
 
 
 @dataclass
@@ -64,10 +85,16 @@ class Config:
 
 
 def _section(cls, values: dict, where: str):
-    known = {f.name: f.type for f in fields(cls)}
+    if not isinstance(values, dict):
+        raise CaptionerError(f"{where}: expected a table of settings, not {values!r}")
+    known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise CaptionerError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+    missing = [name for name, f in known.items() if name not in values
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise CaptionerError(f"{where}: the setting {missing[0]!r} is missing")
     return cls(**values)
 
 

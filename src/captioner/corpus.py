@@ -661,6 +661,7 @@ class Prepared:
 
     image_root: Path
     max_len: int
+    min_count: int  # the vocabulary holds the train words seen at least this often
     images: list[dict]
     vocab: Vocab
 
@@ -677,7 +678,7 @@ def load_prepared(out_dir: str | Path) -> Prepared:
         if data.get("format") != FORMAT:
             raise CaptionerError(f"{out / 'captions.json'} has format {data.get('format')!r} but this version reads "
                                  f"format {FORMAT}; run `captioner prepare ...` again.")
-        return Prepared(Path(data["image_root"]), int(data["max_len"]), data["images"],
+        return Prepared(Path(data["image_root"]), int(data["max_len"]), int(data["min_count"]), data["images"],
                         Vocab.load(out / "vocab.json"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CaptionerError(f"{out} holds a damaged prepared corpus ({e}); "

@@ -1,4 +1,4 @@
-"""A prepared corpus joined with its cached features, ready for training and evaluation."""
+"""Prepared corpora joined with their cached features, ready for training and evaluation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .corpus import Prepared
+from .config import DataConfig
+from .corpus import Prepared, load_prepared
 from .encoders import load_encoder
 from .errors import CaptionerError
 from .features import FeatureCache, build_cache
@@ -56,3 +57,53 @@ def load_split(prepared: Prepared, cache: FeatureCache, hashes: dict[str, str], 
     pooled, grid = cache.load([hashes[im["image"]] for im in images])
     return Split([prepared.image_root / im["image"] for im in images], pooled, grid,
                  [im["captions"] for im in images], [im["raw"] for im in images])
+
+
+def concat(splits: list[Split]) -> Split:
+    """One split holding the photos of `splits`, one after another."""
+    return Split([p for s in splits for p in s.paths], torch.cat([s.pooled for s in splits]),
+                 torch.cat([s.grid for s in splits]), [r for s in splits for r in s.references],
+                 [r for s in splits for r in s.raw])
+
+
+@dataclass
+class TrainingData:
+    """What a training run reads: the train photos of every corpus, the dev sets that choose the epoch, the vocabulary."""
+
+    train: Split  # the train splits of the corpora with a share, one after another
+    source: torch.Tensor  # [n] the corpus (index into shares) each training photo comes from
+    shares: list[float]
+    dev: dict[str, Split]  # dev set name -> its photos
+    vocab: Vocab
+    max_len: int
+
+
+def load_training(data: DataConfig, progress: bool = True) -> TrainingData:
+    """Every corpus of `data` with its features (encoding what is not cached yet) and one vocabulary.
+
+    The vocabulary holds the words seen at least min_count times (the smallest
+    the corpora were prepared with) across all the train splits: for one corpus,
+    the vocabulary `prepare` wrote.
+    """
+    def features(folder: str, splits: tuple[str, ...]) -> tuple[Prepared, object, dict[str, str]]:
+        prepared = load_prepared(folder)
+        cache, hashes = ensure_features(prepared, data.encoder, data.input_size,
+                                        data.cache or Path(folder) / "features", splits, progress)
+        return prepared, cache, hashes
+
+    training = [c for c in data.corpora if c.share > 0]
+    train_splits, prepared_all = [], []
+    for corpus in training:
+        prepared, cache, hashes = features(corpus.prepared, ("train",))
+        train_splits.append(load_split(prepared, cache, hashes, "train"))
+        prepared_all.append(prepared)
+    dev = {}
+    for folder in data.dev:
+        prepared, cache, hashes = features(folder, ("dev",))
+        name = Path(folder).name if sum(Path(f).name == Path(folder).name for f in data.dev) == 1 else folder
+        dev[name] = load_split(prepared, cache, hashes, "dev")
+    min_count = min(p.min_count for p in prepared_all)
+    vocab = Vocab.build((c.split() for s in train_splits for refs in s.references for c in refs), min_count)
+    source = torch.cat([torch.full((len(s.paths),), i) for i, s in enumerate(train_splits)])
+    return TrainingData(concat(train_splits), source, [c.share for c in training], dev, vocab,
+                        max(p.max_len for p in prepared_all))

@@ -106,21 +106,35 @@ def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, m
     return torch.stack(out, 1)
 
 
+Guide = tuple[torch.Tensor, torch.Tensor]
+"""Words a photo's caption is nudged toward: bonus [B, k] and word ids [B, k] (-1: none).
+
+Each of the k entries (from one of the photo's tags) adds its bonus to the
+log-probability of its word the first time a caption uses it; once a caption has
+the word, the entries for it add nothing more.
+"""
+
+
 @torch.inference_mode()
 def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam: int = 3, max_len: int = 30,
-                length_penalty: float = 0.0, block_ngram: int = 0) -> list[list[Hypothesis]]:
+                length_penalty: float = 0.0, block_ngram: int = 0, guide: Guide | None = None) -> list[list[Hypothesis]]:
     """The `beam` best captions of each photo, best first.
 
-    Candidates are ranked by log-probability / length ** length_penalty (0: plain
-    log-probability, 1: mean log-probability per word). A finished beam keeps its
-    score and competes with the open ones until every beam of the photo has ended.
-    With `block_ngram` n > 0, no caption repeats an n-gram of its own.
+    Candidates are ranked by (log-probability + the guide's bonuses collected) /
+    length ** length_penalty (0: plain log-probability, 1: mean log-probability
+    per word); a hypothesis's `logprob` is the model's own. A finished beam keeps
+    its score and competes with the open ones until every beam of the photo has
+    ended. With `block_ngram` n > 0, no caption repeats an n-gram of its own.
     """
     B, K = pooled.shape[0], beam
     state, memory = decoder.start(pooled, grid)
     state, memory = _repeat(state, K), _repeat(memory, K)
     logprob = torch.full((B, K), float("-inf"))
     logprob[:, 0] = 0.0  # all beams start identical: keep one
+    collected = torch.zeros(B, K)  # the guide's bonuses each beam has collected
+    if guide is not None:
+        left = guide[0].float()[:, None].expand(B, K, -1).clone()  # [B, K, k]: bonuses not yet collected
+        guide_words = guide[1][:, None].expand(B, K, -1)  # [B, K, k]
     lengths = torch.zeros(B, K)
     done = torch.zeros(B, K, dtype=torch.bool)
     words = torch.full((B * K,), START_ID, dtype=torch.long)
@@ -142,11 +156,19 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
         logp = torch.where(done[..., None], float("-inf"), logp)
         logp[..., END_ID] = torch.where(done, 0.0, logp[..., END_ID])
         total = logprob[..., None] + logp  # [B, K, V]
+        bonus = collected[..., None].expand(B, K, V)
+        if guide is not None:  # each guide word's bonus not yet collected, in its word's column (V: no word)
+            columns = torch.where(guide_words < 0, V, guide_words)
+            bonus = bonus + left.new_zeros(B, K, V + 1).scatter_add_(2, columns, left)[..., :V]
         new_len = lengths[..., None] + (~done[..., None]).float()
-        rank = total / new_len.clamp(min=1) ** length_penalty
+        rank = (total + bonus) / new_len.clamp(min=1) ** length_penalty
         top, flat = rank.view(B, -1).topk(K, dim=1)  # [B, K]
         origin, words_bk = flat // V, flat % V
         logprob = total.view(B, -1).gather(1, flat)
+        collected = bonus.reshape(B, -1).gather(1, flat)
+        if guide is not None:
+            left = left.gather(1, origin[..., None].expand_as(left))
+            left = left.masked_fill(guide_words == words_bk[..., None], 0.0)
         lengths = new_len.expand(B, K, V).reshape(B, -1).gather(1, flat)
         rows = (origin + offsets).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
@@ -160,7 +182,7 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
         words = words_bk.view(-1)
         if done.all():
             break
-    score = logprob / lengths.clamp(min=1) ** length_penalty
+    score = (logprob + collected) / lengths.clamp(min=1) ** length_penalty
     order = score.argsort(1, descending=True)
     out = []
     for b in range(B):

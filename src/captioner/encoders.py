@@ -51,12 +51,17 @@ Features = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Encoder(nn.Module):
-    """A frozen backbone: uint8 pixels [B, S, S, 3] -> pooled [B, D] and grid [B, G*G, D]."""
+    """A frozen backbone: uint8 pixels [B, S, S, 3] -> pooled [B, D] and grid [B, G*G, D].
 
-    def __init__(self, spec: EncoderSpec, features: Features, backbone: nn.Module):
+    `classifier`, where the backbone has one, maps the pooled vector to its ImageNet class logits [B, 1000].
+    """
+
+    def __init__(self, spec: EncoderSpec, features: Features, backbone: nn.Module,
+                 classifier: nn.Linear | None = None):
         super().__init__()
         self.spec = spec
         self.backbone = backbone.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.classifier = classifier
         self._features = features
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
@@ -92,7 +97,7 @@ def _efficientnet_lite(variant: int, input_size: int) -> Encoder:
     # The Lite weights come from TensorFlow, trained on pixels scaled to [-1, 1].
     spec = EncoderSpec(f"efficientnet-lite{variant}", input_size, 1280, grid,
                        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), Path(weights).name)
-    return Encoder(spec, _mean_pooled(net.extract_features), net)
+    return Encoder(spec, _mean_pooled(net.extract_features), net, net._fc)  # its head reads the grid's mean
 
 
 class _OnnxTokens(nn.Module):

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as toolkit_meteor
@@ -98,6 +100,21 @@ class CaptionScorer:
         scores: dict[str, Any] = {name: 100.0 * float(v) for name, v in zip(METRICS, values)}
         scores["photos"] = len(ids)
         return scores
+
+
+def photo_cider(predictions: list[str], references: list[list[str]]) -> np.ndarray:
+    """Each photo's CIDEr-D (toolkit scale: 1.0 is the 100 papers print) of already-cleaned text, no Java needed.
+
+    Document frequencies come from these references, as in the toolkit.
+    """
+    gts = {i: refs for i, refs in enumerate(references)}
+    res = {i: [p] for i, p in enumerate(predictions)}
+    return np.asarray(Cider().compute_score(gts, res)[1], dtype=np.float32)
+
+
+def dev_cider(predictions: list[str], references: list[list[str]]) -> float:
+    """CIDEr-D x 100 of already-cleaned text: for choosing models and settings on dev sets."""
+    return 100 * float(photo_cider(predictions, references).mean())
 
 
 def diversity(predictions: dict[str, str]) -> dict[str, float]:

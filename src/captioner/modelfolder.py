@@ -1,4 +1,7 @@
-"""A model is a folder: model.safetensors, config.json, vocab.json, MODEL_CARD.md. No pickle: loading runs no code."""
+"""A model is a folder: model.safetensors, config.json, vocab.json, tags.json, MODEL_CARD.md.
+
+No pickle: loading runs no code.
+"""
 from __future__ import annotations
 
 import json
@@ -26,6 +29,7 @@ class Model:
     encoder: str
     input_size: int
     decode: DecodeConfig
+    class_words: list[str] | None = None  # the caption word of each of the encoder's classes (tags.json)
     folder: Path | None = None  # where it was loaded from
 
 
@@ -46,6 +50,8 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
     }
     write_atomic(folder / "config.json", json.dumps(config, indent=2) + "\n")
     write_atomic(folder / "vocab.json", json.dumps({"words": model.vocab.words}) + "\n")
+    if model.class_words is not None:
+        write_atomic(folder / "tags.json", json.dumps({"class_words": model.class_words}) + "\n")
     if card:
         write_atomic(folder / "MODEL_CARD.md", card)
 
@@ -70,6 +76,8 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
         vocab = Vocab.load(folder / "vocab.json")
         decoder = Decoder(DecoderConfig(**config["decoder"]), len(vocab), config["feature_dim"])
         decoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+        tags = folder / "tags.json"
+        class_words = json.loads(tags.read_text())["class_words"] if tags.is_file() else None
     except CaptionerError:
         raise
     except Exception as e:  # a damaged or foreign folder: say which, not where in our code
@@ -78,5 +86,5 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
     if fast and bf16_supported():
         decoder.to(torch.bfloat16)
     return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
-                 DecodeConfig(**config.get("decode", {})), folder)
+                 DecodeConfig(**config.get("decode", {})), class_words, folder)
 

@@ -12,29 +12,22 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from . import confidence
 from .config import Config, TrainConfig
-from .corpus import load_prepared
-from .dataset import Split, ensure_features, load_split
+from .dataset import Split, load_training
 from .cider import CiderD
 from .decode import greedy, sample, word_logprobs
 from .decoders import Decoder
-from .encoders import bf16_supported
+from .encoders import bf16_supported, load_encoder
 from .errors import CaptionerError
 from .files import atomic_path, write_atomic
 from .glove import GLOVE_DIM, glove_vectors
+from .metrics import dev_cider
 from .modelfolder import Model, save_model
+from .tags import class_words, probabilities
 from .text import END_ID, PAD_ID, START_ID, Vocab
 
 CHECKPOINT = "checkpoint.safetensors"
-
-
-def dev_cider(predictions: list[str], references: list[list[str]]) -> float:
-    """CIDEr-D x 100 on already-cleaned text (no Java needed): for model selection during training."""
-    from pycocoevalcap.cider.cider import Cider
-
-    gts = {i: refs for i, refs in enumerate(references)}
-    res = {i: [p] for i, p in enumerate(predictions)}
-    return 100 * float(Cider().compute_score(gts, res)[0])
 
 
 def caption_split(decoder: Decoder, split: Split, vocab: Vocab, max_len: int, batch_size: int = 500) -> list[str]:
@@ -72,9 +65,26 @@ def learning_rate(cfg: Config, step: int, total: int) -> float:
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def batches(photos: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled batches of photo indices; each batch trains on all captions of its photos."""
-    return list(torch.randperm(photos, generator=generator).split(batch_size))
+def epoch_batches(pools: list[torch.Tensor], shares: list[float], counts: torch.Tensor, batch_captions: int,
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's shuffled batches of photo indices, each of about `batch_captions` captions (whole photos).
+
+    pools[i] holds the photos of corpus i that may be drawn and counts[p] the
+    captions photo p brings. An epoch holds as many captions as the pools
+    together, corpus i's share of them drawn from its pool without replacement
+    (in as many fresh random orders as that takes): with one corpus, every photo once.
+    """
+    live = [(pool, share) for pool, share in zip(pools, shares) if share > 0 and len(pool)]
+    total = sum(float(counts[pool].sum()) for pool, _ in live)
+    drawn = []
+    for pool, share in live:
+        n = round(total * share / sum(s for _, s in live) * len(pool) / float(counts[pool].sum()))
+        orders = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(-(-n // len(pool)))]
+        drawn.append(torch.cat(orders)[:n])
+    photos = torch.cat(drawn)
+    photos = photos[torch.randperm(len(photos), generator=generator)]
+    batch = (counts[photos].cumsum(0) - 1) // batch_captions  # [n]: the batch each photo falls in
+    return list(photos.split(batch.unique_consecutive(return_counts=True)[1].tolist()))
 
 
 def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, captions: torch.Tensor) -> torch.Tensor:
@@ -219,17 +229,20 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         check_scst(cfg.train)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    prepared = load_prepared(cfg.data.prepared)
-    cache_root = cfg.data.cache or str(Path(cfg.data.prepared) / "features")
-    cache, hashes = ensure_features(prepared, cfg.data.encoder, cfg.data.input_size, cache_root, ("train", "dev"),
-                                    progress)
-    train_split = load_split(prepared, cache, hashes, "train")
-    dev_split = load_split(prepared, cache, hashes, "dev")
-    vocab, max_len = prepared.vocab, prepared.max_len
+    data = load_training(cfg.data, progress)
+    train_split, vocab, max_len = data.train, data.vocab, data.max_len
+    classifier = load_encoder(cfg.data.encoder, cfg.data.input_size).classifier
+    words = class_words(probabilities(classifier, train_split.pooled), train_split.references, vocab) \
+        if classifier is not None else None  # tags.json: the caption word of each of the encoder's classes
+    centres = confidence.centroids(train_split.pooled)  # where the training photos lie
     captions, owner = train_split.captions(vocab, max_len)
     lengths = (captions != PAD_ID).sum(1)
     counts = torch.bincount(owner, minlength=len(train_split.paths))  # captions per photo
     rows_of = owner.argsort(stable=True).split(counts.tolist())  # photo -> its caption rows
+    pools = [torch.nonzero(data.source == i).squeeze(1) for i in range(len(data.shares))]
+    # Self-critical training: the photos with enough references, their k samples counted as captions.
+    scst_pools = [pool[counts[pool] >= cfg.train.scst_min_refs] for pool in pools]
+    scst_counts = torch.full_like(counts, cfg.train.scst_samples)
 
     decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1])
     optimizer = lambda lr: torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad],  # noqa: E731
@@ -245,9 +258,16 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     log_path = out / "metrics.jsonl"
     log = [json.loads(line) for line in log_path.read_text().splitlines()] if resume and log_path.exists() else []
     log = log[:state["epoch"]]  # an epoch logged after the last checkpoint is redone
-    steps_per_epoch = math.ceil(len(rows_of) / cfg.train.batch_size)
+    steps_per_epoch = math.ceil(len(owner) / cfg.train.batch_captions)
     total_steps = steps_per_epoch * cfg.train.epochs
-    cider = CiderD([[r.split() for r in refs] for refs in train_split.references]) if cfg.train.scst_epochs else None
+    cider, cider_row = None, {}
+    if cfg.train.scst_epochs:
+        scored = torch.cat(scst_pools).tolist()
+        if not scored:
+            raise CaptionerError(f"no training photo has {cfg.train.scst_min_refs} references for self-critical "
+                                 "training: lower [train] scst_min_refs")
+        cider = CiderD([[r.split() for r in train_split.references[p]] for p in scored])
+        cider_row = {p: row for row, p in enumerate(scored)}
     first = state["epoch"]
     while True:
         if state["scst_from"] is None and (state["epoch"] >= cfg.train.epochs
@@ -269,14 +289,15 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         generator = torch.Generator().manual_seed(cfg.train.seed * 10_000 + epoch)
         started, seen, loss_sum = time.time(), 0, 0.0
         last = (state["scst_from"] + cfg.train.scst_epochs) if scst else cfg.train.epochs
-        bar = tqdm(batches(len(rows_of), cfg.train.batch_size, generator),
+        bar = tqdm(epoch_batches(scst_pools, data.shares, scst_counts, cfg.train.batch_captions, generator) if scst
+                   else epoch_batches(pools, data.shares, counts, cfg.train.batch_captions, generator),
                    desc=f"{'self-critical ' if scst else ''}epoch {epoch}/{last}", unit="batch",
                    disable=not progress, dynamic_ncols=True)
         for photos in bar:
             pooled, grid = train_split.pooled[photos], train_split.grid[photos]
             if scst:
-                loss, rewards = scst_loss(cfg, decoder, pooled, grid, photos.tolist(), cider, vocab, max_len,
-                                          generator)
+                loss, rewards = scst_loss(cfg, decoder, pooled, grid, [cider_row[p] for p in photos.tolist()], cider,
+                                          vocab, max_len, generator)
                 count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
             else:
                 for group in opt.param_groups:
@@ -298,16 +319,19 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
             shown = {"reward": f"{loss_sum / seen:.3f}"} if scst else {"loss": f"{loss_sum / seen:.3f}"}
             bar.set_postfix(**shown, caps_s=f"{seen / (time.time() - started):.0f}")
         bar.close()
-        predictions = caption_split(decoder, dev_split, vocab, max_len)
-        dev = dev_cider(predictions, dev_split.references)
+        predictions = {name: caption_split(decoder, split, vocab, max_len) for name, split in data.dev.items()}
+        scores = {name: dev_cider(predictions[name], split.references) for name, split in data.dev.items()}
+        dev = sum(scores.values()) / len(scores)  # what chooses the epoch
+        sample = next(iter(predictions.values()))[0]
         record = {"epoch": epoch, "phase": "scst" if scst else "xe",
-                  "train_reward" if scst else "train_loss": loss_sum / seen, "dev_cider": dev,
+                  "train_reward" if scst else "train_loss": loss_sum / seen, "dev_cider": dev, "dev": scores,
                   "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
-                  "captions_per_s": seen / (time.time() - started), "sample": predictions[0]}
+                  "captions_per_s": seen / (time.time() - started), "sample": sample}
         if dev > state["best_cider"]:
             state.update(best_cider=dev, best_epoch=epoch, bad_epochs=0)
-            save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode),
+            save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode, words),
                        card=training_card(cfg, record))
+            confidence.save(out / "model", centres)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
@@ -319,9 +343,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
             epochs_left = last - epoch + (0 if scst else cfg.train.scst_epochs)
             left = epochs_left * sum(r["seconds"] for r in log) / len(log)
             trained = f"reward {loss_sum / seen:.3f}" if scst else f"loss {loss_sum / seen:.3f}"
-            tqdm.write(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f} "
+            each = f" ({', '.join(f'{name} {v:.1f}' for name, v in scores.items())})" if len(scores) > 1 else ""
+            tqdm.write(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f}{each} "
                        f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), "
-                       f"at most {left / 60:.0f} min left; e.g. \"{predictions[0]}\"")
+                       f"at most {left / 60:.0f} min left; e.g. \"{sample}\"")
     return out / "model"
 
 
@@ -330,6 +355,7 @@ def training_card(cfg: Config, record: dict) -> str:
     return (f"# captioner model\n\n"
             f"- encoder: {cfg.data.encoder} at {cfg.data.input_size}x{cfg.data.input_size} (frozen)\n"
             f"- decoder: {cfg.model.kind}, {json.dumps(asdict(cfg.model))}\n"
-            f"- corpus: {cfg.data.prepared}\n"
+            f"- corpora: {', '.join(f'{c.prepared} (share {c.share:g})' for c in cfg.data.corpora)}; "
+            f"dev: {', '.join(cfg.data.dev)}\n"
             f"- selected at epoch {record['epoch']} by dev CIDEr (greedy) {record['dev_cider']:.1f}\n"
             f"- training config: {json.dumps(cfg.to_dict())}\n")

@@ -1,0 +1,132 @@
+"""How sure a caption is: a number in [0, 1], and the words that say so when it is low.
+
+A listener who hears "a man is standing in front of a sign" about a cat is
+worse off than one who hears nothing, so every caption carries a confidence:
+the chance that it matches what people would say of the photo. It weighs five
+things a captioner knows about its own caption (FEATURES) with a logistic
+regression fitted on dev sets (`captioner calibrate`), against whether the
+caption's per-photo CIDEr-D reaches GOOD:
+
+- `logprob`: the caption's mean log-probability per word, the model's own certainty;
+- `tag`: the top tag's probability, how clearly the classifier recognises something;
+- `named` and `unnamed`: the probability of the tags whose word the caption says, and of those whose
+  word it leaves out (a confident "cat" tag under a caption about a man is a bad sign);
+- `familiar`: the cosine between the photo and the nearest of the training photos' centroids;
+- `agree`: how many of the best caption's words the beam's other captions share.
+
+The model folder keeps it in confidence.safetensors: the centroids (written by
+training) and the regression (written by calibration).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .decode import Hypothesis
+from .files import atomic_path
+
+FILE = "confidence.safetensors"
+FEATURES = ("logprob", "tag", "named", "unnamed", "familiar", "agree")
+GOOD = 0.2  # a caption is good when its CIDEr-D against the photo's references reaches this (1.0: 100 in papers)
+LOW = 0.5  # below this confidence a caption is said with doubt
+CENTROIDS = 256
+
+
+def centroids(pooled: torch.Tensor, k: int = CENTROIDS, iterations: int = 10, seed: int = 0) -> torch.Tensor:
+    """k unit centroids [k, D] of the photos' pooled vectors [N, D] (spherical k-means): where training photos lie."""
+    x = torch.nn.functional.normalize(pooled.float(), dim=1)
+    k = min(k, len(x))
+    centres = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]]
+    for _ in range(iterations):
+        nearest = (x @ centres.T).argmax(1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, x)
+        centres = torch.where(sums.norm(dim=1, keepdim=True) > 0, torch.nn.functional.normalize(sums, dim=1), centres)
+    return centres
+
+
+def features(beams: list[list[Hypothesis]], pooled: torch.Tensor, centres: torch.Tensor,
+             probs: torch.Tensor | None, word_ids: torch.Tensor | None) -> torch.Tensor:
+    """FEATURES [B, 6] of each photo's best caption; `probs` [B, C] and `word_ids` [C] (-1: no word) give the
+    tags, None when the encoder has no classifier."""
+    rows = []
+    familiar = (torch.nn.functional.normalize(pooled.float(), dim=1) @ centres.float().T).max(1).values.tolist()
+    for b, hyps in enumerate(beams):
+        best = hyps[0]
+        words = set(best.tokens)
+        tag = named = unnamed = 0.0
+        if probs is not None:
+            values, classes = probs[b].topk(5)
+            tag = float(values[0])
+            for p, w in zip(values.tolist(), word_ids[classes].tolist()):
+                if w >= 0:
+                    named, unnamed = (named + p, unnamed) if w in words else (named, unnamed + p)
+        agree = sum(len(words & set(h.tokens)) / max(1, len(words)) for h in hyps[1:]) / max(1, len(hyps) - 1)
+        rows.append([best.logprob / (len(best.tokens) + 1), tag, named, unnamed, familiar[b], agree])
+    return torch.tensor(rows)
+
+
+@dataclass
+class Confidence:
+    """The fitted regression: confidence = sigmoid(weights . (features - mean) / std + bias)."""
+
+    weights: torch.Tensor  # [F]
+    bias: torch.Tensor  # []
+    mean: torch.Tensor  # [F]
+    std: torch.Tensor  # [F]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((x - self.mean) / self.std @ self.weights + self.bias)
+
+
+def fit(x: torch.Tensor, good: torch.Tensor, l2: float = 1e-2, steps: int = 200) -> Confidence:
+    """A logistic regression of good [N] (0/1) on features x [N, F], on standardised features."""
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    weights = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([weights, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(z @ weights + bias, good.float()) \
+            + l2 * weights.square().sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+    return Confidence(weights.detach(), bias.detach(), mean, std)
+
+
+def save(folder: Path, centres: torch.Tensor, confidence: Confidence | None = None, meta: dict | None = None) -> None:
+    """Write FILE: the centroids, and the regression once calibrated (`meta`: how it was fitted, as JSON)."""
+    tensors = {"centroids": centres.half().contiguous()}
+    if confidence is not None:
+        tensors |= {"weights": confidence.weights, "bias": confidence.bias.reshape(1), "mean": confidence.mean,
+                    "std": confidence.std}
+    with atomic_path(folder / FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"features": json.dumps(FEATURES), "fit": json.dumps(meta or {})})
+
+
+def load(folder: Path) -> tuple[torch.Tensor | None, Confidence | None]:
+    """The centroids and the regression of a model folder; None for what it does not have."""
+    path = folder / FILE
+    if not path.is_file():
+        return None, None
+    with safe_open(str(path), "pt") as f:
+        if json.loads(f.metadata()["features"]) != list(FEATURES):
+            return f.get_tensor("centroids"), None  # fitted on other features: calibrate again
+        names = set(f.keys())
+        tensors = {name: f.get_tensor(name).float() for name in names}
+    regression = Confidence(tensors["weights"], tensors["bias"][0], tensors["mean"], tensors["std"]) \
+        if "weights" in names else None
+    return tensors["centroids"], regression
+
+
+def say(text: str, confidence: float | None) -> str:
+    """The caption as it is shown and read aloud: with doubt in words when its confidence is low."""
+    return f"I am not sure; it may be {text}" if confidence is not None and confidence < LOW else text
