@@ -176,3 +176,20 @@ def test_a_guide_word_gets_into_the_caption_once_and_the_logprob_stays_the_model
     assert best.score == pytest.approx(best.logprob + 3.6, abs=1e-5)
     zero = beam_search(decoder, pooled, grid, beam=3, max_len=10, guide=(0 * guide[0], guide[1]))
     assert [[h.tokens for h in hyps] for hyps in zero] == [[h.tokens for h in hyps] for hyps in plain]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_decoder_with_tags_reads_the_class_probabilities(kind):
+    torch.manual_seed(0)
+    cfg = DecoderConfig(kind=kind, embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0, tags=True)
+    decoder = Decoder(cfg, V, D, classes=7).eval()
+    assert not any(p.requires_grad for p in decoder.classifier.parameters())
+    pooled, grid = features(2)
+    captions = torch.tensor([[START_ID, 5, 6, END_ID], [START_ID, 7, END_ID, PAD_ID]])
+    logits, _ = decoder(pooled, grid, captions)
+    assert logits.shape == (2, 3, V)
+    with torch.no_grad():
+        decoder.classifier.bias[3] += 10.0  # the photos now look like class 3
+    assert not torch.allclose(decoder(pooled, grid, captions)[0], logits)
+    with pytest.raises(ValueError, match="number of classes"):
+        Decoder(cfg, V, D)

@@ -370,3 +370,15 @@ def test_training_writes_tag_words_and_centroids_and_calibrate_fits_the_confiden
     assert check["photos"] == DEV and 0 <= check["below_low"] <= 1
     assert set(result["weights"]) == set(confidence.FEATURES)
     assert confidence.load(model_dir)[1] is not None
+
+
+def test_a_decoder_with_tags_keeps_the_encoders_classifier(mini_corpus, tmp_path, lite0):
+    values = tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1)
+    values["model"]["tags"] = True
+    model = load_model(train(config_from_dict(values), progress=False))
+    assert model.decoder.classes == 1000
+    assert torch.equal(model.decoder.classifier.weight, lite0.classifier.weight)
+    values["data"]["encoder"] = "dinov2-vits14"
+    with pytest.raises(CaptionerError, match="tags needs an encoder with an ImageNet classifier"):
+        from captioner.train import build_decoder
+        build_decoder(config_from_dict(values), model.vocab, 384, None)

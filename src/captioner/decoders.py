@@ -49,6 +49,7 @@ class DecoderConfig:
     layers: int = 3  # transformer only
     heads: int = 8  # transformer only: hidden_dim must be a multiple
     ffn_dim: int = 2048  # transformer only: the feed-forward width
+    tags: bool = False  # the encoder's class probabilities join the pooled vector (semantic attributes)
 
 
 def unroll(net: nn.Module, words: torch.Tensor, steps: torch.Tensor, state: State, memory: State,
@@ -85,11 +86,11 @@ def unroll(net: nn.Module, words: torch.Tensor, steps: torch.Tensor, state: Stat
 class Merge(nn.Module):
     """Image and text meet after the LSTM (the merge architecture): logits = f(h_t + W img)."""
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int):
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, pooled_dim: int):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
         self.lstm = nn.LSTMCell(cfg.embed_dim, cfg.hidden_dim)
-        self.image = nn.Linear(feature_dim, cfg.hidden_dim)
+        self.image = nn.Linear(pooled_dim, cfg.hidden_dim)
         self.hidden = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
         self.drop = Dropout(cfg.dropout)
@@ -109,10 +110,10 @@ class Merge(nn.Module):
 class Inject(nn.Module):
     """Show and Tell: the image is the LSTM's first input, the words follow."""
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int):
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, pooled_dim: int):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.image = nn.Linear(feature_dim, cfg.embed_dim)
+        self.image = nn.Linear(pooled_dim, cfg.embed_dim)
         self.lstm = nn.LSTMCell(cfg.embed_dim, cfg.hidden_dim)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
         self.drop = Dropout(cfg.dropout)
@@ -131,7 +132,7 @@ class Inject(nn.Module):
 class Attention(nn.Module):
     """Show, Attend and Tell (soft): each step attends over the grid, with a gating scalar."""
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int):
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, pooled_dim: int):
         super().__init__()
         H, A, E = cfg.hidden_dim, cfg.attention_dim, cfg.embed_dim
         self.embed = nn.Embedding(vocab_size, E)
@@ -140,8 +141,8 @@ class Attention(nn.Module):
         self.query = nn.Linear(H, A)
         self.score = nn.Linear(A, 1)
         self.gate = nn.Linear(H, H)
-        self.init_h = nn.Linear(feature_dim, H)
-        self.init_c = nn.Linear(feature_dim, H)
+        self.init_h = nn.Linear(pooled_dim, H)
+        self.init_c = nn.Linear(pooled_dim, H)
         self.lstm = nn.LSTMCell(E + H, H)
         self.deep = nn.Linear(H + H, E)  # deep output: h and context -> word space
         self.out = nn.Linear(E, vocab_size)
@@ -221,7 +222,7 @@ class Transformer(nn.Module):
 
     MAX_POSITIONS = 64
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int):
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, pooled_dim: int):
         super().__init__()
         W = cfg.hidden_dim
         if W % cfg.heads:
@@ -230,7 +231,7 @@ class Transformer(nn.Module):
         self.lift = nn.Linear(cfg.embed_dim, W) if cfg.embed_dim != W else nn.Identity()  # e.g. 50-d GloVe
         self.position = nn.Embedding(self.MAX_POSITIONS, W)
         self.project = nn.Sequential(nn.Linear(feature_dim, W), nn.LayerNorm(W))  # grid cells -> width
-        self.photo = nn.Linear(feature_dim, W)  # pooled vector -> added to every input
+        self.photo = nn.Linear(pooled_dim, W)  # pooled vector -> added to every input
         self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(W, cfg.heads, cfg.ffn_dim, self.drop) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(W)
@@ -282,15 +283,24 @@ KINDS = {"merge": Merge, "inject": Inject, "attention": Attention, "transformer"
 
 
 class Decoder(nn.Module):
-    """Wraps one decoder kind with teacher-forced training over whole captions."""
+    """Wraps one decoder kind with teacher-forced training over whole captions.
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int):
+    With cfg.tags, a frozen copy of the encoder's classifier (`classes` classes)
+    turns the pooled vector [B, D] into class probabilities [B, classes], which
+    join it: the kind sees a pooled vector of D + classes.
+    """
+
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, classes: int = 0):
         super().__init__()
         if cfg.kind not in KINDS:
             raise ValueError(f"unknown decoder kind {cfg.kind!r}: choose one of {', '.join(KINDS)}")
+        if cfg.tags and not classes:
+            raise ValueError("a decoder with tags needs the number of classes of the encoder's classifier")
         self.cfg = cfg
         self.feature_dim = feature_dim
-        self.net = KINDS[cfg.kind](cfg, vocab_size, feature_dim)
+        self.classes = classes if cfg.tags else 0
+        self.classifier = nn.Linear(feature_dim, classes).requires_grad_(False) if cfg.tags else None
+        self.net = KINDS[cfg.kind](cfg, vocab_size, feature_dim, feature_dim + self.classes)
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -298,6 +308,9 @@ class Decoder(nn.Module):
 
     def start(self, pooled: torch.Tensor, grid: torch.Tensor) -> tuple[State, State]:
         dtype = self.net.embed.weight.dtype  # float32, or bfloat16 for fast inference
+        if self.classifier is not None:
+            probs = self.classifier(pooled.to(self.classifier.weight.dtype)).float().softmax(-1)  # [B, classes]
+            pooled = torch.cat([pooled.float(), probs], 1)
         return self.net.start(pooled.to(dtype), grid.to(dtype))
 
     def step(self, words: torch.Tensor, state: State, memory: State):

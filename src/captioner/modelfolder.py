@@ -45,6 +45,7 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
         "encoder": {"name": model.encoder, "input_size": model.input_size},
         "decoder": asdict(model.decoder.cfg),
         "feature_dim": model.decoder.feature_dim,
+        "classes": model.decoder.classes,
         "vocab_size": len(model.vocab),
         "decode": asdict(model.decode),
     }
@@ -74,7 +75,8 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
             raise CaptionerError(f"{folder}/config.json has model format {config.get('format')!r}, "
                                  f"this captioner reads format {FORMAT}: upgrade captioner or retrain")
         vocab = Vocab.load(folder / "vocab.json")
-        decoder = Decoder(DecoderConfig(**config["decoder"]), len(vocab), config["feature_dim"])
+        decoder = Decoder(DecoderConfig(**config["decoder"]), len(vocab), config["feature_dim"],
+                          config.get("classes", 0))
         decoder.load_state_dict(load_file(str(folder / "model.safetensors")))
         tags = folder / "tags.json"
         class_words = json.loads(tags.read_text())["class_words"] if tags.is_file() else None

@@ -40,7 +40,8 @@ def caption_split(decoder: Decoder, split: Split, vocab: Vocab, max_len: int, ba
     return out
 
 
-def build_decoder(cfg: Config, vocab: Vocab, feature_dim: int) -> Decoder:
+def build_decoder(cfg: Config, vocab: Vocab, feature_dim: int, classifier: torch.nn.Linear | None) -> Decoder:
+    """A new decoder as [model] says: GloVe word vectors, and the encoder's `classifier` for tags, if asked."""
     torch.manual_seed(cfg.train.seed)
     model_cfg = cfg.model
     if model_cfg.glove != "none":
@@ -48,7 +49,12 @@ def build_decoder(cfg: Config, vocab: Vocab, feature_dim: int) -> Decoder:
             raise CaptionerError(f"[model] glove must be none, frozen or trained, not {model_cfg.glove!r}")
         if model_cfg.embed_dim != GLOVE_DIM:
             raise CaptionerError(f"[model] embed_dim must be {GLOVE_DIM} with GloVe vectors, not {model_cfg.embed_dim}")
-    decoder = Decoder(model_cfg, len(vocab), feature_dim)
+    if model_cfg.tags and classifier is None:
+        raise CaptionerError(f"[model] tags needs an encoder with an ImageNet classifier (efficientnet-lite0, 1 or 2), "
+                             f"and {cfg.data.encoder} has none")
+    decoder = Decoder(model_cfg, len(vocab), feature_dim, classifier.out_features if model_cfg.tags else 0)
+    if model_cfg.tags:
+        decoder.classifier.load_state_dict(classifier.state_dict())
     if model_cfg.glove != "none":
         vectors, _ = glove_vectors(vocab.words, cfg.train.seed)
         decoder.embedding.weight.data.copy_(vectors)
@@ -244,7 +250,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     scst_pools = [pool[counts[pool] >= cfg.train.scst_min_refs] for pool in pools]
     scst_counts = torch.full_like(counts, cfg.train.scst_samples)
 
-    decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1])
+    decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1], classifier)
     optimizer = lambda lr: torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad],  # noqa: E731
                                             lr=lr, weight_decay=cfg.train.weight_decay)
     opt = optimizer(cfg.train.lr)
