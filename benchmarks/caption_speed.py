@@ -1,9 +1,11 @@
-"""Time captioning with a loaded model: one photo warm, a folder of JPEGs, and peak memory.
+"""Time captioning with a loaded model: one photo warm against the encoder alone, a folder, and peak memory.
 
     python benchmarks/caption_speed.py --photos ../shared/data/flickr8k/Images --count 500
 
 Single-photo latency is the median of --repeats calls of `Captioner.caption([photo])`
-on a loaded model (photo decode, encoder, beam search). Folder throughput is the
+on a loaded model (photo decode, encoder, tags, guided beam search, confidence),
+each call alternated with the encoder's own forward pass on the same photo's
+pixels, so that their ratio is measured side by side. Folder throughput is the
 median over --runs passes of `Captioner.caption([folder])`. Peak memory is this
 process's maximum resident set size.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from captioner import Captioner
+from captioner.images import load_photo, to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +48,13 @@ def main() -> None:
     load_seconds = time.time() - started
     examples = sorted((ROOT / "examples").glob("*.jpg"))
     captioner.caption(examples[:1], beam=args.beam)  # warm-up
-    single = []
+    size = captioner.encoder.spec.input_size
+    pixels = [to_pixels(load_photo(p, size), size)[None] for p in examples]
+    single, encoder = [], []
     for i in range(args.repeats):
+        t = time.perf_counter()
+        captioner.encoder(pixels[i % len(examples)])
+        encoder.append(time.perf_counter() - t)
         t = time.perf_counter()
         captioner.caption([examples[i % len(examples)]], beam=args.beam)
         single.append(time.perf_counter() - t)
@@ -59,8 +67,11 @@ def main() -> None:
     decode = captioner.model.decode
     result = {
         "beam": args.beam or decode.beam, "length_penalty": decode.length_penalty, "block_ngram": decode.block_ngram,
+        "tag_weight": decode.tag_weight,
         "threads": torch.get_num_threads(), "model_load_s": round(load_seconds, 2),
         "single_photo_ms_median": round(1000 * statistics.median(single), 1),
+        "encoder_forward_ms_median": round(1000 * statistics.median(encoder), 1),
+        "single_photo_over_encoder": round(statistics.median(single) / statistics.median(encoder), 2),
         "single_photo_ms_all": [round(1000 * s, 1) for s in sorted(single)][::max(1, args.repeats // 10)],
         "folder_photos": len(photos), "folder_photos_per_s_median": round(statistics.median(throughput), 1),
         "folder_photos_per_s_runs": [round(x, 1) for x in throughput],
