@@ -382,3 +382,19 @@ def test_a_decoder_with_tags_keeps_the_encoders_classifier(mini_corpus, tmp_path
     with pytest.raises(CaptionerError, match="tags needs an encoder with an ImageNet classifier"):
         from captioner.train import build_decoder
         build_decoder(config_from_dict(values), model.vocab, 384, None)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_self_critical_epochs_add_the_cross_entropy_share_asked_for(mini_corpus, tmp_path, monkeypatch, share):
+    import captioner.train as training
+
+    calls = []
+    real = training.xe_loss
+    monkeypatch.setattr(training, "xe_loss", lambda *a, **k: calls.append(a[-2]) or real(*a, **k))
+    cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "merge", epochs=1, scst_epochs=1,
+                                       scst_samples=2, scst_xe=share))
+    train(cfg, progress=False)
+    xe_batches = -(-TRAIN * 5 // 40)  # cross-entropy epoch: 40 captions a batch
+    scst_batches = len(calls) - xe_batches
+    assert scst_batches == (-(-TRAIN * 2 // 40) if share else 0)  # self-critical: 20 photos x 2 samples a batch
+    assert all(chance == 0.0 for chance in calls[xe_batches:])  # references as written, never the model's words

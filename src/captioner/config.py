@@ -57,6 +57,7 @@ class TrainConfig:
     scst_lr: float = 2e-5  # constant
     scst_samples: int = 5  # captions sampled per photo (batch_captions // scst_samples photos per batch)
     scst_min_refs: int = 1  # train self-critically only on photos with at least this many references
+    scst_xe: float = 0.0  # add this share of the cross-entropy on the batch's references (keeps words varied)
     scst_temperature: float = 1.0  # below 1: samples keep closer to the model's most likely words
     scst_baseline: str = "mean"  # mean: of the photo's other samples | greedy: the greedy caption's reward
     seed: int = 0

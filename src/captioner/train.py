@@ -301,18 +301,21 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                    disable=not progress, dynamic_ncols=True)
         for photos in bar:
             pooled, grid = train_split.pooled[photos], train_split.grid[photos]
+            idx = torch.cat([rows_of[p] for p in photos.tolist()])  # the batch's reference captions
+            which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
+            references = captions[idx, :int(lengths[idx].max())]
             if scst:
                 loss, rewards = scst_loss(cfg, decoder, pooled, grid, [cider_row[p] for p in photos.tolist()], cider,
                                           vocab, max_len, generator)
+                if cfg.train.scst_xe:
+                    loss = loss + cfg.train.scst_xe * xe_loss(cfg, decoder, pooled, grid, references, which, 0.0,
+                                                              generator)
                 count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
             else:
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, state["step"], total_steps)
-                idx = torch.cat([rows_of[p] for p in photos.tolist()])
-                which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
                 chance = cfg.train.scheduled_sampling * state["step"] / total_steps
-                loss = xe_loss(cfg, decoder, pooled, grid, captions[idx, :int(lengths[idx].max())], which, chance,
-                               generator)
+                loss = xe_loss(cfg, decoder, pooled, grid, references, which, chance, generator)
                 count, value = len(idx), loss.item() * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
