@@ -105,7 +105,7 @@ def main() -> None:
         run([*exe, "features", "--data", str(data), "--cache", str(cache), "--encoder", config["data"]["encoder"]], log)
     run([*exe, "train", str(cfg_path)], log)
     run([sys.executable, str(ROOT / "benchmarks" / "tune_decoding.py"), "--model", str(out / "model"), *dev,
-         "--cache", str(cache), "--beams", "3", "--length-penalties", "0,0.5", "--tag-weights", "0,1,2,3",
+         "--cache", str(cache), "--beams", "3", "--length-penalties", "0,0.5", "--tag-weights", "0,1,2,4",
          "--write"], log)
     run([*exe, "calibrate", "--model", str(out / "model"), *dev, "--cache", str(cache)], log)
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(flickr8k), "--split", "test", "--cache",

@@ -67,6 +67,9 @@ def test_caption_has_words_alternatives_and_one_attention_map_per_word(client):
     assert maps.shape == (TINY_MAX_LEN + 1, 49)  # each word and the end of the sentence
     np.testing.assert_allclose(maps.sum(axis=1), 1.0, atol=1e-2)
     assert "similar" not in body  # no gallery
+    assert body["confidence"] is None and body["said"] == body["caption"]  # the tiny model is not calibrated
+    assert body["tags"] and all(set(t) == {"label", "p", "word"} for t in body["tags"])
+    assert [t["p"] for t in body["tags"]] == sorted((t["p"] for t in body["tags"]), reverse=True)
 
 
 def test_same_photo_gets_the_same_caption(client):

@@ -7,8 +7,10 @@ import io
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from captioner.confidence import FEATURES, Confidence
 from captioner.web.app import create_app
 from conftest import TINY_MAX_LEN
 from photos import bomb_png_bytes, gradient
@@ -229,3 +231,27 @@ def test_the_page_fits_a_phone(browser, server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
     context.close()
+
+
+@pytest.mark.parametrize("bias, shown", [(-3.0, "Not sure (confidence 5%)"), (3.0, "Confidence 95%.")])
+def test_a_doubtful_caption_is_shown_and_read_aloud_with_its_doubt(browser, tiny_model_dir, bias, shown):
+    captioner = tiny_captioner(tiny_model_dir)
+    captioner.centroids = torch.nn.functional.normalize(torch.randn(4, 1280), dim=1)
+    # A calibration that gives every caption the same confidence, sigmoid(bias): 5% or 95%.
+    captioner.confidence = Confidence(torch.zeros(len(FEATURES)), torch.tensor(bias), torch.zeros(len(FEATURES)),
+                                      torch.ones(len(FEATURES)))
+    with LiveServer(create_app(captioner)) as url:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        context.add_init_script(READ_ALOUD_SPY)
+        page = context.new_page()
+        page.goto(url + "/")
+        page.set_input_files("#file", EXAMPLES / "tabby_cat.jpg")
+        said = caption_of(page)
+        caption = " ".join(page.locator("#words button").all_inner_texts())
+        assert said == (f"I am not sure; it may be {caption}" if bias < 0 else caption)
+        expect(page.locator("#caption")).to_have_text(f"Caption: {said}")
+        expect(page.locator("#confidence")).to_contain_text(shown)
+        expect(page.locator("#tags-line")).to_contain_text("cat")  # lite0's classifier knows a tabby
+        page.get_by_role("button", name="Read aloud").click()
+        assert page.evaluate("window.spoken") == [said]
+        context.close()

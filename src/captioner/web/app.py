@@ -154,7 +154,9 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
 def caption_json(c: Caption, name: str, photo_id: int | None) -> dict:
     """A caption as the API returns it (`id`: the gallery photo's, None for an upload).
 
-    Attention maps are flattened row by row, one per word and one for the end of the sentence.
+    Attention maps are flattened row by row, one per word and one for the end of the sentence. `caption`
+    is the model's sentence; `said` is how the page shows and reads it, with doubt in words when its
+    `confidence` (None: the model is not calibrated) is low; `tags` are what the encoder recognises.
     """
     attention = None
     if c.attention is not None:
@@ -162,7 +164,8 @@ def caption_json(c: Caption, name: str, photo_id: int | None) -> dict:
         attention = {"grid": side, "maps": c.attention.reshape(len(c.attention), side * side).round(4).tolist()}
     return {"id": photo_id, "name": name, "caption": c.text, "score": round(c.score, 4), "words": c.words,
             "alternatives": [{"caption": text, "score": round(score, 4)} for text, score in c.alternatives],
-            "attention": attention, "warning": c.warning}
+            "attention": attention, "tags": [t.to_json() for t in c.tags], "confidence":
+            None if c.confidence is None else round(c.confidence, 3), "said": c.said, "warning": c.warning}
 
 
 def match_json(m: Match) -> dict:

@@ -74,11 +74,13 @@ async function show(busyMessage, photoUrl, ask, title) {
   page.current = answer;
   const photo = $("photo");
   if (photo.src.startsWith("blob:")) URL.revokeObjectURL(photo.src);
-  photo.alt = answer.caption;
+  photo.alt = answer.said;
   photo.src = photoUrl;
   $("result-title").textContent = title;
-  $("caption").textContent = `Caption: ${answer.caption}`;
+  $("caption").textContent = `Caption: ${answer.said}`;
   showWords(answer);
+  showConfidence(answer);
+  showTags(answer.tags);
   showAlternatives(answer.alternatives);
   $("warning").hidden = !answer.warning;
   $("warning").textContent = answer.warning;
@@ -107,6 +109,21 @@ function showWords(answer) {
   words.onmouseleave = clearAttention;
   words.onfocusout = (event) => { if (!words.contains(event.relatedTarget)) clearAttention(); };
   $("looking").hidden = !answer.attention;
+}
+
+function showConfidence({ confidence, caption, said }) {
+  const line = $("confidence");
+  line.hidden = confidence === null;
+  if (confidence === null) return;
+  const percent = `${Math.round(confidence * 100)}%`;
+  line.classList.toggle("low", said !== caption);
+  line.textContent = said !== caption ? `Not sure (confidence ${percent}): it may be what it says, or not.`
+    : `Confidence ${percent}.`;
+}
+
+function showTags(tags) {
+  $("tags").textContent = tags.map(({ label, p }) => `${label} ${Math.round(p * 100)}%`).join(", ");
+  $("tags-line").hidden = tags.length === 0;
 }
 
 function showAlternatives(alternatives) {
@@ -246,7 +263,7 @@ function listen() {
   $("speak").addEventListener("click", () => {
     if (!page.current) return;
     speechSynthesis.cancel();
-    speechSynthesis.speak(new SpeechSynthesisUtterance(page.current.caption));
+    speechSynthesis.speak(new SpeechSynthesisUtterance(page.current.said));
   });
   $("search-form").addEventListener("submit", search);
   window.addEventListener("resize", () => {
