@@ -20,7 +20,9 @@ confidence, on the same dev sets), and `evaluate` on the Flickr8k test split
 wall-clock times and the metrics. Then it trains the retrieval head for gallery
 search (`align`), timed on its own: the total is raw corpora to evaluated
 captioner. With --ship the model is copied into src/captioner/assets/default
-with its card.
+with its card. --cache keeps the photo features in a folder of your own, so a
+second run with another config encodes nothing again (its features stages then
+take seconds: add the first run's to compare totals).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def run(cmd: list[str], log: list[dict]) -> float:
-    shown = " ".join(cmd)
+    shown = " ".join(cmd).replace(sys.executable, "python")
     print(f"$ {shown}", flush=True)
     started = time.time()
     subprocess.run(cmd, check=True)
@@ -75,6 +77,8 @@ def main() -> None:
     parser.add_argument("--cc", required=True, help="the Conceptual Captions subset, an img2dataset folder")
     parser.add_argument("--coco", default=str(SHARED / "coco-val-mini"), help="the coco-val-mini folder")
     parser.add_argument("--work", default="/tmp/captioner-bench", help="scratch folder (deleted first)")
+    parser.add_argument("--cache", help="a feature cache to keep and reuse (photos already in it are not encoded "
+                        "again); default: a new one in the work folder")
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.toml"))
     parser.add_argument("--ship", action="store_true", help="copy the model into src/captioner/assets/default")
     args = parser.parse_args()
@@ -82,7 +86,8 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    flickr8k, cc, coco, cache, out = (work / name for name in ("flickr8k", "cc", "coco-val-mini", "features", "run"))
+    flickr8k, cc, coco, out = (work / name for name in ("flickr8k", "cc", "coco-val-mini", "run"))
+    cache = Path(args.cache) if args.cache else work / "features"
     config = tomllib.loads(Path(args.config).read_text())
     # The config names its corpora data/<name>: here they are prepared into the work folder.
     config["data"]["corpora"] = [c | {"prepared": str(work / Path(c["prepared"]).name)}
