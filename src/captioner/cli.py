@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -199,7 +200,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web.app import serve
 
-    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20)
+    token = args.token or os.environ.get("CAPTIONER_TOKEN") or None
+    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20, args.max_queue, token,
+          args.public, args.allowed_host)
     return 0
 
 
@@ -348,10 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "search")
     p.add_argument("--model", help="the model folder (default: the shipped model; must be the gallery's)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
-                   "machine only)")
+                   "machine only). Any other address needs an access token, or --public")
+    p.add_argument("--token", help="an access token every API request, photo and thumbnail must carry "
+                   "(Authorization: Bearer TOKEN; the page asks for it once). Better in the environment, "
+                   "CAPTIONER_TOKEN, where other users of the machine cannot read it from the process list")
+    p.add_argument("--public", action="store_true", help="serve a non-loopback --host without a token, on "
+                   "purpose: anyone who reaches it sees every gallery photo")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the server answers to besides localhost and --host (e.g. the machine's "
+                   "name on the network); repeat for more, '*' for any. Other names are refused, so a web page "
+                   "elsewhere cannot reach the server by DNS rebinding")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
                    "(default 20)")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
+                   "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "
+                   "(default 64)")
     p.set_defaults(run=cmd_serve)
     return parser
 

@@ -494,7 +494,7 @@ class Gallery:
         with self.lock:
             todo = self._matches([(i, 0.0) for i in ids if i not in self.grids])
         if todo:
-            for ok, pooled, grid, _ in encode_photos(self.captioner.encoder, [m.path for m in todo],
+            for ok, pooled, grid, _, _ in encode_photos(self.captioner.encoder, [m.path for m in todo],
                                                      batch_size=16, progress=False):
                 with self.lock:
                     for j, p, g in zip(ok, pooled, grid):
