@@ -168,14 +168,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _print_matches(matches, as_json: bool) -> None:
     for rank, m in enumerate(matches, 1):
+        tags = ", ".join(f"{t['word'] or t['label']} {t['p']:.2f}" for t in m.tags)
         print(json.dumps({"rank": rank} | m.to_json(), ensure_ascii=False) if as_json
-              else f"{m.score:6.3f}  {m.path}  {m.caption}", flush=True)
+              else f"{m.score:6.3f}  {m.path}  {m.caption}" + (f"  [{tags}]" if tags else ""), flush=True)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
     from .gallery import Gallery
 
-    _print_matches(Gallery.open(args.db, model=args.model).similar(args.photo, args.k, args.by), args.json)
+    with Gallery.open(args.db, model=args.model) as gallery:
+        _print_matches(gallery.similar(args.photo, args.k, args.by), args.json)
     return 0
 
 
@@ -184,16 +186,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.queries is None):
         raise CaptionerError("give either a search TEXT or --queries FILE")
-    gallery = Gallery.open(args.db, model=args.model)
-    if args.text is not None:
-        _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
-        return 0
-    with open(args.queries, encoding="utf-8") as f:
-        for query in (line.strip() for line in f):
-            if query:
-                found = gallery.search(query, args.k, args.rerank)
-                print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
-                                  "scores": [round(m.score, 4) for m in found]}, ensure_ascii=False), flush=True)
+    with Gallery.open(args.db, model=args.model) as gallery:
+        if args.text is not None:
+            _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
+            return 0
+        with open(args.queries, encoding="utf-8") as f:
+            for query in (line.strip() for line in f):
+                if query:
+                    found = gallery.search(query, args.k, args.rerank)
+                    print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
+                                      "scores": [round(m.score, 4) for m in found]}, ensure_ascii=False), flush=True)
     return 0
 
 
@@ -334,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="gallery photos that match a description",
                        description="Gallery photos that match a description, from their caption vectors (and "
-                       "text-aligned image vectors when the model has a retrieval head).")
+                       "text-aligned image vectors when the model has a retrieval head). A photo whose tags (what "
+                       "the encoder's classifier recognised, shown after each result) name a word of the "
+                       "description ranks higher.")
     p.add_argument("text", nargs="?", metavar="TEXT", help="the description")
     p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
     p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
