@@ -42,10 +42,16 @@ def positive_int(text: str) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from .api import Captioner
+    from .decoders import ATTENDING
     from .visualize import save_attention
 
     captioner = Captioner.load(args.model)
     if args.attention:
+        kind = captioner.model.decoder.cfg.kind
+        if kind not in ATTENDING:
+            raise CaptionerError(f"--attention needs a model that attends to parts of the photo, and this one's "
+                                 f"decoder is {kind}: use a model of kind {' or '.join(sorted(ATTENDING))} "
+                                 "(the shipped default is one)")
         Path(args.attention).mkdir(parents=True, exist_ok=True)
     pictures: set[str] = set()  # attention picture names written so far: photos may share a name
     failed = 0

@@ -6,13 +6,14 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi_offline import FastAPIOffline  # /docs with Swagger UI served from the package, not a CDN
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field  # /docs with Swagger UI served from the package, not a CDN
 
 from captioner import __version__
 from captioner.api import Caption, Captioner
@@ -32,7 +33,25 @@ STATIC = Path(__file__).parent / "static"
 SIMILAR_K = 8
 NO_GALLERY = "This server has no gallery; start it with `captioner serve --gallery DB` to find similar photos."
 
-PhotoId = Annotated[int, PathParam(description="a gallery photo's id")]
+class Problem(BaseModel):
+    """Why a request was refused: one sentence, or (for malformed fields) FastAPI's list of field errors."""
+
+    detail: str | list[dict[str, Any]] = Field(description="the reason, in one sentence")
+
+
+def problem(description: str) -> dict:
+    return {"model": Problem, "description": description}
+
+
+ERRORS = {400: problem("a malformed request body (not multipart form data)"),
+          401: problem("the access token is missing or wrong (a server started with --token)"),
+          403: problem("a request from another web site"),
+          404: problem("no such photo, or the server has no gallery"),
+          421: problem("a host name this server does not answer to"),
+          422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)")}
+"""What any route may answer besides its own success, documented in the OpenAPI schema."""
+
+PhotoId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery photo's id")]
 K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
 
 
@@ -59,7 +78,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
             finally:
                 app.state.worker.close()
 
-    app = FastAPIOffline(title="captioner", version=__version__, lifespan=lifespan,
+    app = FastAPIOffline(title="captioner", version=__version__, lifespan=lifespan, responses=ERRORS,
                          description="Caption photos, see where each word looked, find similar photos and search "
                                      "a gallery by description. The page is at `/`.")
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
@@ -103,7 +122,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
 
     @app.post("/api/session", status_code=204, response_class=Response,
               summary="Exchange the access token (Authorization: Bearer) for the page's session cookie",
-              responses={401: {"description": "the token is missing or wrong"}})
+              responses={401: problem("the token is missing or wrong")})
     async def session(request: Request) -> Response:
         """Sets an HttpOnly SameSite=Strict cookie that stands for the token; without a server token, nothing."""
         response = Response(status_code=204)
@@ -116,7 +135,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return response
 
     @app.get("/api/health", summary="Whether the server is up, its captioning worker and queue, and what it offers",
-             responses={503: {"description": "the captioning worker has stopped"}})
+             responses={503: problem("the captioning worker has stopped")})
     async def health(request: Request, response: Response) -> dict:
         worker = request.app.state.worker.health()
         if not worker["alive"]:
@@ -127,10 +146,9 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
                 "max_upload_bytes": max_upload_bytes}
 
     @app.post("/api/caption", summary="Caption an uploaded photo",
-              responses={413: {"description": "the photo is larger than the upload limit"},
-                         415: {"description": "the file's type is not a photo"},
-                         422: {"description": "the file cannot be read as a photo (damaged, a bomb, ...)"},
-                         503: {"description": "too many photos are waiting: retry after the Retry-After seconds"}})
+              responses={413: problem("the photo is larger than the upload limit"),
+                         415: problem("the file's type is not a photo"),
+                         503: problem("too many photos are waiting: retry after the Retry-After seconds")})
     async def caption(request: Request, file: Annotated[UploadFile, File(description="the photo")]) -> dict:
         """The caption, the beam's alternatives, each word's attention map and (with a gallery) similar photos."""
         name = display_name(file.filename)
@@ -156,7 +174,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(match.id)}
 
     @app.get("/api/similar", summary="Gallery photos that look like, or are described like, a gallery photo")
-    async def similar(id: Annotated[int, Query(description="a gallery photo's id")], k: K = SIMILAR_K,
+    async def similar(id: Annotated[int, Query(ge=1, le=2**63 - 1, description="a gallery photo's id")], k: K = SIMILAR_K,
                       by: Literal["both", "visual", "caption"] = "both") -> dict:
         match = await gallery_photo(id)
         return {"photo": match_json(match), "by": by, "results": await similar_to(id, k, by)}
@@ -180,7 +198,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
     thumbnails = app.state.thumbnails = ThumbnailCache()
 
     @app.get("/api/photo/{photo_id}/thumbnail", summary="A gallery photo, at most 320 pixels wide and high (WebP)",
-             response_class=Response, responses={422: {"description": "the photo cannot be read (damaged, a bomb, ...)"}})
+             response_class=Response)
     async def photo_thumbnail(photo_id: PhotoId) -> Response:
         match = await gallery_photo(photo_id)
         if not match.path.is_file():
