@@ -431,3 +431,16 @@ def test_eight_threads_query_while_an_indexer_commits_500_photos(tiny_model_dir,
     assert min(asked) >= 5
     writer.close()
     reader.close()
+
+
+def test_cli_search_and_similar_close_the_gallery(tiny_model_dir, photos, tmp_path, reuse_encoders, monkeypatch,
+                                                  capsys):
+    db = str(tmp_path / "g.db")
+    assert main(["index", str(photos / "nested"), "--db", db, "--model", str(tiny_model_dir), "--quiet"]) == 0
+    closed = []
+    real_close = Gallery.close
+    monkeypatch.setattr(Gallery, "close", lambda self: closed.append(self.db) or real_close(self))
+    assert main(["search", "a dog", "--db", db, "--model", str(tiny_model_dir)]) == 0
+    assert main(["similar", str(photos / "tabby_cat.jpg"), "--db", db, "--model", str(tiny_model_dir)]) == 0
+    assert closed == [Path(db), Path(db)]
+    capsys.readouterr()
