@@ -46,10 +46,6 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
 _TRUNCATED_LOCK = threading.Lock()
 
-# Pillow warns above half its pixel limit; we apply our own limit (MAX_PIXELS) instead. A filter set
-# once here, not `warnings.catch_warnings` around each open: that one is process-wide and not thread-safe.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
 
 class PhotoError(CaptionerError):
     """A photo that cannot be read: missing, a folder, empty, not an image, damaged or too large."""
@@ -173,7 +169,10 @@ def _decode(f: BinaryIO, path: str | os.PathLike[str], size: int | None, *,
     """
     f.seek(0)
     try:
-        img = Image.open(f)
+        with warnings.catch_warnings():
+            # Pillow warns above half its limit; we apply our own limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(f)
     except Image.DecompressionBombError as exc:
         raise PhotoError(path, _too_large(exc)) from None
     except UnidentifiedImageError:
