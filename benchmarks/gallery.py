@@ -78,11 +78,11 @@ def pixel_neighbours(paths: list[Path], k: int) -> dict[Path, list[Path]]:
 def synthetic_gallery(db: Path, real: Gallery, size: int) -> None:
     """A gallery of `size` photos with random unit vectors, written straight into the catalogue."""
     rng = np.random.default_rng(0)
-    meta = dict(real.conn.execute("SELECT key, value FROM meta"))
+    meta = real.catalogue.meta()
     conn = sqlite3.connect(db)
     conn.executescript(SCHEMA)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-    vd, td = real.visual.dim, real.text.dim
+    vd, td = real.vectors.visual.dim, real.vectors.text.dim
     for start in range(0, size, 10_000):
         n = min(10_000, size - start)
         v = rng.standard_normal((n, vd), dtype=np.float32)
@@ -147,7 +147,7 @@ def main() -> None:
         g.head.cfg.blend = shipped
 
     refs = {p: im["captions"] for im, p in zip(test, paths)}
-    ids = {Path(path): i for path, i in g.conn.execute("SELECT path, id FROM photos")}
+    ids = {Path(path): i for path, i in g.catalogue.conn.execute("SELECT path, id FROM photos")}
     rng = np.random.default_rng(0)
     photos = list(refs)
     out["photo_to_similar_cider"] = {
@@ -170,7 +170,7 @@ def main() -> None:
     t = time.perf_counter()
     s = Gallery.open(big, captioner=captioner)
     opened = time.perf_counter() - t
-    s._save_vectors()
+    s.save_vectors()
     t = time.perf_counter()
     Gallery.open(big, captioner=captioner).close()
     reopened = time.perf_counter() - t

@@ -264,3 +264,24 @@ def test_a_calibrated_models_confidence_is_in_json_and_its_doubt_in_words(calibr
         record = json.loads(capsys.readouterr().out)
         assert set(record) == {"path", "caption", "score", "confidence"} and record["confidence"] == sure
         assert len(record["caption"].split()) == TINY_MAX_LEN  # the model's sentence, without the doubt
+
+
+def test_attention_with_a_model_that_does_not_attend_says_so(tmp_path, reuse_encoders, odd, capsys):
+    import torch
+
+    from captioner.config import DecodeConfig
+    from captioner.decoders import Decoder, DecoderConfig
+    from captioner.modelfolder import Model, save_model
+    from captioner.text import SPECIALS, Vocab
+
+    vocab = Vocab([*SPECIALS, *TINY_WORDS])
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(kind="merge", embed_dim=16, hidden_dim=16, dropout=0.0), len(vocab), 1280)
+    save_model(tmp_path / "merge", Model(decoder.eval(), vocab, "efficientnet-lite0", 224, DecodeConfig(beam=2)),
+               card="# tiny merge model\n")
+    maps = tmp_path / "maps"
+    assert main(["caption", "--model", str(tmp_path / "merge"), "--attention", str(maps), str(odd["rgb_jpeg"])]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("captioner: error: --attention needs a model that attends to parts of the photo, and "
+                          "this one's decoder is merge")
+    assert not maps.exists()

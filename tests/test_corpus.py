@@ -530,3 +530,22 @@ def test_prepare_real_flickr8k(tmp_path):
     assert 2000 < report.vocab_size < 4000
     assert 0 < report.unknown_share < 0.05
     assert len(load_prepared(tmp_path).images) == 8000
+
+
+def test_a_prepare_killed_between_its_files_is_caught_when_loading(tmp_path, monkeypatch):
+    source = write_table(tmp_path, TABLE)
+    prepare("table", source, tmp_path / "out", min_count=1)
+    assert len(load_prepared(tmp_path / "out").vocab) > 4
+    real = corpus.atomic_path
+
+    def killed_at_captions(path):
+        if Path(path).name == "captions.json":
+            raise KeyboardInterrupt  # the run dies after vocab.json and report.json are replaced
+        return real(path)
+
+    monkeypatch.setattr(corpus, "atomic_path", killed_at_captions)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("table", source, tmp_path / "out", min_count=2)
+    with pytest.raises(CaptionerError, match=r"vocab.json is not the vocabulary .*captions.json was made with "
+                                             r"\(an interrupted `captioner prepare`\?\)"):
+        load_prepared(tmp_path / "out")

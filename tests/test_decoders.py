@@ -193,3 +193,14 @@ def test_a_decoder_with_tags_reads_the_class_probabilities(kind):
     assert not torch.allclose(decoder(pooled, grid, captions)[0], logits)
     with pytest.raises(ValueError, match="number of classes"):
         Decoder(cfg, V, D)
+
+
+def test_a_beam_wider_than_the_captions_to_find_gives_only_possible_ones():
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(kind="attention", embed_dim=8, hidden_dim=8, attention_dim=4, dropout=0.0),
+                      6, D).eval()  # the four specials and two words
+    pooled, grid = features(2)
+    for hyps in beam_search(decoder, pooled, grid, beam=40, max_len=2):
+        assert 1 <= len(hyps) < 40
+        assert all(math.isfinite(h.logprob) and math.isfinite(h.score) for h in hyps)
+        assert len({tuple(h.tokens) for h in hyps}) == len(hyps)

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 from captioner import features
 from captioner.errors import CaptionerError
 from captioner.features import INDEX, FeatureCache, build_cache, encode_photos
-from captioner.images import TruncatedPhotoWarning, file_sha256, load_photo, to_pixels
+from captioner.images import TruncatedPhotoWarning, file_sha256, load_photo, read_photo, to_pixels
 from conftest import cached_encoder
 from photos import BROKEN_MESSAGES, gradient, make_broken_photos
 
@@ -77,11 +77,11 @@ def reads(monkeypatch) -> list[Path]:
     """The photos the feature code decodes (each decode is one photo sent to the encoder), in order."""
     seen: list[Path] = []
 
-    def recording_load_photo(path, size=None):
+    def recording_read_photo(path, size=None):
         seen.append(Path(path))
-        return load_photo(path, size)
+        return read_photo(path, size)
 
-    monkeypatch.setattr(features, "load_photo", recording_load_photo)
+    monkeypatch.setattr(features, "read_photo", recording_read_photo)
     return seen
 
 
@@ -297,16 +297,16 @@ def test_encode_photos_decodes_the_next_batch_while_the_network_runs(lite0, phot
                 overlapped.append(second_batch_read.wait(timeout=10))
             return lite0(pixels)
 
-    original = features.load_photo
+    original = features.read_photo
 
-    def noting_load_photo(path, size=None):
+    def noting_read_photo(path, size=None):
         if Path(path) in paths[3:6]:
             second_batch_read.set()
         return original(path, size)
 
-    monkeypatch.setattr(features, "load_photo", noting_load_photo)
+    monkeypatch.setattr(features, "read_photo", noting_read_photo)
     positions, pooled, grid, errors = [], [], [], {}
-    for ok, p, g, e in encode_photos(Watching(), paths, batch_size=3, progress=True):
+    for ok, p, g, e, _ in encode_photos(Watching(), paths, batch_size=3, progress=True):
         assert len(ok) == len(p) == len(g)
         positions += ok
         pooled.append(p)

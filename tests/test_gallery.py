@@ -12,7 +12,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,14 @@ import torch
 from PIL import Image
 
 import captioner.api
-from captioner import gallery as gallery_module
+from captioner.gallery import indexer, queries
 from captioner.api import Captioner
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.gallery import Gallery
 from captioner.retrieval import RetrievalConfig, save_head, train_head
 from conftest import TEST_THREADS, cached_encoder
+from fakes import FakeCaptioner, fake_sentence_encoder, fake_text_vectors, fake_vector
 from photos import gradient, make_broken_photos
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -114,7 +117,7 @@ def test_failed_photos_are_recorded_and_never_stop_the_run(tiny, photos, tmp_pat
 
 
 def test_an_interrupted_run_keeps_its_batches_and_resumes(tiny, photos, tmp_path, monkeypatch):
-    monkeypatch.setattr(gallery_module, "COMMIT_EVERY", 3)
+    monkeypatch.setattr(indexer, "COMMIT_EVERY", 3)
     db = tmp_path / "g.db"
     g = Gallery.create(db, captioner=tiny)
     real_stream = tiny.stream
@@ -186,11 +189,11 @@ def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path, monkeypatc
         assert conn.execute("SELECT count(*) FROM removed").fetchone()[0] == 0
     (photos / "tabby_cat.jpg").unlink()
     Image.fromarray(gradient(40, 40)).save(photos / "gradient.png")
-    monkeypatch.setattr(writer, "_save_vectors", lambda: None)  # mid-run: only the catalogue has the news
+    monkeypatch.setattr(writer, "save_vectors", lambda: None)  # mid-run: only the catalogue has the news
     writer.index([photos], progress=False)
     found = {m.path.name for m in reader.search("a cat", k=8)}
     assert len(reader) == 7 and "tabby_cat.jpg" not in found and "gradient.png" in found
-    assert reader.text.vectors([rows(db)["gradient.png"][0]]).shape == (1, 384)  # the changed photo's new row
+    assert reader.vectors.text.vectors([rows(db)["gradient.png"][0]]).shape == (1, 384)  # the changed photo's new row
     with pytest.raises(CaptionerError, match="another `captioner index` is writing"):
         Gallery.create(db, captioner=tiny)
     writer.close()
@@ -270,7 +273,7 @@ def test_a_retrieval_head_adds_text_aligned_image_vectors(tiny_model_dir, photos
     c = Captioner(captioner.api.load_model(model, fast=True), cached_encoder("efficientnet-lite0"))
     g = Gallery.create(tmp_path / "g.db", captioner=c)
     g.index([photos], progress=False)
-    assert g.text.dim == 768
+    assert g.vectors.text.dim == 768
     caption = rows(g.db)["cup_of_coffee.jpg"][2]
     assert len(g.search(caption, k=8)) == 8
     g.close()
@@ -303,7 +306,7 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
     assert out[-1]["added"] == 9 and out[-1]["photos"] == 8
     assert main(["search", "a man", "-k", "3", "--db", db, "--model", str(tiny_model_dir), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [m["rank"] for m in lines] == [1, 2, 3] and set(lines[0]) == {"rank", "id", "path", "caption", "score"}
+    assert [m["rank"] for m in lines] == [1, 2, 3] and set(lines[0]) == {"rank", "id", "path", "caption", "score", "tags"}
     queries = tmp_path / "queries.txt"
     queries.write_text("a dog\n\na red ball on the grass\n")
     assert main(["search", "--queries", str(queries), "-k", "2", "--db", db, "--model", str(tiny_model_dir)]) == 0
@@ -329,3 +332,115 @@ def test_vector_search_leaves_torch_threads_alone():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2"]
+
+
+def test_search_ranks_a_photo_tagged_with_a_query_word_higher_and_shows_its_tags(tiny, photos, tmp_path,
+                                                                                  monkeypatch):
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    g.index([photos], progress=False)
+    found = g.search("a cat", k=8)
+    cat = found[0]
+    assert cat.path.name == "tabby_cat.jpg"  # the tiny model's captions are random words: the tag did it
+    cat_tags = [t for t in cat.tags if "cat" in queries.tag_words(t)]
+    assert cat_tags and all(0 < t["p"] <= 1 for t in cat.tags)
+    assert cat.to_json()["tags"][0].keys() == {"word", "label", "p"}
+    monkeypatch.setattr(queries, "TAG_WEIGHT", 0.0)
+    plain = {m.path.name: m.score for m in g.search("a cat", k=8)}
+    assert cat.score - plain["tabby_cat.jpg"] == pytest.approx(0.5 * sum(t["p"] for t in cat_tags), abs=1e-4)
+    assert all(m.score == pytest.approx(plain[m.path.name], abs=1e-4) for m in found[1:]
+               if not any("cat" in queries.tag_words(t) for t in m.tags))
+    g.close()
+
+
+def test_an_old_gallery_gets_the_tags_column_when_opened(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE photos DROP COLUMN tags")
+    with Gallery.open(db, captioner=tiny) as reader:
+        assert [m.tags for m in reader.search("a dog")] == [[]]  # indexed before tags: none, and no error
+    with sqlite3.connect(db) as conn:
+        assert "tags" in {r[1] for r in conn.execute("PRAGMA table_info(photos)")}
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+        assert all(m.tags for m in g.search("a dog", k=8) if m.path.name != "flipped.jpg")
+
+
+def test_a_symlinked_photo_leaves_the_gallery_with_its_link(tiny, photos, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(gradient(50, 70)).save(outside / "linked.png")
+    (photos / "linked.png").symlink_to(outside / "linked.png")
+    with Gallery.create(tmp_path / "g.db", captioner=tiny) as g:
+        g.index([photos], progress=False)
+        assert "linked.png" in rows(g.db) and len(g) == 9
+        (photos / "linked.png").unlink()
+        report = g.index([photos], progress=False)
+        assert report.removed == 1 and "linked.png" not in rows(g.db) and len(g) == 8
+
+
+def test_eight_threads_query_while_an_indexer_commits_500_photos(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(indexer, "COMMIT_EVERY", 10)
+    monkeypatch.setattr(indexer, "photo_vectors", fake_text_vectors)
+    monkeypatch.setattr(queries, "load_sentence_encoder", fake_sentence_encoder)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(0, 1000, 10):
+        (folder / f"{i:03d}.jpg").write_bytes(f"photo {i}".encode())
+    db = tmp_path / "g.db"
+    fake = FakeCaptioner(tiny_model_dir)
+    writer = Gallery.create(db, captioner=fake)
+    writer.index([folder], progress=False)
+    reader = Gallery.open(db, captioner=fake)
+    changed = {i for i in range(1000) if i % 10 == 0}  # while the readers ask, batches of 10 replace these
+    for i in range(1000):  # 100 photos' rows (new content: a new row, the old one gone) and add 400 new
+        if i % 10 in (0, 1, 3, 5, 7):
+            (folder / f"{i:03d}.jpg").write_bytes(f"photo {i} {'again' if i in changed else 'new'}".encode())
+    done = threading.Event()
+
+    def query(n: int) -> int:
+        rng = np.random.default_rng(n)
+        asked = 0
+        while not done.is_set() or asked < 5:
+            text = f"photo {rng.integers(1000):03d} cat" if n % 2 else f"photo {rng.integers(1000):03d}"
+            found = reader.search(text, k=5)
+            assert len(found) == 5  # the gallery always holds at least 100 photos
+            q = fake_vector(text, 384)
+            for m in found:  # each answer's row and vector are the same photo's
+                assert m.caption == f"photo {m.path.stem}"
+                bonus = 0.5 * sum(t["p"] for t in m.tags) if n % 2 else 0.0
+                assert m.score == pytest.approx(float(q @ fake_vector(m.caption, 384)) + bonus, abs=5e-3)
+            try:
+                like = reader.similar(found[0].id, k=4, by="visual" if n % 3 else "both")
+            except CaptionerError as e:  # its row replaced since the search: a later committed state
+                assert int(found[0].path.stem) in changed and "no photo with id" in str(e)
+                like = []
+            assert found[0].id not in {m.id for m in like}
+            assert all(m.caption == f"photo {m.path.stem}" for m in like)
+            assert [m.score for m in like] == sorted((m.score for m in like), reverse=True)
+            asked += 1
+        return asked
+
+    with ThreadPoolExecutor(8) as pool:
+        readers = [pool.submit(query, n) for n in range(8)]
+        report = writer.index([folder], progress=False)
+        done.set()
+        asked = [r.result() for r in readers]  # re-raises any reader's error
+    assert (report.changed, report.added, report.encoded, len(reader)) == (100, 400, 500, 500)
+    assert min(asked) >= 5
+    writer.close()
+    reader.close()
+
+
+def test_cli_search_and_similar_close_the_gallery(tiny_model_dir, photos, tmp_path, reuse_encoders, monkeypatch,
+                                                  capsys):
+    db = str(tmp_path / "g.db")
+    assert main(["index", str(photos / "nested"), "--db", db, "--model", str(tiny_model_dir), "--quiet"]) == 0
+    closed = []
+    real_close = Gallery.close
+    monkeypatch.setattr(Gallery, "close", lambda self: closed.append(self.db) or real_close(self))
+    assert main(["search", "a dog", "--db", db, "--model", str(tiny_model_dir)]) == 0
+    assert main(["similar", str(photos / "tabby_cat.jpg"), "--db", db, "--model", str(tiny_model_dir)]) == 0
+    assert closed == [Path(db), Path(db)]
+    capsys.readouterr()

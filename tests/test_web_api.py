@@ -5,21 +5,24 @@ import re
 
 import io
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
+from fastapi import HTTPException
 from PIL import Image
 
 from captioner.api import Caption
 from captioner.web.app import NO_GALLERY, create_app
-from captioner.web.worker import CaptionWorker
+from captioner.web.uploads import CHUNK, save_upload
+from captioner.web.worker import CaptionWorker, QueueFull
 from conftest import TINY_MAX_LEN, TINY_WORDS
 from photos import bomb_png_bytes, gradient, truncated_jpeg_bytes
-from webapp import EXAMPLES, LiveServer, examples_gallery, tiny_captioner
+from webapp import EXAMPLES, LiveServer, examples_gallery, local_client, tiny_captioner
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def captioner(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def client(captioner):
-    with TestClient(create_app(captioner)) as client:
+    with local_client(create_app(captioner)) as client:
         yield client
 
 
@@ -49,6 +52,8 @@ def test_health_says_what_the_server_offers(client):
     assert body["encoder"] == "efficientnet-lite0"
     assert body["gallery_photos"] is None
     assert body["max_upload_bytes"] == 20 * 1024 * 1024
+    assert body["worker"] | {"captioned": 0} == {"alive": True, "queued": 0, "max_queue": 64, "busy_seconds": 0.0,
+                                                 "captioned": 0, "failed": 0}
 
 
 def test_caption_has_words_alternatives_and_one_attention_map_per_word(client):
@@ -122,7 +127,7 @@ def test_the_upload_must_be_in_the_file_field(client):
 
 @pytest.fixture(scope="module")
 def small_limit_client(captioner):
-    with TestClient(create_app(captioner, max_upload_bytes=64 * 1024)) as client:
+    with local_client(create_app(captioner, max_upload_bytes=64 * 1024)) as client:
         yield client
 
 
@@ -198,7 +203,12 @@ def test_eight_concurrent_clients_all_get_their_own_photos_caption(captioner):
 
 
 class GatedCaptioner:
-    """Stands in for Captioner: records each call and holds it until `gate` opens; a path named 'boom' raises."""
+    """Stands in for Captioner: records each call and holds it until `gate` opens; a path named 'boom' raises.
+
+    A path named 'lost' gets no caption back (a captioner bug the worker must survive).
+    """
+
+    model = SimpleNamespace(encoder="gated")
 
     def __init__(self):
         self.calls: list[list[Path]] = []
@@ -217,7 +227,7 @@ class GatedCaptioner:
             self.gate.wait(timeout=10)
             if any(p.name == "boom" for p in paths):
                 raise RuntimeError("out of memory")
-            return [Caption(p, text=f"caption of {p.name}") for p in paths]
+            return [Caption(p, text=f"caption of {p.name}") for p in paths if p.name != "lost"]
         finally:
             self.busy.release()
 
@@ -254,6 +264,108 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on():
         worker.submit(Path("d.jpg"))
 
 
+def test_the_worker_survives_a_failure_outside_the_captioner():
+    captioner = GatedCaptioner()
+    captioner.gate.set()
+    worker = CaptionWorker(captioner, max_batch=2)
+    lost = worker.submit(Path("lost"))
+    with pytest.raises(RuntimeError, match="no caption for 1 of 1 photos"):
+        lost.result(timeout=10)
+    assert worker.submit(Path("next.jpg")).result(timeout=10).text == "caption of next.jpg"
+    assert worker.health() | {"busy_seconds": 0.0} == {"alive": True, "queued": 0, "max_queue": 64,
+                                                        "busy_seconds": 0.0, "captioned": 1, "failed": 1}
+    worker.close()
+
+
+def test_a_full_queue_refuses_with_a_retry_time_and_takes_photos_again_once_it_drains():
+    captioner = GatedCaptioner()
+    worker = CaptionWorker(captioner, max_batch=1, max_queue=2)
+    first = worker.submit(Path("0.jpg"))
+    assert captioner.entered.wait(timeout=10)  # taken off the queue: two places left
+    waiting = [worker.submit(Path("1.jpg")), worker.submit(Path("2.jpg"))]
+    assert not worker.has_room() and worker.health()["queued"] == 2
+    with pytest.raises(QueueFull) as refused:
+        worker.submit(Path("3.jpg"))
+    assert refused.value.retry_after >= 1
+    captioner.gate.set()
+    assert [f.result(timeout=10).text for f in [first, *waiting]] == [f"caption of {i}.jpg" for i in range(3)]
+    assert worker.submit(Path("3.jpg")).result(timeout=10).text == "caption of 3.jpg"
+    worker.close()
+
+
+def test_a_live_server_answers_503_with_retry_after_when_its_queue_is_full_then_serves_again():
+    captioner = GatedCaptioner()
+    with LiveServer(create_app(captioner, max_batch=1, max_queue=1)) as url, ThreadPoolExecutor(2) as pool:
+        def post(name: str) -> httpx.Response:
+            return httpx.post(f"{url}/api/caption", files={"file": (name, jpeg_bytes(), "image/jpeg")}, timeout=30)
+
+        def health() -> dict:
+            return httpx.get(f"{url}/api/health", timeout=10).json()["worker"]
+
+        first = pool.submit(post, "a.jpg")
+        assert captioner.entered.wait(timeout=10)
+        second = pool.submit(post, "b.jpg")
+        deadline = time.monotonic() + 10
+        while health()["queued"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused = post("c.jpg")
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["detail"].startswith("The server is busy captioning other photos; try again in ")
+        captioner.gate.set()
+        assert first.result().status_code == second.result().status_code == 200
+        assert post("d.jpg").json()["caption"].startswith("caption of upload-")
+        assert health()["captioned"] == 3
+
+
+def test_a_captioning_failure_is_a_500_sentence_and_the_next_request_is_served():
+    captioner = GatedCaptioner()
+    captioner.gate.set()
+    original = captioner.caption
+
+    def failing_once(paths, batch_size=16):
+        if not captioner.calls:
+            captioner.calls.append(["failed"])
+            raise MemoryError()
+        return original(paths, batch_size)
+
+    captioner.caption = failing_once
+    with LiveServer(create_app(captioner)) as url:
+        r = httpx.post(f"{url}/api/caption", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}, timeout=30)
+        assert r.status_code == 500
+        assert r.json()["detail"] == ("Captioning a.jpg failed on the server (MemoryError); the server goes on: try "
+                                      "again, and report it if it keeps happening.")
+        again = httpx.post(f"{url}/api/caption", files={"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}, timeout=30)
+        assert again.status_code == 200
+        health = httpx.get(f"{url}/api/health").json()
+        assert health["status"] == "ok" and health["worker"]["failed"] == 1 and health["worker"]["captioned"] == 1
+
+
+def test_an_upload_is_copied_to_a_private_file_and_cut_off_at_the_limit(tmp_path):
+    path = save_upload(io.BytesIO(bytes(3 * CHUNK)), tmp_path, 3 * CHUNK)
+    assert path.stat().st_size == 3 * CHUNK and path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(HTTPException) as refused:
+        save_upload(io.BytesIO(bytes(3 * CHUNK + 1)), tmp_path, 3 * CHUNK)
+    assert refused.value.status_code == 413
+    assert list(tmp_path.iterdir()) == [path]  # the refused upload left no file behind
+
+
+def test_concurrent_captions_each_get_their_own_photos_warning(captioner, tmp_path):
+    cut = []
+    for i in range(4):
+        cut.append(tmp_path / f"cut{i}.jpg")
+        cut[-1].write_bytes(truncated_jpeg_bytes())
+    fine = EXAMPLES / "tabby_cat.jpg"
+
+    def caption(i: int) -> list[Caption]:
+        return captioner.caption([cut[i % 4], fine, cut[(i + 1) % 4]], batch_size=1)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(caption, range(12)))
+    for i, captions in enumerate(results):
+        assert [c.warning.split(":")[0] for c in captions] == [str(cut[i % 4]), "", str(cut[(i + 1) % 4])]
+
+
 # ---- with a gallery of the six example photos ----
 
 @pytest.fixture(scope="module")
@@ -263,7 +375,7 @@ def gallery(captioner, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gallery_client(captioner, gallery):
-    with TestClient(create_app(captioner, gallery)) as client:
+    with local_client(create_app(captioner, gallery)) as client:
         yield client
 
 
@@ -366,11 +478,31 @@ def test_a_gallery_photo_gone_from_disk_is_a_clear_error(captioner, tmp_path):
     gallery = examples_gallery(tmp_path, captioner)
     (tmp_path / "photos" / "cup_of_coffee.jpg").unlink()
     cup = photo_id(gallery, "cup_of_coffee.jpg")
-    with TestClient(create_app(captioner, gallery)) as client:
+    with local_client(create_app(captioner, gallery)) as client:
         assert client.get(f"/api/photo/{cup}").json()["detail"] == (
             f"Photo {cup}'s file cup_of_coffee.jpg is gone from the disk.")
         assert client.get(f"/api/photo/{cup}/thumbnail").json()["detail"] == (
-            f"Photo {cup}'s file cup_of_coffee.jpg cannot be read.")
+            f"Photo {cup}'s file cup_of_coffee.jpg is gone from the disk.")
         r = client.get(f"/api/photo/{cup}/caption")
         assert r.status_code == 422
         assert r.json()["detail"] == "cup_of_coffee.jpg: does not exist (check the path and its spelling)"
+
+
+def test_thumbnails_are_cached_by_content_and_a_bomb_is_a_422_sentence(captioner, tmp_path):
+    gallery = examples_gallery(tmp_path, captioner)
+    cup = photo_id(gallery, "cup_of_coffee.jpg")
+    cat = photo_id(gallery, "tabby_cat.jpg")
+    with local_client(create_app(captioner, gallery)) as client:
+        made = lambda: client.app.state.thumbnails.made  # noqa: E731
+        first = client.get(f"/api/photo/{cup}/thumbnail")
+        assert first.status_code == 200 and made() == 1
+        assert client.get(f"/api/photo/{cup}/thumbnail").content == first.content and made() == 1
+        (tmp_path / "photos" / "cup_of_coffee.jpg").write_bytes((EXAMPLES / "tabby_cat.jpg").read_bytes())
+        changed = client.get(f"/api/photo/{cup}/thumbnail")
+        assert changed.content != first.content and made() == 2  # new content, new thumbnail
+        assert client.get(f"/api/photo/{cat}/thumbnail").content == changed.content and made() == 2  # same content
+        (tmp_path / "photos" / "cup_of_coffee.jpg").write_bytes(bomb_png_bytes())
+        bomb = client.get(f"/api/photo/{cup}/thumbnail")
+        assert bomb.status_code == 422
+        assert bomb.json()["detail"].startswith("cup_of_coffee.jpg: declares 3,600 megapixels, more than the "
+                                                "179-megapixel limit")

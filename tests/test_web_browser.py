@@ -19,6 +19,7 @@ from webapp import EXAMPLES, LiveServer, examples_gallery, tiny_captioner
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "web"
 LIMIT = 200 * 1024  # the test server's upload limit: the example photos are below it
+TOKEN = "browser-test-token"  # the test server needs it: the page asks for it once
 
 if not CHROMIUM.exists():
     pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
@@ -46,7 +47,7 @@ DROP = """([data, name, type, event]) => {
 def server(tiny_model_dir, tmp_path_factory):
     captioner = tiny_captioner(tiny_model_dir)
     gallery = examples_gallery(tmp_path_factory.mktemp("browser-gallery"), captioner)
-    with LiveServer(create_app(captioner, gallery, max_upload_bytes=LIMIT)) as url:
+    with LiveServer(create_app(captioner, gallery, max_upload_bytes=LIMIT, token=TOKEN)) as url:
         yield url, gallery
 
 
@@ -67,11 +68,40 @@ def page(browser, server):
     page.set_default_timeout(15_000)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server[0] + "/")
-    expect(page.locator("#limit")).to_contain_text("up to 0.195 MB")  # /api/health has answered
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    open_with_token(page, server[0])
     yield page
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def open_with_token(page, url: str) -> None:
+    """Load the page and give it the server's token, as a user does once."""
+    page.goto(url + "/")
+    token = page.get_by_label("The token captioner serve was started with")
+    expect(token).to_be_focused()
+    token.fill(TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.locator("#limit")).to_contain_text("up to 0.195 MB")  # /api/health has answered
+    expect(page.locator("#token-section")).to_be_hidden()
+
+
+def test_a_wrong_token_is_refused_in_words_and_the_right_one_then_works(browser, server):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server[0] + "/")
+    page.get_by_label("The token captioner serve was started with").fill("not the token")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("The access token is wrong")
+    cookies = context.cookies()
+    assert cookies == []
+    page.get_by_label("The token captioner serve was started with").fill(TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.locator("#limit")).to_contain_text("up to 0.195 MB")
+    [cookie] = context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
+    assert page.evaluate("document.cookie") == ""  # out of reach of scripts
+    context.close()
 
 
 def caption_of(page) -> str:
@@ -219,7 +249,7 @@ def test_each_refused_file_says_why_in_the_page(page, name, media, data, message
 def test_the_page_fits_a_phone(browser, server):
     context = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=2, is_mobile=True)
     page = context.new_page()
-    page.goto(server[0] + "/")
+    open_with_token(page, server[0])
     out = io.BytesIO()
     Image.fromarray(gradient(640, 480)).save(out, "JPEG")
     send(page, out.getvalue(), "phone.jpg", "image/jpeg", "drop")
@@ -255,3 +285,15 @@ def test_a_doubtful_caption_is_shown_and_read_aloud_with_its_doubt(browser, tiny
         page.get_by_role("button", name="Read aloud").click()
         assert page.evaluate("window.spoken") == [said]
         context.close()
+
+
+def test_the_api_docs_render_under_the_content_security_policy(browser, server):
+    context = browser.new_context()
+    page = context.new_page()
+    refused = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(server[0] + "/docs")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()  # Swagger UI ran and read the schema
+    assert page.locator(".opblock-summary-path").count() >= 8
+    assert refused == []
+    context.close()

@@ -1,6 +1,6 @@
 """Helpers for the web app's tests: the tiny model as a Captioner, and the app served for real on 127.0.0.1.
 
-    from webapp import tiny_captioner, LiveServer
+    from webapp import local_client, tiny_captioner, LiveServer
 """
 from __future__ import annotations
 
@@ -10,12 +10,18 @@ import time
 from pathlib import Path
 
 import uvicorn
+from fastapi.testclient import TestClient
 
 from captioner.api import Captioner
 from captioner.modelfolder import load_model
 from conftest import TINY_ENCODER, cached_encoder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def local_client(app) -> TestClient:
+    """FastAPI's TestClient, naming the server localhost (the app answers loopback host names only)."""
+    return TestClient(app, base_url="http://localhost")
 
 
 def tiny_captioner(model_dir: Path) -> Captioner:

@@ -1,7 +1,6 @@
 """The Python API: `Captioner.load().caption(["photo.jpg"])`."""
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,28 +74,21 @@ class Captioner:
         cfg = self.model.decode
         beam = beam or cfg.beam
         grid_side = self.encoder.spec.grid
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for ok, pooled, grid, errors in encode_photos(self.encoder, paths, batch_size, progress):
-                results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
-                if ok:
-                    probs = self.tagger.probabilities(pooled) if self.tagger else None
-                    guide = self.tagger.guide(probs, cfg.tag_weight) if self.tagger and cfg.tag_weight else None
-                    hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
-                                       cfg.length_penalty, cfg.block_ngram, guide)
-                    tags = self.tagger.tags(probs) if self.tagger else [[] for _ in ok]
-                    sure = self.confidence(confidence.features(hyps, pooled, self.centroids, probs, self.tagger.word_ids
-                                                               if self.tagger else None)).tolist() \
-                        if self.confidence else [None] * len(ok)
-                    for i, beams, vector, photo_tags, c in zip(ok, hyps, pooled.float().numpy(), tags, sure):
-                        results[i] = self._caption(paths[i], beams, grid_side, vector, photo_tags, c)
-                # The next batch is decoded (and may warn) while this one is captioned, so warnings
-                # are matched by the path they start with and never cleared: one may be for a later batch.
-                for w in list(caught):
-                    for c in results.values():
-                        if str(w.message).startswith(f"{c.path}: "):
-                            c.warning = str(w.message)
-                yield from (results[i] for i in sorted(results))
+        for ok, pooled, grid, errors, warned in encode_photos(self.encoder, paths, batch_size, progress):
+            results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
+            if ok:
+                probs = self.tagger.probabilities(pooled) if self.tagger else None
+                guide = self.tagger.guide(probs, cfg.tag_weight) if self.tagger and cfg.tag_weight else None
+                hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
+                                   cfg.length_penalty, cfg.block_ngram, guide)
+                tags = self.tagger.tags(probs) if self.tagger else [[] for _ in ok]
+                sure = self.confidence(confidence.features(hyps, pooled, self.centroids, probs, self.tagger.word_ids
+                                                           if self.tagger else None)).tolist() \
+                    if self.confidence else [None] * len(ok)
+                for i, beams, vector, photo_tags, c in zip(ok, hyps, pooled.float().numpy(), tags, sure):
+                    results[i] = self._caption(paths[i], beams, grid_side, vector, photo_tags, c)
+                    results[i].warning = warned.get(i, "")
+            yield from (results[i] for i in sorted(results))
 
     def _caption(self, path: Path, beams, grid_side: int, vector: np.ndarray, tags: list[Tag],
                  sure: float | None) -> Caption:

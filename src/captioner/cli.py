@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -41,10 +42,16 @@ def positive_int(text: str) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from .api import Captioner
+    from .decoders import ATTENDING
     from .visualize import save_attention
 
     captioner = Captioner.load(args.model)
     if args.attention:
+        kind = captioner.model.decoder.cfg.kind
+        if kind not in ATTENDING:
+            raise CaptionerError(f"--attention needs a model that attends to parts of the photo, and this one's "
+                                 f"decoder is {kind}: use a model of kind {' or '.join(sorted(ATTENDING))} "
+                                 "(the shipped default is one)")
         Path(args.attention).mkdir(parents=True, exist_ok=True)
     pictures: set[str] = set()  # attention picture names written so far: photos may share a name
     failed = 0
@@ -167,14 +174,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _print_matches(matches, as_json: bool) -> None:
     for rank, m in enumerate(matches, 1):
+        tags = ", ".join(f"{t['word'] or t['label']} {t['p']:.2f}" for t in m.tags)
         print(json.dumps({"rank": rank} | m.to_json(), ensure_ascii=False) if as_json
-              else f"{m.score:6.3f}  {m.path}  {m.caption}", flush=True)
+              else f"{m.score:6.3f}  {m.path}  {m.caption}" + (f"  [{tags}]" if tags else ""), flush=True)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
     from .gallery import Gallery
 
-    _print_matches(Gallery.open(args.db, model=args.model).similar(args.photo, args.k, args.by), args.json)
+    with Gallery.open(args.db, model=args.model) as gallery:
+        _print_matches(gallery.similar(args.photo, args.k, args.by), args.json)
     return 0
 
 
@@ -183,23 +192,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.queries is None):
         raise CaptionerError("give either a search TEXT or --queries FILE")
-    gallery = Gallery.open(args.db, model=args.model)
-    if args.text is not None:
-        _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
-        return 0
-    with open(args.queries, encoding="utf-8") as f:
-        for query in (line.strip() for line in f):
-            if query:
-                found = gallery.search(query, args.k, args.rerank)
-                print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
-                                  "scores": [round(m.score, 4) for m in found]}, ensure_ascii=False), flush=True)
+    with Gallery.open(args.db, model=args.model) as gallery:
+        if args.text is not None:
+            _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
+            return 0
+        with open(args.queries, encoding="utf-8") as f:
+            for query in (line.strip() for line in f):
+                if query:
+                    found = gallery.search(query, args.k, args.rerank)
+                    print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
+                                      "scores": [round(m.score, 4) for m in found]}, ensure_ascii=False), flush=True)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web.app import serve
 
-    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20)
+    token = args.token or os.environ.get("CAPTIONER_TOKEN") or None
+    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20, args.max_queue, token,
+          args.public, args.allowed_host)
     return 0
 
 
@@ -331,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="gallery photos that match a description",
                        description="Gallery photos that match a description, from their caption vectors (and "
-                       "text-aligned image vectors when the model has a retrieval head).")
+                       "text-aligned image vectors when the model has a retrieval head). A photo whose tags (what "
+                       "the encoder's classifier recognised, shown after each result) name a word of the "
+                       "description ranks higher.")
     p.add_argument("text", nargs="?", metavar="TEXT", help="the description")
     p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
     p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
@@ -348,10 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "search")
     p.add_argument("--model", help="the model folder (default: the shipped model; must be the gallery's)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
-                   "machine only)")
+                   "machine only). Any other address needs an access token, or --public")
+    p.add_argument("--token", help="an access token every API request, photo and thumbnail must carry "
+                   "(Authorization: Bearer TOKEN; the page asks for it once). Better in the environment, "
+                   "CAPTIONER_TOKEN, where other users of the machine cannot read it from the process list")
+    p.add_argument("--public", action="store_true", help="serve a non-loopback --host without a token, on "
+                   "purpose: anyone who reaches it sees every gallery photo")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the server answers to besides localhost and --host (e.g. the machine's "
+                   "name on the network); repeat for more, '*' for any. Other names are refused, so a web page "
+                   "elsewhere cannot reach the server by DNS rebinding")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
                    "(default 20)")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
+                   "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "
+                   "(default 64)")
     p.set_defaults(run=cmd_serve)
     return parser
 

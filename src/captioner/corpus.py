@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import CaptionerError
 from .files import atomic_path, write_atomic
-from .images import PHOTO_SUFFIXES
+from .images import PHOTO_SUFFIXES, file_sha256
 from .text import Vocab, clean
 
 FORMAT = 1
@@ -646,12 +646,15 @@ def prepare(kind: str, source: str | Path, out_dir: str | Path, *, image_root: s
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CaptionerError(f"Cannot create the output folder {out} ({e.strerror}).") from None
-    with atomic_path(out / "captions.json") as tmp:
-        tmp.write_text(json.dumps(captions, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # captions.json goes last and names the vocabulary it was made with: a run killed before it leaves
+    # the previous captions.json, which `load_prepared` then finds paired with a vocabulary not its own.
     with atomic_path(out / "vocab.json") as tmp:
         vocab.save(tmp)
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    captions["vocab_sha256"] = file_sha256(out / "vocab.json")
+    with atomic_path(out / "captions.json") as tmp:
+        tmp.write_text(json.dumps(captions, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 
 
@@ -678,6 +681,9 @@ def load_prepared(out_dir: str | Path) -> Prepared:
         if data.get("format") != FORMAT:
             raise CaptionerError(f"{out / 'captions.json'} has format {data.get('format')!r} but this version reads "
                                  f"format {FORMAT}; run `captioner prepare ...` again.")
+        if data.get("vocab_sha256", file_sha256(out / "vocab.json")) != file_sha256(out / "vocab.json"):
+            raise CaptionerError(f"{out / 'vocab.json'} is not the vocabulary {out / 'captions.json'} was made "
+                                 "with (an interrupted `captioner prepare`?); run `captioner prepare ...` again.")
         return Prepared(Path(data["image_root"]), int(data["max_len"]), int(data["min_count"]), data["images"],
                         Vocab.load(out / "vocab.json"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -1,6 +1,8 @@
 """Batched greedy and beam search with incremental state: the prefix is never re-run."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +127,8 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     per word); a hypothesis's `logprob` is the model's own. A finished beam keeps
     its score and competes with the open ones until every beam of the photo has
     ended. With `block_ngram` n > 0, no caption repeats an n-gram of its own.
+    A beam wider than the captions there are to find (a tiny vocabulary, a short
+    maximum length) gives fewer than `beam` captions, never impossible ones.
     """
     B, K = pooled.shape[0], beam
     state, memory = decoder.start(pooled, grid)
@@ -188,6 +192,8 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     for b in range(B):
         hyps = []
         for k in order[b].tolist():
+            if hyps and not math.isfinite(float(logprob[b, k])):  # a beam wider than there are captions to find
+                continue
             seq = history[b, k].tolist()
             n = seq.index(END_ID) if END_ID in seq else len(seq)
             att = attention[b, k, :n + 1] if attention is not None else None

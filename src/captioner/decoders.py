@@ -280,6 +280,8 @@ class Transformer(nn.Module):
 
 
 KINDS = {"merge": Merge, "inject": Inject, "attention": Attention, "transformer": Transformer}
+ATTENDING = frozenset({"attention", "transformer"})
+"""The kinds that look at the grid word by word, and so have attention maps to show."""
 
 
 class Decoder(nn.Module):

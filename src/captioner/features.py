@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from .encoders import Encoder
 from .errors import CaptionerError
 from .files import atomic_path, write_atomic
-from .images import file_sha256, load_photo, to_pixels
+from .images import TruncatedPhotoWarning, file_sha256, read_photo, to_pixels
 
 INDEX = "index.json"
 FORMAT = 1
@@ -108,6 +109,16 @@ class FeatureCache:
         return torch.from_numpy(pooled), torch.from_numpy(grid)
 
 
+class Batch(NamedTuple):
+    """One batch of encoded photos: positions index the paths given to `encode_photos`."""
+
+    ok: list[int]  # the positions of the photos encoded, in order
+    pooled: torch.Tensor  # [len(ok), D]
+    grid: torch.Tensor  # [len(ok), N, D]
+    errors: dict[int, str]  # position -> why that photo could not be read
+    warnings: dict[int, str]  # position -> the warning that came with that photo (a truncated file)
+
+
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -135,35 +146,37 @@ def hash_photos(paths: Sequence[Path], workers: int = 2,
 
 
 def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
-                  progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, dict[int, str]]]:
+                  progress: bool = True) -> Iterator[Batch]:
     """Encode photos in batches, decoding the next batch's JPEGs while the network runs.
 
-    Yields (positions, pooled [b, D], grid [b, N, D], errors) per batch, where positions index
-    `paths` and errors maps the position of each photo that failed to its one-sentence reason.
+    Yields one `Batch` per `batch_size` paths, in order.
     """
     size = encoder.spec.input_size
 
-    def read(batch: Sequence[int]) -> tuple[list[int], np.ndarray, dict[int, str]]:
-        ok, pixels, errors = [], [], {}
+    def read(batch: Sequence[int]) -> tuple[list[int], np.ndarray, dict[int, str], dict[int, str]]:
+        ok, pixels, errors, warned = [], [], {}, {}
         for i in batch:
             try:
-                pixels.append(to_pixels(load_photo(paths[i], size), size))
+                img, warning = read_photo(paths[i], size)
+                pixels.append(to_pixels(img, size))
                 ok.append(i)
+                if warning:
+                    warned[i] = warning
             except CaptionerError as e:
                 errors[i] = str(e)
-        return ok, np.stack(pixels) if pixels else np.empty((0, size, size, 3), np.uint8), errors
+        return ok, np.stack(pixels) if pixels else np.empty((0, size, size, 3), np.uint8), errors, warned
 
     bar = tqdm(total=len(paths), desc="encoding", unit="photo", disable=not progress, dynamic_ncols=True)
     with ThreadPoolExecutor(1) as reader:
         batches = list(_batches(range(len(paths)), batch_size))
         pending = reader.submit(read, batches[0]) if batches else None
         for b in range(len(batches)):
-            ok, pixels, errors = pending.result()
+            ok, pixels, errors, warned = pending.result()
             if b + 1 < len(batches):
                 pending = reader.submit(read, batches[b + 1])
             pooled, grid = encoder(pixels) if ok else (torch.empty(0), torch.empty(0))
             bar.update(len(batches[b]))
-            yield ok, pooled, grid, errors
+            yield Batch(ok, pooled, grid, errors, warned)
     bar.close()
 
 
@@ -184,8 +197,10 @@ def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard
     if todo:
         todo_hashes, todo_paths = list(todo), list(todo.values())
         buffer: tuple[list[str], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-        for ok, pooled, grid, errors in encode_photos(encoder, todo_paths, batch_size, progress):
+        for ok, pooled, grid, errors, warned in encode_photos(encoder, todo_paths, batch_size, progress):
             failed.update({todo_paths[i]: msg for i, msg in errors.items()})
+            for msg in warned.values():
+                warnings.warn(msg, TruncatedPhotoWarning, stacklevel=2)
             if not ok:  # every photo of the batch failed: nothing to store
                 continue
             buffer[0].extend(todo_hashes[i] for i in ok)

@@ -7,8 +7,10 @@ squashed to the encoder's square input (the way the Flickr8k copy was made).
 
 Broken input raises `PhotoError`, one sentence naming the file and the fix.
 A truncated file (one that ends early, e.g. an interrupted copy) is the one
-exception: what is there is loaded and a `TruncatedPhotoWarning` says so, since
-the top of a photo usually still shows its scene.
+exception: what is there is loaded, since the top of a photo usually still
+shows its scene, and a warning sentence says so: `read_photo` returns it with
+the photo (so concurrent callers each get their own), `load_photo` warns with
+`TruncatedPhotoWarning`.
 """
 from __future__ import annotations
 
@@ -94,7 +96,15 @@ def _photos_in(folder: Path) -> list[Path]:
 
 
 def load_photo(path: str | os.PathLike[str], size: int | None = None) -> Image.Image:
-    """The photo at `path` as an RGB image, ready for `to_pixels`.
+    """`read_photo`'s image; its warning, if any, as a `TruncatedPhotoWarning`."""
+    img, warning = read_photo(path, size)
+    if warning:
+        warnings.warn(warning, TruncatedPhotoWarning, stacklevel=2)
+    return img
+
+
+def read_photo(path: str | os.PathLike[str], size: int | None = None) -> tuple[Image.Image, str]:
+    """The photo at `path` as an RGB image, ready for `to_pixels`, and a warning sentence ('' if none).
 
     EXIF orientation is applied; any mode becomes RGB (transparency composited
     over white, 16-bit and float images scaled to 8 bits, not clipped); an
@@ -105,11 +115,12 @@ def load_photo(path: str | os.PathLike[str], size: int | None = None) -> Image.I
     Raises PhotoError (one sentence naming the file) for a path that does not
     exist, a folder, an empty file, a file that is not an image, a damaged
     image, or one whose header declares more than MAX_PIXELS. A truncated file
-    (one that ends early) loads what is there, the rest blank, and warns with
-    TruncatedPhotoWarning; one cut before any of the picture raises PhotoError.
+    (one that ends early) loads what is there, the rest blank, with a warning
+    saying so; one cut before any of the picture raises PhotoError.
     """
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive number of pixels, not {size}")
+    warning = ""
     with _open_file(path) as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise PhotoError(path, "is empty (0 bytes; copy the photo again)")
@@ -119,12 +130,14 @@ def load_photo(path: str | os.PathLike[str], size: int | None = None) -> Image.I
             if "truncated" not in str(exc):
                 raise PhotoError(path, _DAMAGED) from exc
             img = _decode_truncated(f, path, size)
+            warning = (f"{os.fspath(path)}: the file ends early (truncated), so only part of the photo was read "
+                       "and the rest is blank; copy the photo again for a reliable caption")
         try:
             ImageOps.exif_transpose(img, in_place=True)
         except _DECODE_ERRORS:
             pass  # a broken EXIF block: keep the photo as stored rather than refuse it
     try:
-        return _to_rgb(img)
+        return _to_rgb(img), warning
     except (ValueError, OSError) as exc:
         raise PhotoError(path, f"uses the colour mode {img.mode}, which cannot be converted to RGB "
                                "(save it as an ordinary RGB JPEG or PNG)") from exc
@@ -199,12 +212,6 @@ def _decode_truncated(f: BinaryIO, path: str | os.PathLike[str], size: int | Non
     if _fraction_unlike_fill(img) < 0.01:
         # (Almost) nothing but the fill colour: a caption of it would be made up.
         raise PhotoError(path, "is truncated before any of the picture (copy the photo again)")
-    warnings.warn(
-        f"{os.fspath(path)}: the file ends early (truncated), so only part of the photo was read "
-        "and the rest is blank; copy the photo again for a reliable caption",
-        TruncatedPhotoWarning,
-        stacklevel=3,
-    )
     return img
 
 

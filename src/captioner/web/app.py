@@ -6,20 +6,25 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi_offline import FastAPIOffline  # /docs with Swagger UI served from the package, not a CDN
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field  # /docs with Swagger UI served from the package, not a CDN
 
 from captioner import __version__
 from captioner.api import Caption, Captioner
+from captioner.errors import CaptionerError
+from captioner.images import PhotoError
 
-from .thumbnails import thumbnail
-from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, check_type, display_name, save_upload, too_large
-from .worker import CaptionWorker
+from .security import (COOKIE, NEEDS_TOKEN, WRONG_TOKEN, Guard, allowed_hosts, bearer, has_token, is_loopback,
+                       session_value)
+from .thumbnails import ThumbnailCache
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, check_type, display_name, save_upload
+from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
 
 if TYPE_CHECKING:
     from captioner.gallery import Gallery, Match
@@ -28,36 +33,69 @@ STATIC = Path(__file__).parent / "static"
 SIMILAR_K = 8
 NO_GALLERY = "This server has no gallery; start it with `captioner serve --gallery DB` to find similar photos."
 
-PhotoId = Annotated[int, PathParam(description="a gallery photo's id")]
+class Problem(BaseModel):
+    """Why a request was refused: one sentence, or (for malformed fields) FastAPI's list of field errors."""
+
+    detail: str | list[dict[str, Any]] = Field(description="the reason, in one sentence")
+
+
+def problem(description: str) -> dict:
+    return {"model": Problem, "description": description}
+
+
+ERRORS = {400: problem("a malformed request body (not multipart form data)"),
+          401: problem("the access token is missing or wrong (a server started with --token)"),
+          403: problem("a request from another web site"),
+          404: problem("no such photo, or the server has no gallery"),
+          421: problem("a host name this server does not answer to"),
+          422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)")}
+"""What any route may answer besides its own success, documented in the OpenAPI schema."""
+
+PhotoId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery photo's id")]
 K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
 
 
 def create_app(captioner: Captioner, gallery: Gallery | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_batch: int = 8) -> FastAPI:
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_batch: int = 8,
+               max_queue: int = DEFAULT_MAX_QUEUE, token: str | None = None,
+               allowed_hosts: frozenset[str] = frozenset()) -> FastAPI:
     """The app around one loaded captioner (and optionally a gallery), shared by every request.
 
-    Photos are captioned by one worker thread, up to `max_batch` together; uploads
-    above `max_upload_bytes` are refused with 413.
+    With `token`, every /api/ route needs it (see `security`); the server answers only
+    to loopback host names and `allowed_hosts` ("*": any).
+
+    Photos are captioned by one worker thread, up to `max_batch` together; when
+    `max_queue` photos already wait, a request is refused with 503 and Retry-After.
+    Uploads above `max_upload_bytes` are refused with 413.
     """
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with tempfile.TemporaryDirectory(prefix="captioner-uploads-") as uploads:
             app.state.uploads = Path(uploads)
-            app.state.worker = CaptionWorker(captioner, max_batch)
+            app.state.worker = CaptionWorker(captioner, max_batch, max_queue)
             try:
                 yield
             finally:
                 app.state.worker.close()
 
-    app = FastAPIOffline(title="captioner", version=__version__, lifespan=lifespan,
+    app = FastAPIOffline(title="captioner", version=__version__, lifespan=lifespan, responses=ERRORS,
                          description="Caption photos, see where each word looked, find similar photos and search "
                                      "a gallery by description. The page is at `/`.")
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
+    app.add_exception_handler(Exception, server_error)
+    app.add_exception_handler(QueueFull, busy)
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)  # added last: it runs first
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def caption_file(request: Request, path: Path, name: str) -> Caption:
         """Caption one photo file on the worker; 422 with the captioner's reason when it cannot be read."""
-        c = await asyncio.wrap_future(request.app.state.worker.submit(path))
+        try:
+            c = await asyncio.wrap_future(request.app.state.worker.submit(path))
+        except QueueFull:
+            raise
+        except Exception as exc:
+            raise HTTPException(500, f"Captioning {name} failed on the server ({type(exc).__name__}); the server "
+                                     "goes on: try again, and report it if it keeps happening.") from exc
         if c.error:
             raise HTTPException(422, c.error.replace(str(path), name, 1))
         c.warning = c.warning.replace(str(path), name, 1)
@@ -82,24 +120,43 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/api/health", summary="Whether the server is up, and what it offers")
-    async def health() -> dict:
-        return {"status": "ok", "version": __version__, "encoder": captioner.model.encoder,
-                "gallery_photos": None if gallery is None else len(gallery),
+    @app.post("/api/session", status_code=204, response_class=Response,
+              summary="Exchange the access token (Authorization: Bearer) for the page's session cookie",
+              responses={401: problem("the token is missing or wrong")})
+    async def session(request: Request) -> Response:
+        """Sets an HttpOnly SameSite=Strict cookie that stands for the token; without a server token, nothing."""
+        response = Response(status_code=204)
+        if token is None:
+            return response
+        if not has_token(request.headers, token) or bearer(request.headers) is None:
+            raise HTTPException(401, WRONG_TOKEN if bearer(request.headers) is not None else NEEDS_TOKEN)
+        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    @app.get("/api/health", summary="Whether the server is up, its captioning worker and queue, and what it offers",
+             responses={503: problem("the captioning worker has stopped")})
+    async def health(request: Request, response: Response) -> dict:
+        worker = request.app.state.worker.health()
+        if not worker["alive"]:
+            response.status_code = 503
+        return {"status": "ok" if worker["alive"] else "worker stopped", "version": __version__,
+                "encoder": captioner.model.encoder, "worker": worker,
+                "gallery_photos": None if gallery is None else await run_in_threadpool(len, gallery),
                 "max_upload_bytes": max_upload_bytes}
 
     @app.post("/api/caption", summary="Caption an uploaded photo",
-              responses={413: {"description": "the photo is larger than the upload limit"},
-                         415: {"description": "the file's type is not a photo"},
-                         422: {"description": "the file cannot be read as a photo (damaged, a bomb, ...)"}})
+              responses={413: problem("the photo is larger than the upload limit"),
+                         415: problem("the file's type is not a photo"),
+                         503: problem("too many photos are waiting: retry after the Retry-After seconds")})
     async def caption(request: Request, file: Annotated[UploadFile, File(description="the photo")]) -> dict:
         """The caption, the beam's alternatives, each word's attention map and (with a gallery) similar photos."""
         name = display_name(file.filename)
         check_type(file.content_type, name)
-        data = await file.read()
-        if len(data) > max_upload_bytes:
-            raise too_large(max_upload_bytes, len(data))
-        path = save_upload(data, request.app.state.uploads)
+        worker = request.app.state.worker
+        if not worker.has_room():  # before copying the upload: a full queue costs the server nothing more
+            raise QueueFull(worker.retry_after())
+        path = await run_in_threadpool(save_upload, file.file, request.app.state.uploads, max_upload_bytes)
         try:
             c = await caption_file(request, path, name)
             body = caption_json(c, name, None)
@@ -117,7 +174,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(match.id)}
 
     @app.get("/api/similar", summary="Gallery photos that look like, or are described like, a gallery photo")
-    async def similar(id: Annotated[int, Query(description="a gallery photo's id")], k: K = SIMILAR_K,
+    async def similar(id: Annotated[int, Query(ge=1, le=2**63 - 1, description="a gallery photo's id")], k: K = SIMILAR_K,
                       by: Literal["both", "visual", "caption"] = "both") -> dict:
         match = await gallery_photo(id)
         return {"photo": match_json(match), "by": by, "results": await similar_to(id, k, by)}
@@ -138,17 +195,32 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
             raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} is gone from the disk.")
         return FileResponse(match.path, headers={"Cache-Control": "private, max-age=3600"})
 
+    thumbnails = app.state.thumbnails = ThumbnailCache()
+
     @app.get("/api/photo/{photo_id}/thumbnail", summary="A gallery photo, at most 320 pixels wide and high (WebP)",
              response_class=Response)
     async def photo_thumbnail(photo_id: PhotoId) -> Response:
         match = await gallery_photo(photo_id)
+        if not match.path.is_file():
+            raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} is gone from the disk.")
         try:
-            data = await run_in_threadpool(thumbnail, match.path)
-        except (OSError, ValueError) as exc:
-            raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} cannot be read.") from exc
+            data = await run_in_threadpool(thumbnails.get, match.path)
+        except PhotoError as exc:
+            raise HTTPException(422, str(exc).replace(str(match.path), match.path.name, 1)) from None
         return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
     return app
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any failure a route did not expect: a 500 with a sentence (never a traceback); the server goes on."""
+    return JSONResponse({"detail": f"The server failed on this request ({type(exc).__name__}); it goes on serving: "
+                                   "try again, and report it if it keeps happening."}, 500)
+
+
+async def busy(request: Request, exc: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": f"The server is busy captioning other photos; try again in {exc.retry_after} s."},
+                        503, headers={"Retry-After": str(exc.retry_after)})
 
 
 def caption_json(c: Caption, name: str, photo_id: int | None) -> dict:
@@ -175,16 +247,26 @@ def match_json(m: Match) -> dict:
 
 
 def serve(model: str | Path | None = None, gallery: str | Path | None = None, host: str = "127.0.0.1",
-          port: int = 8000, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-    """Load the model (default: the shipped one) and the gallery once, then serve the app until interrupted."""
+          port: int = 8000, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_queue: int = DEFAULT_MAX_QUEUE,
+          token: str | None = None, public: bool = False, allowed_host: list[str] | None = None) -> None:
+    """Load the model (default: the shipped one) and the gallery once, then serve the app until interrupted.
+
+    A `host` other than loopback needs a `token`, or `public` to serve every photo to the network on purpose.
+    """
     import uvicorn
 
+    if not is_loopback(host) and token is None and not public:
+        raise CaptionerError(f"serving on {host} would show every gallery photo and caption to anyone on the "
+                             "network: set an access token (CAPTIONER_TOKEN=... or --token), or add --public "
+                             "to serve without one on purpose")
     captioner = Captioner.load(model)
     opened = None
     if gallery is not None:
         from captioner.gallery import Gallery
 
         opened = Gallery.open(gallery, captioner=captioner)
-    app = create_app(captioner, opened, max_upload_bytes)
-    print(f"captioner: serving on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", flush=True)
+    app = create_app(captioner, opened, max_upload_bytes, max_queue=max_queue, token=token,
+                     allowed_hosts=allowed_hosts(host, allowed_host or []))
+    access = "the page asks for the access token once" if token else "no access token"
+    print(f"captioner: serving on http://{host}:{port}/ (API docs at /docs; {access}); Ctrl+C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,27 +1,58 @@
-"""Small previews of gallery photos, so a page of similar photos does not download the originals."""
+"""Small previews of gallery photos, so a page of similar photos does not download the originals.
+
+Photos are read by `images.read_photo`, so a thumbnail has the same pixel limit
+and the same error sentences as captioning (a decompression bomb is refused
+before any pixel is decoded). Thumbnails are kept in memory, keyed by the
+photo's content hash and the side asked for: a photo changed on disk gets a
+new one, a copy shares its original's.
+"""
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from captioner.images import file_sha256, read_photo
 
 THUMBNAIL_SIDE = 320
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 def thumbnail(path: Path, side: int = THUMBNAIL_SIDE) -> bytes:
-    """The photo (EXIF-rotated) shrunk to fit `side` x `side`, as WebP bytes (transparency kept).
+    """The photo (EXIF-rotated, alpha over white) shrunk to fit `side` x `side`, as WebP bytes.
 
-    Plain Pillow rather than `images.load_photo`: that one silences a warning
-    with `warnings.catch_warnings`, which must not run beside the captioning
-    worker (it records warnings process-wide). Gallery photos were read once
-    already, when they were indexed, so the checks of `load_photo` are not needed.
+    Raises PhotoError (one sentence naming the file) for a photo that cannot be read.
     """
-    with Image.open(path) as img:
-        img.draft("RGB", (side, side))
-        img = ImageOps.exif_transpose(img)
-        img.thumbnail((side, side))
-        img = img.convert("RGBA" if img.has_transparency_data else "RGB")
-        out = io.BytesIO()
-        img.save(out, "WEBP", quality=80)
-        return out.getvalue()
+    img, _ = read_photo(path, side)
+    img.thumbnail((side, side))
+    out = io.BytesIO()
+    img.save(out, "WEBP", quality=80)
+    return out.getvalue()
+
+
+class ThumbnailCache:
+    """`thumbnail`, remembered by (content hash, side) up to `max_bytes` of WebP; safe from several threads."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.held = 0
+        self.made = 0  # thumbnails computed (the others came from the cache)
+        self._kept: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, side: int = THUMBNAIL_SIDE) -> bytes:
+        key = (file_sha256(path), side)
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        data = thumbnail(path, side)
+        with self._lock:
+            self.made += 1
+            if key not in self._kept:
+                self._kept[key] = data
+                self.held += len(data)
+            while self.held > self.max_bytes:
+                self.held -= len(self._kept.popitem(last=False)[1])
+        return data

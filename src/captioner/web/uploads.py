@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -11,6 +12,7 @@ from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+CHUNK = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the photo itself (boundaries and part headers)."""
 
@@ -45,12 +47,25 @@ def display_name(filename: str | None) -> str:
     return name[:120] or "the photo"
 
 
-def save_upload(data: bytes, folder: Path) -> Path:
-    """Write an upload to a new private file in `folder` for the worker to read."""
+def save_upload(upload: BinaryIO, folder: Path, limit: int) -> Path:
+    """Copy an upload, a chunk at a time, to a new private file (mode 0600) in `folder` for the worker to read.
+
+    Raises the 413 of `too_large` (and leaves no file) when it holds more than `limit` bytes.
+    """
     fd, name = tempfile.mkstemp(prefix="upload-", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return Path(name)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            size = 0
+            while chunk := upload.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit, upload.seek(0, os.SEEK_END))
+                f.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 class UploadLimit:

@@ -20,7 +20,10 @@ async function api(url, options) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = typeof body.detail === "string" ? body.detail : `The server answered ${response.status}.`;
-    throw new Error(detail);
+    const error = new Error(detail);
+    error.status = response.status;
+    if (response.status === 401) askForToken();
+    throw error;
   }
   return body;
 }
@@ -272,9 +275,35 @@ function listen() {
   });
 }
 
+// ---- the access token (when the server has one): exchanged once for an HttpOnly session cookie ----
+
+function askForToken() {
+  $("token-section").hidden = false;
+  $("token").focus();
+}
+
+async function sendToken(event) {
+  event.preventDefault();
+  try {
+    await api("/api/session", { method: "POST", headers: { Authorization: `Bearer ${$("token").value}` } });
+  } catch (error) {
+    setState("error", error.message);
+    return;
+  }
+  $("token").value = "";
+  $("token-section").hidden = true;
+  setState("idle");
+  await askHealth();
+}
+
 async function start() {
   listen();
+  $("token-form").addEventListener("submit", sendToken);
   $("speak").hidden = !("speechSynthesis" in window);
+  await askHealth();
+}
+
+async function askHealth() {
   try {
     const health = await api("/api/health");
     page.maxUpload = health.max_upload_bytes;

@@ -1,0 +1,206 @@
+"""The catalogue: the gallery's SQLite database, the truth every other part is derived from.
+
+One row per photo (path, content hash, size, modification time, caption, the
+beam's alternatives, score, tags, when indexed, or the error that stopped it)
+with a float16 copy of its vectors. Every writing transaction bumps the
+catalogue's generation first, and each row records the generation that wrote
+it (a trigger logs removed rows the same way), so a reader holding vectors of
+an older generation catches up by reading only what changed.
+
+A `Catalogue` is one connection, used by one thread at a time under its lock;
+`snapshot()` is a read transaction: everything read inside it is one
+committed state, whatever a writer commits meanwhile.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CaptionerError
+
+FORMAT = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS photos (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    caption TEXT,
+    alternatives TEXT,
+    score REAL,
+    error TEXT,
+    indexed_at TEXT NOT NULL,
+    visual BLOB,
+    text BLOB,
+    generation INTEGER NOT NULL DEFAULT 0,
+    tags TEXT
+);
+CREATE INDEX IF NOT EXISTS photos_sha256 ON photos (sha256);
+CREATE INDEX IF NOT EXISTS photos_generation ON photos (generation);
+CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, generation INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_generation ON removed (generation);
+CREATE TRIGGER IF NOT EXISTS photos_written AFTER INSERT ON photos BEGIN
+    UPDATE photos SET generation = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation')
+    WHERE id = NEW.id;
+END;
+CREATE TRIGGER IF NOT EXISTS photos_removed AFTER DELETE ON photos BEGIN
+    INSERT INTO removed VALUES (OLD.id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
+END;
+"""
+
+COLUMNS = ("path", "sha256", "size", "mtime_ns", "caption", "alternatives", "score", "error", "indexed_at",
+           "visual", "text", "tags")
+INSERT_PHOTO = f"INSERT INTO photos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+UPGRADES = {"tags": "ALTER TABLE photos ADD COLUMN tags TEXT"}
+"""Columns added since format 1 and how to add them: an older gallery is upgraded in place when opened."""
+
+
+@dataclass
+class Row:
+    """One photo's row as queries see it."""
+
+    id: int
+    path: Path
+    caption: str
+    tags: list[dict]  # {"label", "p", "word"}, likeliest first
+
+    @classmethod
+    def of(cls, r: tuple) -> "Row":
+        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [])
+
+
+ROW = "SELECT id, path, caption, tags FROM photos"
+
+
+def blob(v: np.ndarray) -> bytes:
+    return np.asarray(v, np.float16).tobytes()
+
+
+def vector(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, np.float16).astype(np.float32)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Catalogue:
+    def __init__(self, db: Path, conn: sqlite3.Connection):
+        self.db = db
+        self.conn = conn
+        self.lock = threading.RLock()
+        self.writer_lock = None
+
+    @classmethod
+    def connect(cls, db: Path, model_id: str, model_folder: str, create: bool, rebuild: bool) -> "Catalogue":
+        """The catalogue at `db`, checked against the model (made, with `create`, if new; emptied with `rebuild`)."""
+        catalogue = cls(db, sqlite3.connect(db, timeout=30, check_same_thread=False, isolation_level=None))
+        try:
+            catalogue.conn.execute("PRAGMA journal_mode=WAL")
+            catalogue.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
+            if create:
+                catalogue._take_writer_lock()
+            catalogue._check_or_init(model_id, model_folder, create, rebuild)
+        except BaseException as e:
+            catalogue.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise CaptionerError(f"{db} is not a captioner gallery ({e})") from None
+            raise
+        return catalogue
+
+    def _take_writer_lock(self) -> None:
+        self.writer_lock = open(f"{self.db}.lock", "w")
+        try:
+            fcntl.flock(self.writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CaptionerError(f"another `captioner index` is writing {self.db}: wait for it to finish") from None
+
+    def meta(self) -> dict[str, str]:
+        try:
+            return dict(self.conn.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError:  # no meta table: empty, or not ours
+            return {}
+
+    def _check_or_init(self, model_id: str, model_folder: str, create: bool, rebuild: bool) -> None:
+        meta = self.meta()
+        if not meta:
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables or not create:
+                raise CaptionerError(f"{self.db} is not a captioner gallery")
+            self.conn.executescript(SCHEMA)
+            with self.write():
+                self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("format", str(FORMAT)), ("captioner", __version__), ("model", model_id),
+                    ("model_folder", model_folder), ("generation", "0"), ("pruned", "0")])
+            return
+        fmt = int(meta.get("format", "0"))
+        if fmt > FORMAT:
+            raise CaptionerError(f"{self.db} was written by captioner {meta.get('captioner')} (gallery format {fmt}); "
+                                 f"this captioner {__version__} reads format {FORMAT}: upgrade captioner "
+                                 "(pip install -U captioner)")
+        if fmt < FORMAT:
+            raise CaptionerError(f"{self.db} was written by the older captioner {meta.get('captioner')} (gallery "
+                                 f"format {fmt}): index it again with `captioner index PHOTOS... --db {self.db} "
+                                 "--rebuild`")
+        self._upgrade()
+        if rebuild:
+            with self.write():
+                self.conn.execute("DELETE FROM photos")
+                self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
+                    (model_id, "model"), (model_folder, "model_folder"), (__version__, "captioner")])
+        elif meta["model"] != model_id:
+            raise CaptionerError(f"{self.db} was indexed with another model ({meta['model_folder']}): "
+                                 f"open it with that model (--model), or index it again with this one (--rebuild)")
+
+    def _upgrade(self) -> None:
+        """Add the columns an older gallery lacks (its photos' new fields stay empty until indexed again)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(photos)")}
+        for column, statement in UPGRADES.items():
+            if column not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                    self.conn.execute(statement)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A writing transaction that starts a new generation, so its rows carry it; committed at the end."""
+        with self.lock, self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            yield self.conn
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one committed state of the catalogue for everything read inside it."""
+        with self.lock, self.conn:
+            self.conn.execute("BEGIN")
+            yield self.conn
+
+    def rows(self, ids: list[int]) -> dict[int, Row]:
+        """The captioned photos among `ids` (call inside a snapshot to match vectors read there)."""
+        with self.lock:
+            found = self.conn.execute(f"{ROW} WHERE caption IS NOT NULL AND id IN ({','.join('?' * len(ids))})",
+                                      ids).fetchall()
+        return {r[0]: Row.of(r) for r in found}
+
+    def failures(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return self.conn.execute("SELECT path, error FROM photos WHERE error IS NOT NULL ORDER BY path").fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.writer_lock is not None:
+            self.writer_lock.close()
+            self.writer_lock = None

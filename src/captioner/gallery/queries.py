@@ -1,0 +1,173 @@
+"""Questions to a gallery: a photo by id, photos matching a description, photos like a photo.
+
+Each query reads the vector indexes and the rows they point to in one
+catalogue snapshot, under the catalogue's lock (after catching the vectors up
+with that snapshot), so its answer is one committed state of the gallery even
+while an indexer commits: an id never vanishes between the vector search and
+the row. Slow parts (embedding the query text, captioning a photo, re-ranking)
+run outside the lock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..api import Caption
+from ..errors import CaptionerError
+from ..features import encode_photos
+from ..images import file_sha256
+from ..retrieval import RetrievalConfig, photo_vectors, query_vectors, text_logprob
+from ..sentences import DIM, load_sentence_encoder
+from ..text import clean
+from .catalogue import ROW, Row, vector
+
+if TYPE_CHECKING:
+    from . import Gallery
+
+BY = ("both", "visual", "caption")
+GRIDS_KEPT = 2048  # re-encoded photos kept in memory for re-ranking
+TAG_WEIGHT = 0.5  # a search word naming one of a photo's tags adds this x the tag's probability to its score
+TAG_POOL = 64  # candidates the vector search gives the tag matching, at least
+
+
+@dataclass
+class Match:
+    id: int
+    path: Path
+    caption: str
+    score: float
+    tags: list[dict] = field(default_factory=list)  # {"label", "p", "word"}: what the encoder's classifier saw
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "path": str(self.path), "caption": self.caption, "score": round(self.score, 4),
+                "tags": [{"word": t["word"], "label": t["label"], "p": round(t["p"], 4)} for t in self.tags]}
+
+
+def _match(row: Row, score: float) -> Match:
+    return Match(row.id, row.path, row.caption, float(score), row.tags)
+
+
+def photo(g: Gallery, photo_id: int) -> Match | None:
+    with g.catalogue.lock:
+        r = g.catalogue.conn.execute(f"{ROW} WHERE id = ? AND caption IS NOT NULL", (int(photo_id),)).fetchone()
+    return _match(Row.of(r), 1.0) if r else None
+
+
+def tag_words(tag: dict) -> set[str]:
+    """The words a tag answers to: its caption word, else the words of its class name ("bald eagle")."""
+    return {tag["word"]} if tag["word"] else set(clean(tag["label"]))
+
+
+def tag_bonus(query: set[str], tags: list[dict]) -> float:
+    """What a photo's tags add to its score for a query of these words."""
+    return TAG_WEIGHT * sum(t["p"] for t in tags if tag_words(t) & query)
+
+
+def search(g: Gallery, text: str, k: int = 8, rerank: bool = False) -> list[Match]:
+    """Photos whose captions and image vectors match `text`, best first; a photo tagged with a word of
+    `text` ranks higher (TAG_WEIGHT). With `rerank`, the best candidates are re-scored by how likely the
+    captioner finds `text` as their caption (slower: candidates are encoded again)."""
+    if not text.strip():
+        raise CaptionerError("the search text is empty")
+    cfg = g.head.cfg if g.head is not None else RetrievalConfig()
+    q = query_vectors(g.head, load_sentence_encoder().embed([text]))
+    words = set(clean(text))
+    wanted = max(k, cfg.rerank_pool) if rerank else k
+    with g.catalogue.snapshot() as conn:
+        g.vectors.catch_up(conn)
+        scores, ids = g.vectors.text.search(q, max(wanted, TAG_POOL))
+        rows = g.catalogue.rows([int(i) for i in ids[0] if i >= 0])
+    scored = sorted(((rows[int(i)], float(s) + tag_bonus(words, rows[int(i)].tags))
+                     for i, s in zip(ids[0], scores[0]) if int(i) in rows), key=lambda t: -t[1])[:wanted]
+    if rerank and scored:
+        scored = _rerank(g, text, scored, cfg.rerank_weight)
+    return [_match(r, s) for r, s in scored[:k]]
+
+
+def _rerank(g: Gallery, text: str, scored: list[tuple[Row, float]], weight: float) -> list[tuple[Row, float]]:
+    features = _features(g, [r for r, _ in scored])
+    kept = [(r, s) for r, s in scored if r.id in features]
+    if not kept:
+        return scored
+    pooled = torch.stack([features[r.id][0] for r, _ in kept])
+    grid = torch.stack([features[r.id][1] for r, _ in kept])
+    logprob = text_logprob(g.captioner.model, pooled, grid, text)
+    return sorted(((r, s + weight * float(lp)) for (r, s), lp in zip(kept, logprob)), key=lambda t: -t[1])
+
+
+def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each photo's (pooled, grid) features: encoded from its file, kept for the next queries."""
+    with g.grids_lock:
+        todo = [r for r in rows if r.id not in g.grids]
+    if todo:
+        for ok, pooled, grid, _, _ in encode_photos(g.captioner.encoder, [r.path for r in todo], batch_size=16,
+                                                    progress=False):
+            with g.grids_lock:
+                for j, p, gr in zip(ok, pooled, grid):
+                    g.grids[todo[j].id] = (p, gr)
+                    while len(g.grids) > GRIDS_KEPT:
+                        g.grids.popitem(last=False)
+    with g.grids_lock:
+        return {r.id: g.grids[r.id] for r in rows if r.id in g.grids}
+
+
+def similar(g: Gallery, photo: str | Path | Caption | int, k: int = 8, by: str = "both",
+            visual_weight: float = 0.5) -> list[Match]:
+    """Gallery photos most like `photo` (a file, a Caption from this captioner, or a gallery id).
+
+    by="visual" compares image vectors, "caption" caption vectors, "both" a
+    blend (`visual_weight` of the visual similarity). The photo itself is left out.
+    """
+    if by not in BY:
+        raise CaptionerError(f"unknown similarity {by!r}: choose one of {', '.join(BY)}")
+    given = None if isinstance(photo, int) else _photo_vectors(g, photo)
+    with g.catalogue.snapshot() as conn:
+        g.vectors.catch_up(conn)
+        if given is None:
+            row = conn.execute("SELECT visual, text FROM photos WHERE id = ? AND visual IS NOT NULL",
+                               (photo,)).fetchone()
+            if row is None:
+                raise CaptionerError(f"the gallery has no photo with id {photo}")
+            visual, text, exclude = vector(row[0]), vector(row[1]), {photo}
+        else:
+            visual, text, digest = given
+            exclude = {r[0] for r in conn.execute("SELECT id FROM photos WHERE sha256 = ?", (digest,))}
+        ids, score = _blend(g, visual, text, by, visual_weight, k + len(exclude), exclude)
+        order = np.argsort(-score)[:k]
+        rows = g.catalogue.rows([ids[j] for j in order])
+    return [_match(rows[ids[j]], score[j]) for j in order if ids[j] in rows]
+
+
+def _photo_vectors(g: Gallery, photo: str | Path | Caption) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """A photo's image and text vectors as the gallery stores them, and its content hash (None: no file)."""
+    if not isinstance(photo, Caption):
+        photo = g.captioner.caption([photo])[0]
+        if photo.error:
+            raise CaptionerError(photo.error)
+    visual = photo.vector / max(float(np.linalg.norm(photo.vector)), 1e-8)
+    text = photo_vectors(g.head, torch.from_numpy(photo.vector[None]),
+                         [[photo.text] + [a for a, _ in photo.alternatives]])[0]
+    return visual, text, file_sha256(photo.path) if Path(photo.path).is_file() else None
+
+
+def _blend(g: Gallery, visual: np.ndarray, text: np.ndarray, by: str, visual_weight: float, wanted: int,
+           exclude: set[int]) -> tuple[list[int], np.ndarray]:
+    """Candidate ids and their blended similarity (caller holds the snapshot)."""
+    caption_part = np.zeros_like(text)
+    caption_part[:DIM] = text[:DIM]  # caption vectors only: photo to photo, their captions compared
+    weight = {"visual": 1.0, "caption": 0.0, "both": visual_weight}[by]
+    candidates: set[int] = set()
+    if weight > 0:
+        candidates |= {int(i) for i in g.vectors.visual.search(visual[None], wanted * 4 + 32)[1][0] if i >= 0}
+    if weight < 1:
+        candidates |= {int(i) for i in g.vectors.text.search(caption_part[None], wanted * 4 + 32)[1][0] if i >= 0}
+    ids = sorted(candidates - exclude)
+    if not ids:
+        return [], np.zeros(0)
+    score = (weight * (g.vectors.visual.vectors(ids) @ visual) if weight > 0 else 0.0) + \
+        ((1 - weight) * (g.vectors.text.vectors(ids) @ caption_part) if weight < 1 else 0.0)
+    return ids, np.asarray(score)
