@@ -308,13 +308,16 @@ class Gallery:
 
     # -- indexing ----------------------------------------------------------------------------------
 
-    def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16) -> IndexReport:
+    def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16,
+              stream=None) -> IndexReport:
         """Bring the gallery up to date with the photos under `roots` (files or folders).
 
         New and changed photos are captioned and embedded; a photo whose content
         the gallery already knows (a moved or copied file) reuses that work;
         photos gone from under `roots` leave the gallery. Photos that fail are
         recorded with their reason and reported; they never stop the run.
+        `stream` captions the photos (default: this gallery's captioner's `stream`;
+        `raybatch.caption_stream` captions them on a Ray cluster while this process writes).
         """
         if self.writer_lock is None:
             raise CaptionerError("this gallery was opened for reading: use Gallery.create to index")
@@ -374,7 +377,7 @@ class Gallery:
                 report.removed += 1
         self.refresh()
         try:
-            self._encode(encode, stats, report, progress, batch_size)
+            self._encode(encode, stats, report, progress, batch_size, stream or self.captioner.stream)
         finally:
             self.refresh()
             self._save_vectors()
@@ -391,13 +394,13 @@ class Gallery:
         self.conn.execute(INSERT_PHOTO, values)
 
     def _encode(self, todo: list[tuple[Path, str]], stats: dict, report: IndexReport, progress: bool,
-                batch_size: int) -> None:
+                batch_size: int, stream) -> None:
         sha = dict(todo)
         pending: list[Caption] = []
         last_save = time.monotonic()
         bar = tqdm(total=len(todo), desc="indexing", unit="photo", disable=not progress or not todo,
                    dynamic_ncols=True)
-        for c in self.captioner.stream([p for p, _ in todo], batch_size=batch_size):
+        for c in stream([p for p, _ in todo], batch_size=batch_size):
             pending.append(c)
             bar.update(1)
             if len(pending) >= COMMIT_EVERY:
