@@ -40,14 +40,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+def ray_wanted(args: argparse.Namespace) -> bool:
+    """Whether to run on Ray (--ray, or a --ray-address); checks first that Ray is installed."""
+    if not (args.ray or args.ray_address):
+        return False
+    from .raycluster import require_ray
+
+    require_ray()
+    return True
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     from .api import Captioner
     from .decoders import ATTENDING
+    from .modelfolder import load_model
     from .visualize import save_attention
 
-    captioner = Captioner.load(args.model)
+    captioner = None
+    if ray_wanted(args):
+        from .raybatch import caption_stream
+
+        stream = caption_stream(args.model, args.ray_actors, args.ray_address, attention=bool(args.attention))
+    else:
+        captioner = Captioner.load(args.model)
+        stream = captioner.stream
     if args.attention:
-        kind = captioner.model.decoder.cfg.kind
+        kind = (captioner.model if captioner else load_model(args.model)).decoder.cfg.kind
         if kind not in ATTENDING:
             raise CaptionerError(f"--attention needs a model that attends to parts of the photo, and this one's "
                                  f"decoder is {kind}: use a model of kind {' or '.join(sorted(ATTENDING))} "
@@ -55,7 +73,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         Path(args.attention).mkdir(parents=True, exist_ok=True)
     pictures: set[str] = set()  # attention picture names written so far: photos may share a name
     failed = 0
-    for c in captioner.stream(args.photos, beam=args.beam, batch_size=args.batch_size):
+    for c in stream(args.photos, beam=args.beam, batch_size=args.batch_size):
         if c.warning:
             print(f"captioner: warning: {c.warning}", file=sys.stderr)
         if c.error:
@@ -95,9 +113,15 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .corpus import load_prepared
     from .dataset import ensure_features
 
+    encode = None
+    if ray_wanted(args):
+        from .raybatch import encode_stream
+
+        encode = encode_stream(args.encoder, args.input_size, args.ray_actors, args.ray_address)
     prepared = load_prepared(args.data)
     cache_root = args.cache or str(Path(args.data) / "features")
-    cache, hashes = ensure_features(prepared, args.encoder, args.input_size, cache_root, ("train", "dev", "test"))
+    cache, hashes = ensure_features(prepared, args.encoder, args.input_size, cache_root, ("train", "dev", "test"),
+                                    encode=encode)
     print(f"{len(hashes):,} photos have {args.encoder} features in {cache.folder}")
     return 0
 
@@ -107,7 +131,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = load_config(args.config)
-    model_dir = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    if args.ray_workers:
+        from .raycluster import require_ray
+        from .raytrain import train_on_ray
+
+        require_ray()
+        model_dir = train_on_ray(cfg, args.ray_workers, resume=args.resume, stop_after=args.stop_after,
+                                 address=args.ray_address)
+    else:
+        model_dir = train(cfg, resume=args.resume, stop_after=args.stop_after)
     print(f"the model selected on the dev split is in {model_dir}")
     return 0
 
@@ -159,9 +191,14 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from .gallery import Gallery
 
+    stream = None
+    if ray_wanted(args):
+        from .raybatch import caption_stream
+
+        stream = caption_stream(args.model, args.ray_actors, args.ray_address)
     gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild)
     try:
-        report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size)
+        report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size, stream=stream)
     finally:
         gallery.close()
     for path, reason in report.failed.items():
@@ -214,6 +251,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", action="store_true", help=f"{what} on a Ray cluster (pip install 'captioner[ray]'): "
+                   "the one in --ray-address or $RAY_ADDRESS, else a local one started for this run; an actor pool "
+                   "loads the model once per actor, results come back in input order (see docs/scaling.md)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to use, e.g. auto (one started with "
+                   "`ray start` on this machine) or ray://head:10001 (implies --ray; default: $RAY_ADDRESS)")
+    p.add_argument("--ray-actors", type=positive_int, metavar="N", help="actors of 1 CPU each, running torch with "
+                   "1 thread (default: one per CPU of the cluster)")
+
+
 def gallery_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="the gallery database (default: $CAPTIONER_GALLERY, else "
                    "~/.local/share/captioner/gallery.db)")
@@ -242,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", action="store_true", help="also show what the encoder's ImageNet classifier "
                    'recognises: up to 5 labels with their probabilities and caption words (in --json: "tags")')
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
+    ray_options(p, "caption")
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("prepare", help="read a corpus, clean captions, build the vocabulary",
@@ -270,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(pip install 'captioner[dinov2]'; input size a multiple of 14)")
     p.add_argument("--input-size", type=int, default=224, help="photos are squashed to this square (default 224)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    ray_options(p, "encode")
     p.set_defaults(run=cmd_features)
 
     p = sub.add_parser("train", help="train a decoder from a TOML config",
@@ -280,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a TOML config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (continue later with --resume)")
+    p.add_argument("--ray-workers", type=positive_int, metavar="N", help="train in N data-parallel workers of 1 CPU "
+                   "on a Ray cluster (pip install 'captioner[ray]'): each holds a shard of the features and trains "
+                   "on its part of every batch; the files written are the same as a local run's (docs/scaling.md)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster for --ray-workers, e.g. auto or "
+                   "ray://head:10001 (default: $RAY_ADDRESS, else a local one started for this run)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="BLEU, METEOR, ROUGE-L and CIDEr on a split",
@@ -328,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(after changing the model)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray_options(p, "caption and embed the photos (this process still writes the gallery)")
     p.set_defaults(run=cmd_index)
 
     p = sub.add_parser("similar", help="gallery photos most like a photo",

@@ -1,6 +1,7 @@
 """Prepared corpora joined with their cached features, ready for training and evaluation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,15 @@ class Split:
 
 
 def ensure_features(prepared: Prepared, encoder: str, input_size: int, cache_root: str | Path,
-                    splits: tuple[str, ...], progress: bool = True) -> tuple[FeatureCache, dict[str, str]]:
-    """Encode the corpus photos of `splits` not cached yet; returns the cache and each photo's hash."""
+                    splits: tuple[str, ...], progress: bool = True,
+                    encode: Callable | None = None) -> tuple[FeatureCache, dict[str, str]]:
+    """Encode the corpus photos of `splits` not cached yet; returns the cache and each photo's hash.
+
+    `encode`: how photos are encoded (see `build_cache`; default: here, one batch after another)."""
     images = [im for im in prepared.images if im["split"] in splits]
     paths = [prepared.image_root / im["image"] for im in images]
-    cache, hashes, failed = build_cache(load_encoder(encoder, input_size), paths, cache_root, progress=progress)
+    cache, hashes, failed = build_cache(load_encoder(encoder, input_size), paths, cache_root, progress=progress,
+                                        encode=encode)
     if failed:
         reason = next(iter(failed.values()))
         raise CaptionerError(f"{len(failed)} corpus photos could not be encoded, the first: {reason}; "
@@ -50,11 +55,13 @@ def ensure_features(prepared: Prepared, encoder: str, input_size: int, cache_roo
     return cache, {im["image"]: h for im, h in zip(images, hashes)}
 
 
-def load_split(prepared: Prepared, cache: FeatureCache, hashes: dict[str, str], split: str) -> Split:
+def load_split(prepared: Prepared, cache: FeatureCache, hashes: dict[str, str], split: str,
+               grid_of=None) -> Split:
+    """The photos of `split` with their features (with `grid_of`, grids only where it is true; see FeatureCache.load)."""
     images = [im for im in prepared.images if im["split"] == split]
     if not images:
         raise CaptionerError(f"the prepared corpus has no photos in the {split} split")
-    pooled, grid = cache.load([hashes[im["image"]] for im in images])
+    pooled, grid = cache.load([hashes[im["image"]] for im in images], grid_of)
     return Split([prepared.image_root / im["image"] for im in images], pooled, grid,
                  [im["captions"] for im in images], [im["raw"] for im in images])
 
@@ -78,25 +85,42 @@ class TrainingData:
     max_len: int
 
 
-def load_training(data: DataConfig, progress: bool = True) -> TrainingData:
+def _features(data: DataConfig, folder: str, splits: tuple[str, ...],
+              progress: bool) -> tuple[Prepared, FeatureCache, dict[str, str]]:
+    prepared = load_prepared(folder)
+    cache, hashes = ensure_features(prepared, data.encoder, data.input_size, data.cache or Path(folder) / "features",
+                                    splits, progress)
+    return prepared, cache, hashes
+
+
+def cache_training_features(data: DataConfig, progress: bool = True) -> None:
+    """Encode what `load_training` would read and is not cached yet, without loading it."""
+    for corpus in data.corpora:
+        if corpus.share > 0:
+            _features(data, corpus.prepared, ("train",), progress)
+    for folder in data.dev:
+        _features(data, folder, ("dev",), progress)
+
+
+def load_training(data: DataConfig, progress: bool = True, owns=None) -> TrainingData:
     """Every corpus of `data` with its features (encoding what is not cached yet) and one vocabulary.
 
     The vocabulary holds the words seen at least min_count times (the smallest
     the corpora were prepared with) across all the train splits: for one corpus,
-    the vocabulary `prepare` wrote.
+    the vocabulary `prepare` wrote. With `owns` (a data-parallel worker's
+    `parallel.Workers.owns`), only the training photos it names get their grid read.
     """
-    def features(folder: str, splits: tuple[str, ...]) -> tuple[Prepared, object, dict[str, str]]:
-        prepared = load_prepared(folder)
-        cache, hashes = ensure_features(prepared, data.encoder, data.input_size,
-                                        data.cache or Path(folder) / "features", splits, progress)
-        return prepared, cache, hashes
-
+    features = lambda folder, splits: _features(data, folder, splits, progress)  # noqa: E731
     training = [c for c in data.corpora if c.share > 0]
     train_splits, prepared_all = [], []
+    start = 0
     for corpus in training:
         prepared, cache, hashes = features(corpus.prepared, ("train",))
-        train_splits.append(load_split(prepared, cache, hashes, "train"))
+        count = sum(im["split"] == "train" for im in prepared.images)
+        grid_of = owns(start + count)[start:].tolist() if owns else None
+        train_splits.append(load_split(prepared, cache, hashes, "train", grid_of))
         prepared_all.append(prepared)
+        start += count
     dev = {}
     for folder in data.dev:
         prepared, cache, hashes = features(folder, ("dev",))

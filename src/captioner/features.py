@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -89,8 +89,12 @@ class FeatureCache:
         index = {"format": FORMAT, "encoder": self.encoder_key, "shards": self.shards}
         write_atomic(self.folder / INDEX, json.dumps(index))
 
-    def load(self, hashes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of the given photos, in order: pooled [n, D] and grid [n, N, D], float16."""
+    def load(self, hashes: Sequence[str], grid_of: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the given photos, in order: pooled [n, D] and grid [n, N, D], float16.
+
+        With `grid_of`, only photo i with grid_of[i] gets its grid read; the others' stay zeros
+        (memory the system never hands out until written: a training worker holds only its shard).
+        """
         missing = [h for h in hashes if h not in self.rows]
         if missing:
             raise CaptionerError(f"{len(missing)} photos have no features in {self.folder}: run `captioner features` first")
@@ -103,8 +107,10 @@ class FeatureCache:
             rows = [self.rows[hashes[i]][1] for i in positions]
             if pooled is None:
                 pooled = np.empty((len(hashes), *tensors["pooled"].shape[1:]), np.float16)
-                grid = np.empty((len(hashes), *tensors["grid"].shape[1:]), np.float16)
+                grid = (np.empty if grid_of is None else np.zeros)((len(hashes), *tensors["grid"].shape[1:]), np.float16)
             pooled[positions] = tensors["pooled"][rows]
+            if grid_of is not None:
+                positions, rows = [i for i in positions if grid_of[i]], [r for i, r in zip(positions, rows) if grid_of[i]]
             grid[positions] = tensors["grid"][rows]
         return torch.from_numpy(pooled), torch.from_numpy(grid)
 
@@ -181,12 +187,16 @@ def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
 
 
 def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard_size: int = 1024,
-                batch_size: int = 32, progress: bool = True) -> tuple[FeatureCache, list[str | None], dict[Path, str]]:
+                batch_size: int = 32, progress: bool = True,
+                encode: Callable | None = None) -> tuple[FeatureCache, list[str | None], dict[Path, str]]:
     """Encode every photo not cached yet; returns the cache, each photo's hash and the photos that failed.
 
     A photo that cannot be read or decoded is left out (its hash is None if even
     its bytes cannot be read) and reported with its reason; the others go on.
+    `encode(paths, batch_size, progress)` yields what `encode_photos` does (default:
+    `encode_photos` with `encoder`; `raybatch.encode_stream` encodes on a Ray cluster).
     """
+    encode = encode or (lambda todo, size, bar: encode_photos(encoder, todo, size, bar))
     cache = FeatureCache.open(root, encoder.spec.key)
     failed: dict[Path, str] = {}
     hashes = hash_photos(paths, failed=failed)
@@ -197,7 +207,7 @@ def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard
     if todo:
         todo_hashes, todo_paths = list(todo), list(todo.values())
         buffer: tuple[list[str], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-        for ok, pooled, grid, errors, warned in encode_photos(encoder, todo_paths, batch_size, progress):
+        for ok, pooled, grid, errors, warned in encode(todo_paths, batch_size, progress):
             failed.update({todo_paths[i]: msg for i, msg in errors.items()})
             for msg in warned.values():
                 warnings.warn(msg, TruncatedPhotoWarning, stacklevel=2)

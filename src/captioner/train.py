@@ -24,6 +24,7 @@ from .files import atomic_path, write_atomic
 from .glove import GLOVE_DIM, glove_vectors
 from .metrics import dev_cider
 from .modelfolder import Model, save_model
+from .parallel import Workers
 from .tags import class_words, probabilities
 from .text import END_ID, PAD_ID, START_ID, Vocab
 
@@ -93,25 +94,32 @@ def epoch_batches(pools: list[torch.Tensor], shares: list[float], counts: torch.
     return list(photos.split(batch.unique_consecutive(return_counts=True)[1].tolist()))
 
 
-def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, captions: torch.Tensor) -> torch.Tensor:
+def loss_fn(cfg: Config, logits: torch.Tensor, attention: torch.Tensor | None, captions: torch.Tensor,
+            norm: tuple[float, float, float] | None = None) -> torch.Tensor:
+    """The mean word cross-entropy of `captions` (and the attention regulariser); with `norm`, the (tokens,
+    captions) a data-parallel worker's part is averaged over instead (see parallel.Workers.part)."""
     target = captions[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=PAD_ID,
-                           label_smoothing=cfg.train.label_smoothing)
+                           label_smoothing=cfg.train.label_smoothing, reduction="mean" if norm is None else "sum")
+    loss = loss if norm is None else loss / norm[0]
     if cfg.model.kind == "attention" and cfg.train.attention_reg:
         mask = (target != PAD_ID).float()[..., None]  # [B, T, 1]
         coverage = (attention * mask).sum(1)  # [B, N]: how much each cell was looked at over the caption
-        loss = loss + cfg.train.attention_reg * ((1 - coverage) ** 2).mean()
+        spread = ((1 - coverage) ** 2).mean() if norm is None else ((1 - coverage) ** 2).sum() / (
+            norm[1] * coverage.shape[1])
+        loss = loss + cfg.train.attention_reg * spread
     return loss
 
 
 def xe_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor,
-            owner: torch.Tensor, chance: float, generator: torch.Generator) -> torch.Tensor:
+            owner: torch.Tensor, chance: float, generator: torch.Generator,
+            norm: tuple[float, float, float] | None = None) -> torch.Tensor:
     """Cross-entropy of one batch of captions [B, T], caption b of photo owner[b]; with scheduled
     sampling, each input word is the decoder's own guess with probability `chance`."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16 and bf16_supported()):
         inputs = with_own_words(decoder, pooled, grid, captions, owner, chance, generator) if chance else captions
         logits, attention = decoder(pooled, grid, inputs, owner)
-    return loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, captions)
+    return loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, captions, norm)
 
 
 def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor,
@@ -216,26 +224,37 @@ def plot_curve(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> Path:
+def check_run(cfg: Config, resume: bool) -> None:
+    """Refuse a run that cannot start: an existing run without `resume`, nothing to resume, bad settings."""
+    out = Path(cfg.train.out)
+    if (out / CHECKPOINT).exists() and not resume:
+        raise CaptionerError(f"{out} already holds a training run: pass --resume to continue it, "
+                             "or choose another [train] out folder")
+    if resume and not (out / CHECKPOINT).exists():
+        raise CaptionerError(f"{out / CHECKPOINT} does not exist: there is nothing to resume (start without --resume)")
+    if cfg.train.scst_epochs:
+        check_scst(cfg.train)
+
+
+def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True,
+          workers: Workers | None = None) -> Path:
     """Train a decoder as `cfg` says; returns the folder of the model selected on the dev split.
 
     Writes into cfg.train.out: checkpoint.safetensors (every epoch, atomically),
     metrics.jsonl, curve.png and model/ (the best epoch by dev CIDEr). With
     `resume`, continues from the checkpoint exactly as if never stopped.
     `stop_after` ends this run after that many epochs (resume later).
+    With `workers`, this process is one of several data-parallel workers (see
+    parallel.py and raytrain.py): rank 0 chooses the epoch and writes every file.
     """
     out = Path(cfg.train.out)
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists() and not resume:
-        raise CaptionerError(f"{out} already holds a training run: pass --resume to continue it, "
-                             "or choose another [train] out folder")
-    if resume and not ckpt_path.exists():
-        raise CaptionerError(f"{ckpt_path} does not exist: there is nothing to resume (start without --resume)")
-    if cfg.train.scst_epochs:
-        check_scst(cfg.train)
-    if cfg.train.threads:
+    check_run(cfg, resume)
+    lead = workers is None or workers.rank == 0
+    progress = progress and lead
+    if cfg.train.threads and workers is None:
         torch.set_num_threads(cfg.train.threads)
-    data = load_training(cfg.data, progress)
+    data = load_training(cfg.data, progress, workers.owns if workers else None)
     train_split, vocab, max_len = data.train, data.vocab, data.max_len
     classifier = load_encoder(cfg.data.encoder, cfg.data.input_size).classifier
     words = class_words(probabilities(classifier, train_split.pooled), train_split.references, vocab) \
@@ -251,8 +270,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     scst_counts = torch.full_like(counts, cfg.train.scst_samples)
 
     decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1], classifier)
-    optimizer = lambda lr: torch.optim.Adam([p for p in decoder.parameters() if p.requires_grad],  # noqa: E731
-                                            lr=lr, weight_decay=cfg.train.weight_decay)
+    learned = [p for p in decoder.parameters() if p.requires_grad]
+    optimizer = lambda lr: torch.optim.Adam(learned, lr=lr, weight_decay=cfg.train.weight_decay)  # noqa: E731
     opt = optimizer(cfg.train.lr)
     state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
              "config": cfg.to_dict()}
@@ -260,7 +279,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
         state = _load_checkpoint(ckpt_path, decoder, opt)
         if state["config"] != cfg.to_dict():
             raise CaptionerError(f"{ckpt_path} was made with a different config: resume with the same config file")
-    out.mkdir(parents=True, exist_ok=True)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     log_path = out / "metrics.jsonl"
     log = [json.loads(line) for line in log_path.read_text().splitlines()] if resume and log_path.exists() else []
     log = log[:state["epoch"]]  # an epoch logged after the last checkpoint is redone
@@ -300,50 +320,71 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
                    desc=f"{'self-critical ' if scst else ''}epoch {epoch}/{last}", unit="batch",
                    disable=not progress, dynamic_ncols=True)
         for photos in bar:
-            pooled, grid = train_split.pooled[photos], train_split.grid[photos]
-            idx = torch.cat([rows_of[p] for p in photos.tolist()])  # the batch's reference captions
-            which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo in batch
-            references = captions[idx, :int(lengths[idx].max())]
-            if scst:
-                loss, rewards = scst_loss(cfg, decoder, pooled, grid, [cider_row[p] for p in photos.tolist()], cider,
-                                          vocab, max_len, generator)
-                if cfg.train.scst_xe:
-                    loss = loss + cfg.train.scst_xe * xe_loss(cfg, decoder, pooled, grid, references, which, 0.0,
-                                                              generator)
-                count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
-            else:
+            norm = None  # one worker: the batch's own means
+            if workers:
+                photos, norm = workers.part(photos, counts, lengths, rows_of)
+            if not scst:
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, state["step"], total_steps)
-                chance = cfg.train.scheduled_sampling * state["step"] / total_steps
-                loss = xe_loss(cfg, decoder, pooled, grid, references, which, chance, generator)
-                count, value = len(idx), loss.item() * len(idx)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            count, value = 0, 0.0
+            if len(photos):  # a worker's part of a small batch may be empty
+                pooled, grid = train_split.pooled[photos], train_split.grid[photos]
+                idx = torch.cat([rows_of[p] for p in photos.tolist()])  # the batch's reference captions
+                which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo
+                references = captions[idx, :int(lengths[idx].max())]
+                if scst:
+                    loss, rewards = scst_loss(cfg, decoder, pooled, grid, [cider_row[p] for p in photos.tolist()],
+                                              cider, vocab, max_len, generator)
+                    if norm:  # a part's mean, weighed by its share of the batch's photos
+                        loss = loss * len(photos) / norm[2]
+                    if cfg.train.scst_xe:
+                        loss = loss + cfg.train.scst_xe * xe_loss(cfg, decoder, pooled, grid, references, which, 0.0,
+                                                                  generator, norm)
+                    count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
+                else:
+                    chance = cfg.train.scheduled_sampling * state["step"] / total_steps
+                    loss = xe_loss(cfg, decoder, pooled, grid, references, which, chance, generator, norm)
+                    count, value = len(idx), loss.item() * (norm[1] if norm else len(idx))
+                loss.backward()
+            if workers:
+                workers.average_gradients(learned)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
             opt.step()
             state["step"] += 1
             seen += count
             loss_sum += value
-            shown = {"reward": f"{loss_sum / seen:.3f}"} if scst else {"loss": f"{loss_sum / seen:.3f}"}
-            bar.set_postfix(**shown, caps_s=f"{seen / (time.time() - started):.0f}")
+            if seen:
+                shown = {"reward": f"{loss_sum / seen:.3f}"} if scst else {"loss": f"{loss_sum / seen:.3f}"}
+                bar.set_postfix(**shown, caps_s=f"{seen / (time.time() - started):.0f}")
         bar.close()
-        predictions = {name: caption_split(decoder, split, vocab, max_len) for name, split in data.dev.items()}
-        scores = {name: dev_cider(predictions[name], split.references) for name, split in data.dev.items()}
-        dev = sum(scores.values()) / len(scores)  # what chooses the epoch
-        sample = next(iter(predictions.values()))[0]
-        record = {"epoch": epoch, "phase": "scst" if scst else "xe",
-                  "train_reward" if scst else "train_loss": loss_sum / seen, "dev_cider": dev, "dev": scores,
-                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
-                  "captions_per_s": seen / (time.time() - started), "sample": sample}
+        if workers:
+            loss_sum, seen = workers.sum(loss_sum, seen)
+        dev = -1.0
+        if lead:
+            predictions = {name: caption_split(decoder, split, vocab, max_len) for name, split in data.dev.items()}
+            scores = {name: dev_cider(predictions[name], split.references) for name, split in data.dev.items()}
+            dev = sum(scores.values()) / len(scores)  # what chooses the epoch
+            sample = next(iter(predictions.values()))[0]
+            record = {"epoch": epoch, "phase": "scst" if scst else "xe",
+                      "train_reward" if scst else "train_loss": loss_sum / seen, "dev_cider": dev, "dev": scores,
+                      "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
+                      "captions_per_s": seen / (time.time() - started), "sample": sample}
+        if workers:
+            dev = workers.from_first(dev)
         if dev > state["best_cider"]:
             state.update(best_cider=dev, best_epoch=epoch, bad_epochs=0)
-            save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode, words),
-                       card=training_card(cfg, record))
-            confidence.save(out / "model", centres)
+            if lead:
+                save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode,
+                                                words), card=training_card(cfg, record))
+                confidence.save(out / "model", centres)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
+        if not lead:
+            workers.from_first(0.0)  # wait for rank 0's checkpoint (and model) before the next epoch may read them
+            continue
         _save_checkpoint(ckpt_path, decoder, opt, state)
         log.append(record)
         write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log))
@@ -356,6 +397,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
             tqdm.write(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f}{each} "
                        f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), "
                        f"at most {left / 60:.0f} min left; e.g. \"{sample}\"")
+        if workers:
+            workers.from_first(0.0)
     return out / "model"
 
 

@@ -105,9 +105,14 @@ class Gallery:
         with self.catalogue.lock:
             self.vectors.save(self.catalogue.conn)
 
-    def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16) -> IndexReport:
-        """Bring the gallery up to date with the photos under `roots` (see indexer.py)."""
-        return index(self, roots, progress, batch_size)
+    def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16,
+              stream=None) -> IndexReport:
+        """Bring the gallery up to date with the photos under `roots` (see indexer.py).
+
+        `stream` captions the photos (default: this gallery's captioner's `stream`;
+        `raybatch.caption_stream` captions them on a Ray cluster while this process writes).
+        """
+        return index(self, roots, progress, batch_size, stream)
 
     def __len__(self) -> int:
         with self.catalogue.snapshot() as conn:

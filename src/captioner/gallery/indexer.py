@@ -58,7 +58,8 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size: int = 16) -> IndexReport:
+def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size: int = 16,
+          stream=None) -> IndexReport:
     """Bring the gallery up to date with the photos under `roots` (files or folders)."""
     if g.catalogue.writer_lock is None:
         raise CaptionerError("this gallery was opened for reading: use Gallery.create to index")
@@ -117,7 +118,7 @@ def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size
             report.removed += 1
     g.refresh()
     try:
-        _encode(g, encode, stats, report, progress, batch_size)
+        _encode(g, encode, stats, report, progress, batch_size, stream or g.captioner.stream)
     finally:
         g.refresh()
         g.save_vectors()
@@ -135,12 +136,12 @@ def _copy_row(conn, source: int, path: Path, sha: str, size: int, mtime: int, ex
 
 
 def _encode(g: Gallery, todo: list[tuple[Path, str]], stats: dict, report: IndexReport, progress: bool,
-            batch_size: int) -> None:
+            batch_size: int, stream) -> None:
     sha = dict(todo)
     pending: list[Caption] = []
     last_save = time.monotonic()
     bar = tqdm(total=len(todo), desc="indexing", unit="photo", disable=not progress or not todo, dynamic_ncols=True)
-    for c in g.captioner.stream([p for p, _ in todo], batch_size=batch_size):
+    for c in stream([p for p, _ in todo], batch_size=batch_size):
         pending.append(c)
         bar.update(1)
         if len(pending) >= COMMIT_EVERY:
