@@ -64,8 +64,8 @@ def main() -> int:
     if not photos:
         raise SystemExit(f"no JPEGs in {args.photos}")
     data = {p: base64.b64encode(p.read_bytes()).decode() for p in photos}
-    server = contextlib.nullcontext(args.url) if args.url else running_server(args.model, args.gallery)
-    with server as url, sync_playwright() as p:
+    server = contextlib.nullcontext((args.url, None)) if args.url else running_server(args.model, args.gallery)
+    with server as (url, _), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1100, "height": 900})
