@@ -14,11 +14,11 @@ def test_shipped_model_folder_is_complete_and_small():
     names = {p.name for p in DEFAULT_MODEL.iterdir()}
     assert {"model.safetensors", "config.json", "vocab.json", "MODEL_CARD.md"} <= names
     assert not any(name.endswith((".pt", ".pth", ".pkl", ".bin")) for name in names)  # no pickle
-    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) <= 25 * 2**20
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) <= 30 * 2**20
     config = json.loads((DEFAULT_MODEL / "config.json").read_text())
     assert config["encoder"] == {"name": "efficientnet-lite2", "input_size": 224}
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
-    assert "Test-split metrics" in card and "Flickr8k" in card
+    assert "## Metrics" in card and "Flickr8k test" in card and "Conceptual Captions" in card  # every corpus named
 
 
 def test_shipped_model_captions_the_examples():

@@ -14,12 +14,13 @@ the photo (so concurrent callers each get their own), `load_photo` warns with
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,7 +45,50 @@ pixel is allocated.
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
-_TRUNCATED_LOCK = threading.Lock()
+
+
+class _TruncationSwitch:
+    """Pillow's switch for loading truncated files is process-wide: while one decode has it on, another
+    decode would load a truncated file silently, without our warning. So ordinary decodes run together
+    (`strict`), and one that turns the switch on (`lenient`) runs alone; it goes first once it waits."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._strict = 0  # ordinary decodes running
+        self._lenient = 0  # decodes that want the switch on, waiting or running
+
+    @contextlib.contextmanager
+    def strict(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._lenient)
+            self._strict += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._strict -= 1
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def lenient(self) -> Iterator[None]:
+        with self._changed:
+            self._lenient += 1
+            self._changed.wait_for(lambda: not self._strict)
+        try:
+            with _LENIENT_ONE_AT_A_TIME:
+                before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+                try:
+                    yield
+                finally:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = before
+        finally:
+            with self._changed:
+                self._lenient -= 1
+                self._changed.notify_all()
+
+
+_LENIENT_ONE_AT_A_TIME = threading.Lock()
+_TRUNCATION = _TruncationSwitch()
 
 
 class PhotoError(CaptionerError):
@@ -125,7 +169,8 @@ def read_photo(path: str | os.PathLike[str], size: int | None = None) -> tuple[I
         if os.fstat(f.fileno()).st_size == 0:
             raise PhotoError(path, "is empty (0 bytes; copy the photo again)")
         try:
-            img = _decode(f, path, size, allow_truncated=False)
+            with _TRUNCATION.strict():
+                img = _decode(f, path, size, allow_truncated=False)
         except OSError as exc:
             if "truncated" not in str(exc):
                 raise PhotoError(path, _DAMAGED) from exc
@@ -200,15 +245,8 @@ def _decode(f: BinaryIO, path: str | os.PathLike[str], size: int | None, *,
 
 
 def _decode_truncated(f: BinaryIO, path: str | os.PathLike[str], size: int | None) -> Image.Image:
-    # Pillow only offers a process-wide switch; flip it just for this decode.
-    # The lock keeps our own loads from racing on it.
-    with _TRUNCATED_LOCK:
-        before = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            img = _decode(f, path, size, allow_truncated=True)
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = before
+    with _TRUNCATION.lenient():  # Pillow's switch on just for this decode, no ordinary decode beside it
+        img = _decode(f, path, size, allow_truncated=True)
     if _fraction_unlike_fill(img) < 0.01:
         # (Almost) nothing but the fill colour: a caption of it would be made up.
         raise PhotoError(path, "is truncated before any of the picture (copy the photo again)")
