@@ -110,12 +110,11 @@ def load_training(data: DataConfig, progress: bool = True, owns=None) -> Trainin
     the vocabulary `prepare` wrote. With `owns` (a data-parallel worker's
     `parallel.Workers.owns`), only the training photos it names get their grid read.
     """
-    features = lambda folder, splits: _features(data, folder, splits, progress)  # noqa: E731
     training = [c for c in data.corpora if c.share > 0]
     train_splits, prepared_all = [], []
     start = 0
     for corpus in training:
-        prepared, cache, hashes = features(corpus.prepared, ("train",))
+        prepared, cache, hashes = _features(data, corpus.prepared, ("train",), progress)
         count = sum(im["split"] == "train" for im in prepared.images)
         grid_of = owns(start + count)[start:].tolist() if owns else None
         train_splits.append(load_split(prepared, cache, hashes, "train", grid_of))
@@ -123,7 +122,7 @@ def load_training(data: DataConfig, progress: bool = True, owns=None) -> Trainin
         start += count
     dev = {}
     for folder in data.dev:
-        prepared, cache, hashes = features(folder, ("dev",))
+        prepared, cache, hashes = _features(data, folder, ("dev",), progress)
         name = Path(folder).name if sum(Path(f).name == Path(folder).name for f in data.dev) == 1 else folder
         dev[name] = load_split(prepared, cache, hashes, "dev")
     min_count = min(p.min_count for p in prepared_all)

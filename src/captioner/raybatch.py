@@ -42,7 +42,7 @@ class CaptionActor:
 
 
 class EncodeActor:
-    """Holds one loaded encoder; encodes one batch of photo paths per call: pooled, grid, error and warning per photo."""
+    """Holds one loaded encoder; encodes one batch of photo paths per call: pooled, grid, error, warning a photo."""
 
     def __init__(self, encoder: str, input_size: int, cpus: float):
         pin_threads(cpus)
