@@ -17,8 +17,8 @@ of the Flickr8k and coco-val-mini dev sets), benchmarks/tune_decoding.py (beam,
 length penalty and tag weight on the same dev sets), `calibrate` (the caption
 confidence, on the same dev sets), and `evaluate` on the Flickr8k test split
 (once) and on the coco-val-mini dev set; it prints the commands, their
-wall-clock times and the metrics. Then it trains the retrieval head for gallery
-search (`align`), timed on its own: the total is raw corpora to evaluated
+wall-clock times and the metrics. Then it trains the photo-text embedding for gallery
+search (`align`, on all three corpora), timed on its own: the total is raw corpora to evaluated
 captioner. With --ship the model is copied into src/captioner/assets/default
 with its card. --cache keeps the photo features in a folder of your own, so a
 second run with another config encodes nothing again (its features stages then
@@ -118,7 +118,8 @@ def main() -> None:
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(coco), "--split", "dev", "--cache",
          str(cache), "--out", str(out / "model" / "eval-coco-val-mini"), "--json"], log)
     total = time.time() - started  # raw corpora to evaluated captioner
-    run([*exe, "align", "--model", str(out / "model"), "--data", str(flickr8k), "--cache", str(cache)], log)
+    run([*exe, "align", "--model", str(out / "model"), "--data", str(flickr8k), "--data", str(cc), "--data",
+         str(coco), "--cache", str(cache)], log)
     report = json.loads((out / "model" / "eval-test" / "report.json").read_text())
     coco_report = json.loads((out / "model" / "eval-coco-val-mini" / "report.json").read_text())
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -28,6 +28,7 @@ class FakeCaptioner:
     def __init__(self, model_folder: Path, seconds_per_photo: float = 0.0):
         self.model = SimpleNamespace(folder=Path(model_folder))
         self.encoder = SimpleNamespace(spec=SimpleNamespace(dim=FAKE_DIM))
+        self.embedding = None
         self.seconds_per_photo = seconds_per_photo
 
     def stream(self, paths, batch_size=16):
@@ -38,13 +39,14 @@ class FakeCaptioner:
                           tags=[Tag("tabby", 0.5, "cat")] if int(stem) % 3 == 0 else [])
 
 
-def fake_text_vectors(head, pooled, captions) -> np.ndarray:
+def fake_text_vectors(embedding, images, captions) -> np.ndarray:
     """`retrieval.photo_vectors` without the sentence encoder: a seeded vector per caption."""
     return np.stack([fake_vector(c[0], 384) for c in captions])
 
 
-def fake_sentence_encoder() -> SimpleNamespace:
-    return SimpleNamespace(embed=lambda texts: np.stack([fake_vector(t, 384) for t in texts]))
+def fake_query_vectors(embedding, texts) -> np.ndarray:
+    """`retrieval.query_vectors` without the sentence encoder: the same seeded vector per text."""
+    return np.stack([fake_vector(t, 384) for t in texts])
 
 
 def index_main(db: str, folder: str, model_dir: str) -> None:

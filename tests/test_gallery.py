@@ -28,9 +28,10 @@ from captioner.api import Captioner
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.gallery import Gallery
-from captioner.retrieval import RetrievalConfig, save_head, train_head
+from captioner.retrieval import FILE, Embedding, RetrievalConfig, load, save
+from captioner.tags import tag_words
 from conftest import TEST_THREADS, cached_encoder
-from fakes import FakeCaptioner, fake_sentence_encoder, fake_text_vectors, fake_vector
+from fakes import FakeCaptioner, fake_query_vectors, fake_text_vectors, fake_vector
 from photos import gradient, make_broken_photos
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -214,6 +215,10 @@ def test_galleries_of_other_versions_and_models_say_what_to_do(tiny, photos, tmp
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
         conn.execute("UPDATE meta SET value = 'another' WHERE key = 'model'")
+    with pytest.raises(CaptionerError, match="earlier version of the model.*--rebuild"):  # same folder, new files
+        Gallery.open(db, captioner=tiny)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '/elsewhere/model' WHERE key = 'model_folder'")
     with pytest.raises(CaptionerError, match="another model"):
         Gallery.open(db, captioner=tiny)
     Gallery.create(db, captioner=tiny, rebuild=True).close()
@@ -263,37 +268,71 @@ def test_search_finds_a_photo_by_its_caption_and_reranks(tiny, photos, tmp_path)
     g.close()
 
 
-def test_a_retrieval_head_adds_text_aligned_image_vectors(tiny_model_dir, photos, tmp_path):
+def _random_embedding(feature_dim: int = 1280, cells: int = 49) -> Embedding:
+    torch.manual_seed(0)
+    return Embedding(RetrievalConfig(width=32, heads=2, weak_score=0.5), feature_dim, cells).eval()
+
+
+def test_an_embedding_adds_image_vectors_and_search_says_why(tiny_model_dir, photos, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    torch.manual_seed(0)
-    head = train_head(torch.randn(64, 1280), torch.nn.functional.normalize(torch.randn(64, 2, 384), dim=-1),
-                      RetrievalConfig(hidden=32), epochs=2, progress=False)
-    save_head(model, head)
+    save(model, _random_embedding())
     c = Captioner(captioner.api.load_model(model, fast=True), cached_encoder("efficientnet-lite0"))
+    first = c.caption([photos / "cup_of_coffee.jpg"])[0]
+    assert first.embedding.shape == (384,) and abs(float(np.linalg.norm(first.embedding)) - 1) < 1e-4
     g = Gallery.create(tmp_path / "g.db", captioner=c)
     g.index([photos], progress=False)
     assert g.vectors.text.dim == 768
     caption = rows(g.db)["cup_of_coffee.jpg"][2]
-    assert len(g.search(caption, k=8)) == 8
+    found = g.search(caption, k=8)
+    assert len(found) == 8 and [m.score for m in found] == sorted((m.score for m in found), reverse=True)
+    for m in found:
+        assert set(m.why) == {"caption", "photo", "tags"} and m.score == pytest.approx(sum(m.why.values()))
+        assert m.weak == (m.why["caption"] + m.why["photo"] < 0.5)
+        assert m.to_json()["matched_by"] in ("caption", "photo", "tags")
+    reranked = g.search(caption, k=3, rerank=True)
+    assert all("likelihood" in m.why and m.score == pytest.approx(sum(m.why.values())) for m in reranked)
     g.close()
-    with pytest.raises(CaptionerError, match="another model"):  # the head is part of the model's identity
+    with pytest.raises(CaptionerError, match="another model"):  # the embedding is part of the model's identity
         Gallery.open(tmp_path / "g.db", model=tiny_model_dir)
+    save(model, _random_embedding(), record={"trained": "again"})  # the same folder, another embedding file
+    with pytest.raises(CaptionerError, match="earlier version of the model.*--rebuild"):  # never mixed
+        Gallery.open(tmp_path / "g.db", model=model)
 
 
-def test_train_head_learns_a_hidden_pairing():
-    """Sentence vectors made from image vectors by a fixed map: the trained head retrieves them."""
-    from captioner.retrieval import recall
+def test_an_embedding_an_older_captioner_trained_is_ignored_with_a_warning(tiny_model_dir, tmp_path):
+    from safetensors.torch import save_file
 
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    save_file({"mean": torch.zeros(4)}, str(model / FILE), metadata={"config": "{}"})  # format 1: no "format"
+    with pytest.warns(UserWarning, match="older captioner.*captioner align"):
+        assert load(model) is None
+
+
+def test_train_embedding_learns_what_a_cell_of_the_grid_shows():
+    """Each photo shows one of 8 things in one random cell of its grid; its caption names the thing.
+    Trained on 240 photos, the embedding finds, for each thing's caption, a held-out photo showing it."""
+    from captioner.retrieval import Pairs, TrainConfig, train_embedding
+
+    things = ["dog", "cat", "car", "boat", "tree", "horse", "bicycle", "bird"]
     g = torch.Generator().manual_seed(1)
-    pooled = torch.randn(400, 64, generator=g)
-    mix = torch.randn(64, 384, generator=g)
-    sentences = torch.nn.functional.normalize((pooled @ mix)[:, None] + 0.3 * torch.randn(400, 3, 384, generator=g),
-                                              dim=-1)
-    head = train_head(pooled[:300], sentences[:300], RetrievalConfig(hidden=128), epochs=40, progress=False)
-    with torch.no_grad():
-        scores = (head.text(sentences[300:, 0]) @ head.image(pooled[300:]).T).numpy()
-    assert recall(scores, np.arange(100))["R@1"] > 80
+    patterns = 3 * torch.randn(len(things), 64, generator=g)
+
+    def pairs(n: int, name: str) -> Pairs:
+        kind = torch.arange(n) % len(things)
+        grid = torch.randn(n, 16, 64, generator=g)
+        grid[torch.arange(n), torch.randint(0, 16, (n,), generator=g)] += patterns[kind]
+        return Pairs(grid.mean(1), grid, [[f"a photo of a {things[k]}", f"there is a {things[k]} here"]
+                                          for k in kind.tolist()], name)
+
+    embedding, history = train_embedding([pairs(240, "train")], [dev := pairs(80, "dev")],
+                                         RetrievalConfig(width=64, heads=4),
+                                         TrainConfig(epochs=6, batch_size=8, lr=3e-3), progress=False)
+    assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
+    texts = embedding.text([f"a photo of a {t}" for t in things])
+    best = (texts @ embedding.images(dev.pooled, dev.grid).T).argmax(1)  # [8] the best dev photo per thing
+    assert [k % len(things) for k in best.tolist()] == list(range(len(things)))
 
 
 def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encoders, capsys):
@@ -306,16 +345,20 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
     assert out[-1]["added"] == 9 and out[-1]["photos"] == 8
     assert main(["search", "a man", "-k", "3", "--db", db, "--model", str(tiny_model_dir), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [m["rank"] for m in lines] == [1, 2, 3] and set(lines[0]) == {"rank", "id", "path", "caption", "score", "tags"}
+    assert [m["rank"] for m in lines] == [1, 2, 3]
+    assert set(lines[0]) == {"rank", "id", "path", "caption", "score", "tags", "why", "matched_by", "weak"}
+    assert set(lines[0]["why"]) == {"caption", "tags"} and lines[0]["weak"] is False  # no embedding: no photo part
+    assert lines[0]["score"] == pytest.approx(sum(lines[0]["why"].values()), abs=1e-3)
     queries = tmp_path / "queries.txt"
     queries.write_text("a dog\n\na red ball on the grass\n")
     assert main(["search", "--queries", str(queries), "-k", "2", "--db", db, "--model", str(tiny_model_dir)]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["query"] for a in answers] == ["a dog", "a red ball on the grass"]
-    assert all(len(a["paths"]) == 2 == len(a["scores"]) for a in answers)
+    assert all(len(a["paths"]) == 2 == len(a["scores"]) == len(a["weak"]) for a in answers)
     assert main(["similar", str(photos / "tabby_cat.jpg"), "-k", "2", "--db", db, "--model",
-                 str(tiny_model_dir)]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+                 str(tiny_model_dir), "--json"]) == 0
+    similar = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(similar) == 2 and "why" not in similar[0]  # why and weak belong to searches
     assert main(["search", "--db", db]) == 1
     assert "either a search TEXT or --queries" in capsys.readouterr().err
 
@@ -341,14 +384,15 @@ def test_search_ranks_a_photo_tagged_with_a_query_word_higher_and_shows_its_tags
     found = g.search("a cat", k=8)
     cat = found[0]
     assert cat.path.name == "tabby_cat.jpg"  # the tiny model's captions are random words: the tag did it
-    cat_tags = [t for t in cat.tags if "cat" in queries.tag_words(t)]
+    cat_tags = [t for t in cat.tags if "cat" in tag_words(t)]
     assert cat_tags and all(0 < t["p"] <= 1 for t in cat.tags)
     assert cat.to_json()["tags"][0].keys() == {"word", "label", "p"}
-    monkeypatch.setattr(queries, "TAG_WEIGHT", 0.0)
+    assert cat.why["tags"] == pytest.approx(0.5 * sum(t["p"] for t in cat_tags), abs=1e-4)  # no embedding: 0.5
+    monkeypatch.setattr(queries, "RetrievalConfig", lambda: RetrievalConfig(tag_weight=0.0))
     plain = {m.path.name: m.score for m in g.search("a cat", k=8)}
     assert cat.score - plain["tabby_cat.jpg"] == pytest.approx(0.5 * sum(t["p"] for t in cat_tags), abs=1e-4)
     assert all(m.score == pytest.approx(plain[m.path.name], abs=1e-4) for m in found[1:]
-               if not any("cat" in queries.tag_words(t) for t in m.tags))
+               if not any("cat" in tag_words(t) for t in m.tags))
     g.close()
 
 
@@ -383,7 +427,7 @@ def test_a_symlinked_photo_leaves_the_gallery_with_its_link(tiny, photos, tmp_pa
 def test_eight_threads_query_while_an_indexer_commits_500_photos(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(indexer, "COMMIT_EVERY", 10)
     monkeypatch.setattr(indexer, "photo_vectors", fake_text_vectors)
-    monkeypatch.setattr(queries, "load_sentence_encoder", fake_sentence_encoder)
+    monkeypatch.setattr(queries, "query_vectors", fake_query_vectors)
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(0, 1000, 10):

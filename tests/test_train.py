@@ -245,21 +245,24 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
     assert "<img" in (tmp_path / "eval" / "report.html").read_text()
 
 
-def test_align_adds_a_retrieval_head_chosen_on_dev(mini_corpus, tmp_path, capsys):
+def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     from captioner.cli import main
-    from captioner.retrieval import FILE, choose_rerank, load_head
+    from captioner.retrieval import FILE, choose_rerank, load
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
-    assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--json"]) == 0
+    assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--epochs", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    head = load_head(model_dir)
-    assert (model_dir / FILE).is_file() and vars(head.cfg) == result["config"]
+    embedding = load(model_dir)
+    assert (model_dir / FILE).is_file() and vars(embedding.cfg) == result["config"]
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2] and result["train_config"]["epochs"] == 2
     trials = result["dev_trials"]
     assert all(t["median_rank"] >= 1 and 0 <= t["R@1"] <= t["R@5"] <= t["R@10"] <= 100 for t in trials)
     first_stage = [t for t in trials if not t["rerank_pool"]]
-    assert head.cfg.blend in {t["blend"] for t in first_stage} and len(first_stage) == 7
-    assert (head.cfg.rerank_pool, head.cfg.rerank_weight) == choose_rerank(trials)
+    assert embedding.cfg.blend in {t["blend"] for t in first_stage} and len(first_stage) == 8 + 4  # + tag weights
+    assert embedding.cfg.tag_weight in {t["tag_weight"] for t in first_stage}
+    assert (embedding.cfg.rerank_pool, embedding.cfg.rerank_weight) == choose_rerank(trials)
+    assert -1 <= embedding.cfg.weak_score <= 1
 
 
 def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():

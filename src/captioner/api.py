@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import confidence
+from . import confidence, retrieval
 from .decode import beam_search
 from .encoders import Encoder, load_encoder
 from .features import encode_photos
@@ -32,6 +32,7 @@ class Caption:
     confidence: float | None = None  # the chance the caption is right (None: the model is not calibrated)
     error: str = ""
     warning: str = ""
+    embedding: np.ndarray | None = None  # [384] float32: the photo in the search space (retrieval.py), if trained
 
     @property
     def said(self) -> str:
@@ -55,6 +56,7 @@ class Captioner:
         self.encoder = encoder
         self.tagger = tagger(model, encoder)
         self.centroids, self.confidence = confidence.load(model.folder) if model.folder else (None, None)
+        self.embedding = retrieval.load(model.folder)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> "Captioner":
@@ -85,9 +87,12 @@ class Captioner:
                 sure = self.confidence(confidence.features(hyps, pooled, self.centroids, probs, self.tagger.word_ids
                                                            if self.tagger else None)).tolist() \
                     if self.confidence else [None] * len(ok)
-                for i, beams, vector, photo_tags, c in zip(ok, hyps, pooled.float().numpy(), tags, sure):
+                images = self.embedding.images(pooled, grid) if self.embedding else [None] * len(ok)
+                for i, beams, vector, photo_tags, c, image in zip(ok, hyps, pooled.float().numpy(), tags, sure,
+                                                                  images):
                     results[i] = self._caption(paths[i], beams, grid_side, vector, photo_tags, c)
                     results[i].warning = warned.get(i, "")
+                    results[i].embedding = image
             yield from (results[i] for i in sorted(results))
 
     def _caption(self, path: Path, beams, grid_side: int, vector: np.ndarray, tags: list[Tag],

@@ -175,16 +175,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from .retrieval import align
+    from .retrieval import TrainConfig, align
 
-    result = align(args.model, args.data, args.cache)
+    tc = TrainConfig(**({"epochs": args.epochs} if args.epochs else {}))
+    result = align(args.model, args.data or [DEFAULT_DATA], args.cache, tc=tc)
     cfg = result["config"]
-    best = next(t for t in result["dev_trials"] if all(t[k] == cfg[k] for k in ("blend", "rerank_pool",
-                                                                                "rerank_weight")))
+    best = next(t for t in result["dev_trials"] if all(t[k] == cfg[k] for k in ("blend", "tag_weight",
+                                                                                "rerank_pool", "rerank_weight")))
     print(json.dumps(result) if args.json else
-          f"retrieval head saved in {args.model}: blend {cfg['blend']}, re-ranking the best {cfg['rerank_pool']} "
-          f"with weight {cfg['rerank_weight']}; dev R@1 {best['R@1']:.1f}, R@10 {best['R@10']:.1f}, "
-          f"median rank {best['median_rank']:.0f} (with --rerank)")
+          f"search embedding saved in {args.model}: blend {cfg['blend']}, tag weight {cfg['tag_weight']}, "
+          f"re-ranking the best {cfg['rerank_pool']} "
+          f"with weight {cfg['rerank_weight']}, weak below {cfg['weak_score']}; mean dev R@1 {best['R@1']:.1f}, "
+          f"R@10 {best['R@10']:.1f} (with --rerank)")
     return 0
 
 
@@ -210,10 +212,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _print_matches(matches, as_json: bool) -> None:
+    if not as_json and matches and all(m.weak for m in matches):
+        print("captioner: nothing in the gallery matches this well; the closest photos:", file=sys.stderr)
     for rank, m in enumerate(matches, 1):
         tags = ", ".join(f"{t['word'] or t['label']} {t['p']:.2f}" for t in m.tags)
         print(json.dumps({"rank": rank} | m.to_json(), ensure_ascii=False) if as_json
-              else f"{m.score:6.3f}  {m.path}  {m.caption}" + (f"  [{tags}]" if tags else ""), flush=True)
+              else f"{m.score:6.3f}  {m.path}  {m.caption}" + (f"  [{tags}]" if tags else "")
+              + (f"  (by {m.matched_by}{', weak' if m.weak else ''})" if m.why else ""), flush=True)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -238,7 +243,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if query:
                     found = gallery.search(query, args.k, args.rerank)
                     print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
-                                      "scores": [round(m.score, 4) for m in found]}, ensure_ascii=False), flush=True)
+                                      "scores": [round(m.score, 4) for m in found],
+                                      "weak": [m.weak for m in found]}, ensure_ascii=False), flush=True)
     return 0
 
 
@@ -361,14 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the check and the weights as JSON")
     p.set_defaults(run=cmd_calibrate)
 
-    p = sub.add_parser("align", help="train a model's retrieval head for gallery search",
-                       description="Train the small head that maps photos into the sentence space (train split), "
-                       "choose how search blends and re-ranks on the dev split, and save it as "
-                       "MODEL/retrieval.safetensors. Galleries indexed by the model use it for search.")
-    p.add_argument("--model", required=True, help="the model folder to add the head to")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
-    p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
-    p.add_argument("--json", action="store_true", help="print the chosen settings and every dev trial as JSON")
+    p = sub.add_parser("align", help="train a model's photo-text embedding for gallery search",
+                       description="Train the photo-text embedding gallery search uses (a photo tower over the "
+                       "encoder's grid, all-MiniLM-L6-v2's top layer fine-tuned, contrastively) on the train "
+                       "splits of the corpora, keep the epoch that retrieves best on their dev splits, choose how "
+                       "search blends, re-ranks and calls a match weak there, and save it as "
+                       "MODEL/retrieval.safetensors. Galleries indexed by the model use it for search; galleries "
+                       "indexed before must be indexed again (--rebuild).")
+    p.add_argument("--model", required=True, help="the model folder to add the embedding to")
+    p.add_argument("--data", action="append", help="a prepared corpus: its train split trains, its dev split "
+                   f"chooses (repeatable: e.g. Flickr8k, a broader corpus, a dev-only set; default {DEFAULT_DATA})")
+    p.add_argument("--cache", help="the feature cache folder (default: each corpus's features/)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: as the shipped model was "
+                   "trained); the best on dev is kept")
+    p.add_argument("--json", action="store_true", help="print the chosen settings, each epoch and every dev trial "
+                   "as JSON")
     p.set_defaults(run=cmd_align)
 
     p = sub.add_parser("index", help="caption and embed photos into a gallery (incremental)",
@@ -396,16 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_similar)
 
     p = sub.add_parser("search", help="gallery photos that match a description",
-                       description="Gallery photos that match a description, from their caption vectors (and "
-                       "text-aligned image vectors when the model has a retrieval head). A photo whose tags (what "
-                       "the encoder's classifier recognised, shown after each result) name a word of the "
-                       "description ranks higher.")
+                       description="Gallery photos that match a description: its text vector against each "
+                       "photo's caption vector and image vector in the model's photo-text embedding (`captioner "
+                       "align`). A photo whose tags (what the encoder's classifier recognised, shown after each "
+                       "result) name a word of the description ranks higher. Each result says which part counted "
+                       "most (caption, photo or tags) and, when it scores below what only the worst 5% of dev "
+                       "captions score with their own photo, that it is weak; --json gives every part (why).")
     p.add_argument("text", nargs="?", metavar="TEXT", help="the description")
     p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
     p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
                    "captioner finds TEXT as their caption (slower, usually better)")
     p.add_argument("--queries", metavar="FILE", help="one description per line, answered in one process; "
-                   'prints one JSON object per query: {"query", "paths", "scores"}')
+                   'prints one JSON object per query: {"query", "paths", "scores", "weak"}')
     gallery_options(p)
     p.set_defaults(run=cmd_search)
 

@@ -21,6 +21,7 @@ from .encoders import load_encoder
 from .features import Batch, encode_photos
 from .images import expand_paths
 from .raycluster import connect, pin_threads
+from .sentences import DIM
 from .tags import Tag
 
 
@@ -38,7 +39,9 @@ class CaptionActor:
         captions = list(self.captioner.stream(paths, self.beam, batch_size=len(paths)))
         dim = self.captioner.encoder.spec.dim
         return {"caption": np.array([json.dumps(_fields(c, self.attention)) for c in captions]),
-                "vector": np.stack([np.zeros(dim, np.float32) if c.vector is None else c.vector for c in captions])}
+                "vector": np.stack([np.zeros(dim, np.float32) if c.vector is None else c.vector for c in captions]),
+                "embedding": np.stack([np.full(DIM, np.nan, np.float32) if c.embedding is None else c.embedding
+                                       for c in captions])}
 
 
 class EncodeActor:
@@ -72,7 +75,8 @@ def _caption(row: dict) -> Caption:
     return Caption(Path(f["path"]), f["text"], f["score"], f["words"], [tuple(a) for a in f["alternatives"]],
                    None if f["attention"] is None else np.array(f["attention"], np.float32),
                    None if f["error"] else np.array(row["vector"], np.float32), [Tag(**t) for t in f["tags"]],
-                   f["confidence"], f["error"], f["warning"])
+                   f["confidence"], f["error"], f["warning"],
+                   None if np.isnan(row["embedding"]).any() else np.array(row["embedding"], np.float32))
 
 
 def run_ordered(actor: type, kwargs: dict, paths: Sequence[str], batch_size: int, actors: int | None = None,
@@ -106,7 +110,8 @@ def caption_stream(model: str | None = None, actors: int | None = None, address:
         paths = [str(p) for p in expand_paths(photos)]
         for batch in run_ordered(actor, {"model": model, "beam": beam, "attention": attention}, paths, batch_size,
                                  actors, address, progress):
-            yield from (_caption({"caption": c, "vector": v}) for c, v in zip(batch["caption"], batch["vector"]))
+            yield from (_caption({"caption": c, "vector": v, "embedding": e})
+                        for c, v, e in zip(batch["caption"], batch["vector"], batch["embedding"]))
     return stream
 
 

@@ -1,25 +1,42 @@
-"""How photos and descriptions become comparable: the vectors and scores behind gallery search.
+"""How photos and descriptions become comparable: the trained photo-text embedding behind gallery search.
 
-A photo gets two vectors in the sentence space (`sentences.py`, 384 numbers):
-its caption vector (the mean of its beam captions' sentence vectors) and, with
-a retrieval head, a text-aligned image vector (the encoder's pooled vector
-mapped by a small network trained so a photo lands near its human captions).
-A description is scored against a photo as
+Two towers map into one space of unit vectors (384 numbers):
 
-    (1 - blend) * q . caption_vector + blend * head_text(q) . aligned_image_vector
+- the photo tower: the encoder's grid of cells [N, C] and pooled vector [C];
+  the pooled vector's projection asks, by multi-head attention, which cells
+  matter, and the answer is mapped into the space;
+- the text tower: all-MiniLM-L6-v2 (`sentences.py`) with its top
+  `text_layers` layers fine-tuned and a linear map after its mean pooling.
+
+They are trained together (`captioner align`) on the train split of every
+corpus given: a symmetric InfoNCE loss with a learned temperature, plus
+`hardest` x the VSE++ loss on each batch's hardest negatives. The epoch, the
+settings below and the search's blend are chosen on the dev splits.
+
+A gallery photo has two vectors in that space: its caption vector (the mean of
+its beam captions' text vectors) and its image vector (the photo tower's). A
+description q, with text vector t(q), scores
+
+    (1 - blend) * t(q) . caption_vector + blend * t(q) . image_vector
 
 which is one inner product of two concatenated vectors, so a plain vector index
 ranks by it exactly. The best candidates can then be re-ranked by adding
-`rerank_weight * log p(description | photo)` under the captioner itself.
+`rerank_weight * log p(description | photo)` under the captioner itself. A
+best match scoring below `weak_score` (what only the worst 5% of dev captions
+score with their own photo) matches nothing well.
 
-The head is trained on the train split and `blend` and `rerank_weight` are
-chosen on the dev split (`captioner align`); it is stored in the model folder
-as retrieval.safetensors. A model without one searches by caption vectors alone.
+Stored in the model folder as retrieval.safetensors (the photo tower, the
+fine-tuned layers and the map; the rest of the text tower is the installed
+all-MiniLM-L6-v2). A model without one searches by caption vectors alone.
 """
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass
+import math
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,65 +49,135 @@ from tqdm import tqdm
 
 from .decode import beam_search, caption_logprob
 from .files import atomic_path
-from .sentences import DIM, load_sentence_encoder
+from .sentences import DIM, SentenceEncoder, config, load_sentence_encoder, mean_pool, new_layers, run_layers
+from .tags import tag_bonus
 from .text import clean, detokenize
 
 FILE = "retrieval.safetensors"
+FORMAT = 2  # 1: a head over the pooled vector and frozen sentence vectors (captioner 0.x before the embedding)
+WEAK_QUANTILE = 0.05  # weak_score: the score below which this share of dev captions rank their own photo
+MARGIN = 0.2  # the VSE++ loss's margin
 
 
 @dataclass
 class RetrievalConfig:
-    hidden: int = 1024  # width of the head's hidden layer
-    blend: float = 0.7  # weight of the text-aligned image vector against the caption vector
+    width: int = 256  # the photo tower's attention width
+    heads: int = 4  # its attention heads
+    text_layers: int = 1  # top layers of all-MiniLM-L6-v2 fine-tuned
+    blend: float = 0.7  # weight of the image vector against the caption vector
+    tag_weight: float = 0.5  # a query word naming a photo's tag adds this x the tag's probability
     rerank_weight: float = 0.05  # weight of log p(description | photo) when re-ranking
     rerank_pool: int = 30  # candidates re-ranked per query
+    weak_score: float = 0.0  # a best match below this score matches nothing well
 
 
-class RetrievalHead(nn.Module):
-    """Maps pooled image vectors [B, D] and sentence vectors [B, 384] into one space of unit vectors."""
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 256
+    lr: float = 1e-3  # the photo tower's and the text map's
+    text_lr: float = 5e-5  # the fine-tuned text layers'
+    dropout: float = 0.5  # on the photo tower's input features
+    hardest: float = 0.5  # weight of the VSE++ hardest-negative loss beside InfoNCE
+    seed: int = 0
 
-    def __init__(self, cfg: RetrievalConfig, feature_dim: int):
+
+class PhotoTower(nn.Module):
+    """pooled [B, C] and grid [B, N, C] -> [B, 384] unit vectors, by attention pooling over the grid."""
+
+    def __init__(self, cfg: RetrievalConfig, feature_dim: int, cells: int, dropout: float = 0.0):
         super().__init__()
-        self.cfg = cfg
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("std", torch.ones(feature_dim))
-        self.image_net = nn.Sequential(nn.Linear(feature_dim, cfg.hidden), nn.GELU(), nn.Dropout(0.2),
-                                       nn.Linear(cfg.hidden, DIM))
-        self.text_net = nn.Linear(DIM, DIM)  # a residual correction, zero at the start
-        nn.init.zeros_(self.text_net.weight)
-        nn.init.zeros_(self.text_net.bias)
-        self.log_scale = nn.Parameter(torch.tensor(3.0))  # contrastive temperature, learned
+        self.cells = nn.Linear(feature_dim, cfg.width)
+        self.position = nn.Parameter(torch.zeros(cells, cfg.width))
+        self.query = nn.Linear(feature_dim, cfg.width)
+        self.attention = nn.MultiheadAttention(cfg.width, cfg.heads, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width), nn.GELU(),
+                                 nn.Linear(cfg.width, DIM))
 
-    def image(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_net((pooled.float() - self.mean) / self.std), dim=-1)
+    def forward(self, pooled: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        cells = self.cells(self.drop((grid.float() - self.mean) / self.std)) + self.position  # [B, N, W]
+        q = self.query(self.drop((pooled.float() - self.mean) / self.std))[:, None]  # [B, 1, W]
+        y = q + self.attention(q, cells, cells, need_weights=False)[0]  # [B, 1, W]
+        return F.normalize(self.out(y[:, 0]), dim=-1)
 
-    def text(self, sentences: torch.Tensor) -> torch.Tensor:
-        return F.normalize(sentences + self.text_net(sentences), dim=-1)
+
+class Embedding(nn.Module):
+    """The photo tower and the text tower, and the search settings chosen for them on dev."""
+
+    def __init__(self, cfg: RetrievalConfig, feature_dim: int, cells: int, dropout: float = 0.0):
+        super().__init__()
+        self.cfg = cfg
+        self.photo = PhotoTower(cfg, feature_dim, cells, dropout)
+        self.text_top = new_layers(cfg.text_layers)
+        self.frozen = config()["num_hidden_layers"] - cfg.text_layers
+        self.text_map = nn.Linear(DIM, DIM)
+        nn.init.eye_(self.text_map.weight)
+        nn.init.zeros_(self.text_map.bias)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # contrastive temperature, learned
+
+    @property
+    def base(self) -> SentenceEncoder:
+        """all-MiniLM-L6-v2 as installed (shared and frozen): its bottom layers are the text tower's."""
+        return load_sentence_encoder()
+
+    @torch.inference_mode()
+    def images(self, pooled: torch.Tensor, grid: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """pooled [n, C] and grid [n, N, C] -> [n, 384] float32 unit vectors."""
+        return torch.cat([self.photo(pooled[i:i + batch_size], grid[i:i + batch_size])
+                          for i in range(0, len(pooled), batch_size)]).numpy()
+
+    def text_states(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """[B, T, 384] token vectors after the frozen layers (no gradient)."""
+        with torch.no_grad():
+            return self.base.tokens(ids, keep, self.frozen)
+
+    def text_from(self, states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Token vectors after the frozen layers [B, T, 384] -> [B, 384] unit vectors."""
+        x = run_layers(self.text_top, states, keep, self.base.bf16)
+        return F.normalize(self.text_map(mean_pool(x, keep)), dim=-1)
+
+    @torch.inference_mode()
+    def text(self, texts: list[str]) -> np.ndarray:
+        """[len(texts), 384] float32 unit vectors."""
+        out = np.zeros((len(texts), DIM), np.float32)
+        for rows, ids, keep in self.base.batches(texts):
+            out[rows] = self.text_from(self.text_states(ids, keep), keep).numpy()
+        return out
 
 
-def load_head(model_dir: Path) -> RetrievalHead | None:
-    path = Path(model_dir) / FILE
-    if not path.is_file():
+def load(model_dir: Path | None) -> Embedding | None:
+    """The model's embedding, or None when it has none (or one an older captioner trained: warned)."""
+    path = Path(model_dir or ".") / FILE
+    if model_dir is None or not path.is_file():
         return None
     with safe_open(str(path), "pt") as f:
-        cfg = RetrievalConfig(**json.loads(f.metadata()["config"]))
-        weights = {k: f.get_tensor(k) for k in f.keys()}
-    head = RetrievalHead(cfg, weights["mean"].shape[0])
-    head.load_state_dict({k: v.float() for k, v in weights.items()})
-    return head.eval()
+        meta = f.metadata() or {}
+        if int(meta.get("format", "1")) != FORMAT:
+            warnings.warn(f"{path} was trained by an older captioner and is not used: search by caption vectors "
+                          f"only until `captioner align --model {model_dir}` trains it again", stacklevel=2)
+            return None
+        weights = {k: f.get_tensor(k).float() for k in f.keys()}
+    embedding = Embedding(RetrievalConfig(**json.loads(meta["config"])), weights["photo.mean"].shape[0],
+                          weights["photo.position"].shape[0])
+    embedding.load_state_dict(weights)
+    return embedding.eval()
 
 
-def save_head(model_dir: Path, head: RetrievalHead) -> None:
-    state = {k: v.detach().half().contiguous() if v.dtype == torch.float32 and k not in ("mean", "std")
-             else v.detach().contiguous() for k, v in head.state_dict().items()}
+def save(model_dir: Path, embedding: Embedding, record: dict | None = None) -> None:
+    state = {k: v.detach().half().contiguous() if k not in ("photo.mean", "photo.std") else v.detach().contiguous()
+             for k, v in embedding.state_dict().items()}
     with atomic_path(Path(model_dir) / FILE) as tmp:
-        save_file(state, str(tmp), metadata={"config": json.dumps(asdict(head.cfg))})
+        save_file(state, str(tmp), metadata={"format": str(FORMAT), "config": json.dumps(asdict(embedding.cfg)),
+                                             "record": json.dumps(record or {})})
 
 
-def caption_vectors(captions: list[list[str]]) -> np.ndarray:
-    """[n, 384]: per photo, the normalised mean of its captions' sentence vectors (best caption first)."""
+def caption_vectors(embedding: Embedding | None, captions: list[list[str]]) -> np.ndarray:
+    """[n, 384]: per photo, the normalised mean of its captions' text vectors (best caption first)."""
     flat = [c for group in captions for c in group]
-    vectors = load_sentence_encoder().embed(flat)
+    vectors = embedding.text(flat) if embedding is not None else load_sentence_encoder().embed(flat)
     out, i = np.zeros((len(captions), DIM), np.float32), 0
     for row, group in enumerate(captions):
         mean = vectors[i:i + len(group)].mean(0)
@@ -99,22 +186,21 @@ def caption_vectors(captions: list[list[str]]) -> np.ndarray:
     return out
 
 
-@torch.inference_mode()
-def photo_vectors(head: RetrievalHead | None, pooled: torch.Tensor, captions: list[list[str]]) -> np.ndarray:
-    """[n, 384] caption vectors, or [n, 768] caption vectors beside text-aligned image vectors."""
-    text = caption_vectors(captions)
-    if head is None:
+def photo_vectors(embedding: Embedding | None, images: np.ndarray | None, captions: list[list[str]]) -> np.ndarray:
+    """[n, 384] caption vectors, or [n, 768] caption vectors beside the photos' image vectors [n, 384]."""
+    text = caption_vectors(embedding, captions)
+    if embedding is None:
         return text
-    return np.concatenate([text, head.image(pooled).numpy()], 1)
+    return np.concatenate([text, images], 1)
 
 
-@torch.inference_mode()
-def query_vectors(head: RetrievalHead | None, sentences: np.ndarray, blend: float | None = None) -> np.ndarray:
-    """Descriptions' sentence vectors [n, 384] made comparable with `photo_vectors` by inner product."""
-    if head is None:
-        return sentences
-    blend = head.cfg.blend if blend is None else blend
-    return np.concatenate([(1 - blend) * sentences, blend * head.text(torch.from_numpy(sentences)).numpy()], 1)
+def query_vectors(embedding: Embedding | None, texts: list[str], blend: float | None = None) -> np.ndarray:
+    """Descriptions' vectors [n, 384 or 768], comparable with `photo_vectors` by inner product."""
+    if embedding is None:
+        return load_sentence_encoder().embed(texts)
+    t = embedding.text(texts)
+    blend = embedding.cfg.blend if blend is None else blend
+    return np.concatenate([(1 - blend) * t, blend * t], 1)
 
 
 def text_logprob(model, pooled: torch.Tensor, grid: torch.Tensor, text: str) -> np.ndarray:
@@ -134,44 +220,145 @@ def beam_captions(model, pooled: torch.Tensor, grid: torch.Tensor, batch_size: i
     return out
 
 
-def train_head(pooled: torch.Tensor, sentences: torch.Tensor, cfg: RetrievalConfig, epochs: int = 60,
-               batch_size: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> RetrievalHead:
-    """Contrastive training: photo i [n, D] against its captions' sentence vectors [n, C, 384].
+@dataclass
+class Pairs:
+    """Photos (features) and their captions, for training or choosing the embedding."""
 
-    Each batch holds distinct photos with one of their captions drawn at random,
-    so no other photo's caption in the batch is a hidden positive.
+    pooled: torch.Tensor  # [n, C]
+    grid: torch.Tensor  # [n, N, C]
+    captions: list[list[str]]
+    name: str = ""
+    states: torch.Tensor = field(default=None, repr=False)  # [m, T, 384] float16: each caption after the frozen layers
+    keep: torch.Tensor = field(default=None, repr=False)  # [m, T]
+    owner: torch.Tensor = field(default=None, repr=False)  # [m]: the photo of each caption
+
+    def encode_text(self, embedding: Embedding, progress: bool) -> None:
+        """Run every caption through the frozen layers once (training then runs only the tuned ones)."""
+        flat = [c for group in self.captions for c in group]
+        self.owner = torch.repeat_interleave(torch.arange(len(self.captions)),
+                                             torch.tensor([len(g) for g in self.captions]))
+        batches = list(embedding.base.batches(flat, 256))
+        longest = max(ids.shape[1] for _, ids, _ in batches)
+        self.states = torch.zeros(len(flat), longest, DIM, dtype=torch.float16)
+        self.keep = torch.zeros(len(flat), longest, dtype=torch.long)
+        for rows, ids, keep in tqdm(batches, desc=f"text {self.name}", unit="batch", disable=not progress):
+            self.states[rows, :ids.shape[1]] = embedding.text_states(ids, keep).half()
+            self.keep[rows, :ids.shape[1]] = keep
+
+    def text_batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States [B, T, 384] and keep [B, T] of captions `rows`, cut to their longest."""
+        keep = self.keep[rows]
+        length = int(keep.sum(1).max())
+        return self.states[rows, :length].float(), keep[:, :length]
+
+
+def contrastive_loss(embedding: Embedding, t: torch.Tensor, v: torch.Tensor, photo: torch.Tensor,
+                     hardest: float) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matching text [B, 384] and image [B, 384] vectors (+ VSE++ hardest).
+
+    photo [B] names each pair's photo: another caption of the same photo is no negative, it is left out.
     """
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = RetrievalHead(cfg, pooled.shape[1])
+    sims = t @ v.T  # [B, B]: row i's match is column i
+    target = torch.arange(len(t))
+    twin = (photo[:, None] == photo[None, :]) & (target[:, None] != target[None, :])
+    logits = (embedding.log_scale.exp().clamp(max=100) * sims).masked_fill(twin, -math.inf)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    if hardest:
+        positive = sims.diag()
+        negatives = sims.masked_fill(twin | (target[:, None] == target[None, :]), -2.0)
+        loss = loss + hardest * (F.relu(MARGIN + negatives.max(1).values - positive)
+                                 + F.relu(MARGIN + negatives.max(0).values - positive)).mean()
+    return loss
+
+
+@torch.no_grad()
+def dev_scores(embedding: Embedding, pairs: Pairs, batch_size: int = 512) -> np.ndarray:
+    """[captions, photos] text-to-image similarity on a dev set (captions encoded through the frozen layers)."""
+    embedding.eval()
+    images = torch.from_numpy(embedding.images(pairs.pooled, pairs.grid, batch_size))
+    texts = torch.cat([embedding.text_from(*pairs.text_batch(torch.arange(i, min(i + batch_size, len(pairs.owner)))))
+                       for i in range(0, len(pairs.owner), batch_size)])
+    return (texts @ images.T).numpy()
+
+
+def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, tc: TrainConfig,
+                    progress: bool = True) -> tuple[Embedding, list[dict]]:
+    """Train on the captions of `train`, each once an epoch beside its photo, and keep the epoch with the
+    best mean dev R@1 + R@5 + R@10. Returns the embedding and each epoch's dev recall."""
+    torch.manual_seed(tc.seed)
+    g = torch.Generator().manual_seed(tc.seed)
+    pooled = torch.cat([p.pooled for p in train])
+    grid = torch.cat([p.grid for p in train])
+    embedding = Embedding(cfg, pooled.shape[1], grid.shape[1], tc.dropout)
+    embedding.text_top.load_state_dict(embedding.base.layers[embedding.frozen:].state_dict())
     x = pooled.float()
-    head.mean.copy_(x.mean(0))
-    head.std.copy_(x.std(0) + 1e-6)
-    opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=0.1)
-    n = len(x)
-    steps = epochs * -(-n // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    head.train()
-    for _ in tqdm(range(epochs), desc="retrieval head", unit="epoch", disable=not progress):
+    embedding.photo.mean.copy_(x.mean(0))
+    embedding.photo.std.copy_(x.std(0) + 1e-6)
+    for p in train + dev:
+        p.encode_text(embedding, progress)
+    source = torch.cat([torch.full((len(p.owner),), k) for k, p in enumerate(train)])  # each caption's Pairs
+    row = torch.cat([torch.arange(len(p.owner)) for p in train])  # its row there
+    offsets = torch.cumsum(torch.tensor([0] + [len(p.captions) for p in train[:-1]]), 0)
+    photo = torch.cat([p.owner + offsets[k] for k, p in enumerate(train)])  # its photo in pooled and grid
+    text_params = list(embedding.text_top.parameters())
+    others = [p for n, p in embedding.named_parameters() if not n.startswith("text_top.")]
+    opt = torch.optim.AdamW([{"params": others, "lr": tc.lr}, {"params": text_params, "lr": tc.text_lr}],
+                            weight_decay=0.05)
+    n = len(photo)
+    per_epoch = max(1, n // tc.batch_size)  # full batches only: a small last batch is too easy a contrast
+    steps = tc.epochs * per_epoch
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
+        math.pi * min(s / steps, 1.0)))))  # a linear warm-up, then a cosine down to zero
+    history, best, best_state = [], -1.0, None
+    for epoch in range(1, tc.epochs + 1):
+        embedding.train()
         perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            pick = torch.randint(0, sentences.shape[1], (len(idx),), generator=g)
-            logits = head.log_scale.exp() * head.text(sentences[idx, pick]) @ head.image(x[idx]).T
-            target = torch.arange(len(idx))
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        losses = []
+        for b in tqdm(range(per_epoch), desc=f"embedding epoch {epoch}/{tc.epochs}", unit="batch",
+                      disable=not progress, leave=False):
+            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
+            states, keep = _text_rows(train, source[idx], row[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embedding.base.bf16):
+                t = embedding.text_from(states, keep)
+                v = embedding.photo(pooled[photo[idx]], grid[photo[idx]])
+            loss = contrastive_loss(embedding, t.float(), v.float(), photo[idx], tc.hardest)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-    return head.eval()
+            losses.append(loss.item())
+        record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4),
+                  "temperature": round(1 / embedding.log_scale.exp().item(), 4)}
+        for p in dev:
+            record[p.name] = recall(dev_scores(embedding, p), p.owner.numpy())
+        score = float(np.mean([_rsum(record[p.name]) for p in dev])) if dev else epoch
+        history.append(record)
+        if progress:
+            tqdm.write(json.dumps(record), file=sys.stderr)
+        if score > best:
+            best, best_state = score, copy.deepcopy(embedding.state_dict())
+    embedding.load_state_dict(best_state)
+    return embedding.eval(), history
+
+
+def _text_rows(train: list[Pairs], source: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """States and keep of caption `rows` of the Pairs `source` names, padded alike."""
+    parts = [train[int(k)].text_batch(rows[source == k]) for k in source.unique()]
+    order = torch.cat([torch.nonzero(source == k)[:, 0] for k in source.unique()])
+    length = max(s.shape[1] for s, _ in parts)
+    states = torch.cat([F.pad(s, (0, 0, 0, length - s.shape[1])) for s, _ in parts])
+    keep = torch.cat([F.pad(k, (0, length - k.shape[1])) for _, k in parts])
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    return states[back], keep[back]
 
 
 def recall(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """R@1/5/10 (%) and median rank of queries [q, n] scores whose right photo is truth [q]."""
     ranks = (scores > scores[np.arange(len(truth)), truth][:, None]).sum(1)
-    return {"R@1": 100 * float((ranks < 1).mean()), "R@5": 100 * float((ranks < 5).mean()),
-            "R@10": 100 * float((ranks < 10).mean()), "median_rank": float(np.median(ranks) + 1)}
+    return {"R@1": round(100 * float((ranks < 1).mean()), 2), "R@5": round(100 * float((ranks < 5).mean()), 2),
+            "R@10": round(100 * float((ranks < 10).mean()), 2), "median_rank": float(np.median(ranks) + 1)}
 
 
 def reranked(first: np.ndarray, pool: np.ndarray, logprob: np.ndarray, weight: float) -> np.ndarray:
@@ -182,32 +369,61 @@ def reranked(first: np.ndarray, pool: np.ndarray, logprob: np.ndarray, weight: f
     return out
 
 
-def tune(model, head: RetrievalHead, pooled: torch.Tensor, grid: torch.Tensor, queries: list[str],
-         truth: np.ndarray, progress: bool = True) -> list[dict]:
-    """Choose blend, then the re-ranking pool and weight, by dev-split R@1 + R@5 + R@10; sets them on the head.
-
-    Returns every setting tried with its recall, for the record.
-    """
-    cfg = head.cfg
-    photos = photo_vectors(head, pooled, beam_captions(model, pooled, grid))
-    sentences = load_sentence_encoder().embed(queries)
+def tune(captioner, embedding: Embedding, dev: list[Pairs], rerank: bool = True, progress: bool = True) -> list[dict]:
+    """Choose blend, tag weight, then the re-ranking pool and weight, by the mean over `dev` of R@1 + R@5 + R@10,
+    and the weak score; sets them on the embedding. Returns every setting tried with its recall, for the record."""
+    model, cfg = captioner.model, embedding.cfg
+    sets = []
+    for p in dev:
+        photos = photo_vectors(embedding, embedding.images(p.pooled, p.grid), beam_captions(model, p.pooled, p.grid))
+        queries = [c for group in p.captions for c in group]
+        tags = [[asdict(t) for t in photo] for photo in captioner.tagger.tags(captioner.tagger.probabilities(
+            p.pooled))] if captioner.tagger else [[] for _ in p.captions]
+        named = np.array([[tag_bonus(set(clean(q)), photo, 1.0) for photo in tags] for q in queries])  # [q, n]
+        sets.append((p, photos, queries, embedding.text(queries), named))
     trials = []
-    for blend in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
-        first = query_vectors(head, sentences, blend) @ photos.T
-        trials.append({"blend": blend, "rerank_pool": 0, "rerank_weight": 0.0} | recall(first, truth))
+
+    def first_stage(blend: float, tag_weight: float) -> list[np.ndarray]:
+        return [np.concatenate([(1 - blend) * t, blend * t], 1) @ photos.T + tag_weight * named
+                for _, photos, _, t, named in sets]
+
+    def scored(blend: float, tag_weight: float, pool: int = 0, weight: float = 0.0, firsts=None) -> dict:
+        firsts = firsts or first_stage(blend, tag_weight)
+        if pool:
+            firsts = [reranked(f, c[:, :pool], lp[:, :pool], weight) for f, (c, lp) in zip(firsts, likelihoods)]
+        return {"blend": blend, "tag_weight": tag_weight, "rerank_pool": pool, "rerank_weight": weight} | \
+            _mean_recall([(f, p.owner.numpy()) for f, (p, *_) in zip(firsts, sets)])
+
+    for blend in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        trials.append(scored(blend, 0.0))
     cfg.blend = max(trials, key=_rsum)["blend"]
-    first = query_vectors(head, sentences) @ photos.T
+    for tag_weight in (0.05, 0.1, 0.2, 0.5):
+        trials.append(scored(cfg.blend, tag_weight))
+    cfg.tag_weight = max((t for t in trials if t["blend"] == cfg.blend), key=_rsum)["tag_weight"]
+    vectors_only = first_stage(cfg.blend, 0.0)
+    own = np.concatenate([f[np.arange(len(f)), p.owner.numpy()] for f, (p, *_) in zip(vectors_only, sets)])
+    cfg.weak_score = round(float(np.quantile(own, WEAK_QUANTILE)), 4)
+    if not rerank:
+        return trials
     pools = (30, 50, 100)
-    pool = np.argsort(-first, 1)[:, :max(pools)]
-    logprob = np.stack([text_logprob(model, pooled[p], grid[p], q)
-                        for q, p in tqdm(list(zip(queries, pool)), desc="likelihood", unit="query",
-                                         disable=not progress)])
+    firsts = first_stage(cfg.blend, cfg.tag_weight)
+    likelihoods = []
+    for first, (p, _, queries, *_) in zip(firsts, sets):
+        candidates = np.argsort(-first, 1)[:, :max(pools)]
+        logprob = np.stack([text_logprob(model, p.pooled[c], p.grid[c], q)
+                            for q, c in tqdm(list(zip(queries, candidates)), desc=f"likelihood {p.name}",
+                                             unit="query", disable=not progress)])
+        likelihoods.append((candidates, logprob))
     for size in pools:
         for weight in (0.01, 0.02, 0.05, 0.1, 0.2):
-            trials.append({"blend": cfg.blend, "rerank_pool": size, "rerank_weight": weight}
-                          | recall(reranked(first, pool[:, :size], logprob[:, :size], weight), truth))
+            trials.append(scored(cfg.blend, cfg.tag_weight, size, weight, firsts))
     cfg.rerank_pool, cfg.rerank_weight = choose_rerank(trials)
     return trials
+
+
+def _mean_recall(scored: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    each = [recall(scores, truth) for scores, truth in scored]
+    return {k: round(float(np.mean([r[k] for r in each])), 2) for k in each[0]}
 
 
 def choose_rerank(trials: list[dict], slack: float = 1.0) -> tuple[int, float]:
@@ -227,24 +443,40 @@ def _rsum(trial: dict) -> float:
     return trial["R@1"] + trial["R@5"] + trial["R@10"]
 
 
-def align(model_dir: str | Path, data: str | Path, cache: str | Path | None = None, progress: bool = True) -> dict:
-    """Train the model's retrieval head on the corpus' train split, tune it on dev, save it beside the model."""
+def load_pairs(model, data: list[str | Path], split: str, cache: str | Path | None,
+               progress: bool) -> list[Pairs]:
+    """The photos of `split` in each prepared corpus that has any, with their features and captions."""
     from .corpus import load_prepared
     from .dataset import ensure_features, load_split
-    from .modelfolder import load_model
 
-    model = load_model(model_dir, fast=True)
-    prepared = load_prepared(data)
-    features, hashes = ensure_features(prepared, model.encoder, model.input_size,
-                                       cache or Path(data) / "features", ("train", "dev"), progress)
-    train, dev = (load_split(prepared, features, hashes, s) for s in ("train", "dev"))
-    encoder = load_sentence_encoder()
-    per_photo = min(len(r) for r in train.raw)
-    sentences = torch.from_numpy(encoder.embed([c for raw in train.raw for c in raw[:per_photo]]))
-    head = train_head(train.pooled, sentences.view(len(train.raw), per_photo, DIM), RetrievalConfig(),
-                      progress=progress)
-    queries = [c for raw in dev.raw for c in raw]
-    truth = np.repeat(np.arange(len(dev.raw)), [len(raw) for raw in dev.raw])
-    trials = tune(model, head, dev.pooled, dev.grid, queries, truth, progress)
-    save_head(Path(model_dir), head)
-    return {"config": asdict(head.cfg), "dev_trials": trials}
+    out = []
+    for folder in data:
+        prepared = load_prepared(folder)
+        if not any(im["split"] == split for im in prepared.images):
+            continue
+        features, hashes = ensure_features(prepared, model.encoder, model.input_size,
+                                           cache or Path(folder) / "features", (split,), progress)
+        s = load_split(prepared, features, hashes, split)
+        out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}"))
+    return out
+
+
+def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | None = None,
+          cfg: RetrievalConfig | None = None, tc: TrainConfig | None = None, rerank: bool = True,
+          progress: bool = True) -> dict:
+    """Train the model's embedding on the train splits of `data`, choose it and tune search on their dev
+    splits, save it beside the model."""
+    from .api import Captioner
+    from .errors import CaptionerError
+
+    captioner = Captioner.load(model_dir)
+    model = captioner.model
+    train, dev = (load_pairs(model, data, split, cache, progress) for split in ("train", "dev"))
+    if not train or not dev:
+        raise CaptionerError("align needs a corpus with a train split and one with a dev split")
+    cfg, tc = cfg or RetrievalConfig(), tc or TrainConfig()
+    embedding, history = train_embedding(train, dev, cfg, tc, progress)
+    trials = tune(captioner, embedding, dev, rerank, progress)
+    record = {"train": {p.name: len(p.captions) for p in train}, "train_config": asdict(tc), "epochs": history}
+    save(Path(model_dir), embedding, record)
+    return {"config": asdict(embedding.cfg), "train_config": asdict(tc), "epochs": history, "dev_trials": trials}

@@ -72,30 +72,59 @@ class SentenceEncoder(nn.Module):
         self.load_state_dict(_renamed(load_file(folder / "model.safetensors"), len(self.layers)))
         self.eval()
 
+    def tokens(self, ids: torch.Tensor, keep: torch.Tensor, layers: int | None = None) -> torch.Tensor:
+        """[B, T, 384] token vectors after the first `layers` layers (all by default)."""
+        x = self.norm(self.words(ids) + self.positions.weight[:ids.shape[1]] + self.token_type)
+        return run_layers(self.layers[:layers], x, keep, self.bf16)
+
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """ids, keep [B, T] (keep: 1 for a token, 0 for padding) -> [B, 384] unit vectors."""
-        x = self.norm(self.words(ids) + self.positions.weight[:ids.shape[1]] + self.token_type)
-        mask = None if bool(keep.all()) else \
-            torch.zeros(keep.shape, dtype=x.dtype).masked_fill(keep == 0, -math.inf)[:, None, None, :]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            for layer in self.layers:
-                x = layer(x, mask)
-        x = x.float()
-        w = keep[..., None].to(x.dtype)
-        return F.normalize((x * w).sum(1) / w.sum(1).clamp(min=1), dim=-1)
+        return F.normalize(mean_pool(self.tokens(ids, keep), keep), dim=-1)
+
+    def batches(self, texts: list[str], batch_size: int = 128):
+        """(rows, ids [B, T], keep [B, T]) of `texts` in batches of like lengths (they pad little)."""
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for i in range(0, len(texts), batch_size):
+            rows = order[i:i + batch_size]
+            batch = self.tokenizer.encode_batch([texts[j] for j in rows])
+            yield rows, torch.tensor([e.ids for e in batch]), torch.tensor([e.attention_mask for e in batch])
 
     def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """[len(texts), 384] float32 unit vectors."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of like lengths pad little
-        for i in range(0, len(texts), batch_size):
-            rows = order[i:i + batch_size]
-            batch = self.tokenizer.encode_batch([texts[j] for j in rows])
-            ids = torch.tensor([e.ids for e in batch])
-            keep = torch.tensor([e.attention_mask for e in batch])
+        for rows, ids, keep in self.batches(texts, batch_size):
             out[rows] = self(ids, keep).numpy()
         return out
+
+
+def run_layers(layers, x: torch.Tensor, keep: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """x [B, T, D] through `layers`, padding (keep 0) masked out; matrix products in bfloat16 with `bf16`."""
+    mask = None if bool(keep.all()) else \
+        torch.zeros(keep.shape, dtype=x.dtype).masked_fill(keep == 0, -math.inf)[:, None, None, :]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for layer in layers:
+            x = layer(x, mask)
+    return x.float()
+
+
+def mean_pool(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] token vectors -> [B, D], the mean over the tokens kept."""
+    w = keep[..., None].to(x.dtype)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+@lru_cache(maxsize=1)
+def config() -> dict:
+    """all-MiniLM-L6-v2's config.json."""
+    return json.loads((model_dir() / "config.json").read_text())
+
+
+def new_layers(n: int) -> nn.ModuleList:
+    """`n` layers shaped like all-MiniLM-L6-v2's (to load the weights of its top ones into)."""
+    cfg = config()
+    return nn.ModuleList(Layer(cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"],
+                               cfg["layer_norm_eps"]) for _ in range(n))
 
 
 def _renamed(weights: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:

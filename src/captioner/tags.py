@@ -40,6 +40,20 @@ class Tag:
         return {"label": self.label, "p": round(self.p, 4), "word": self.word}
 
 
+def tag_words(tag: dict) -> set[str]:
+    """The words a tag (as stored: {"label", "p", "word"}) answers to: its caption word, else the words of its
+    class name ("bald eagle")."""
+    from .text import clean
+
+    return {tag["word"]} if tag["word"] else set(clean(tag["label"]))
+
+
+def tag_bonus(query: set[str], tags: list[dict], weight: float) -> float:
+    """What a photo's tags add to its search score for a query of these words: weight x the probability of
+    each tag the query names."""
+    return weight * sum(t["p"] for t in tags if tag_words(t) & query)
+
+
 @functools.cache
 def class_names() -> list[list[str]]:
     """Each class's WordNet names, the first being the one a tag shows."""

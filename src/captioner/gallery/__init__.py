@@ -22,7 +22,7 @@ import torch
 from ..api import Caption, Captioner
 from ..errors import CaptionerError
 from ..images import file_sha256
-from ..retrieval import load_head
+from ..retrieval import FILE
 from ..sentences import DIM
 from . import queries
 from .catalogue import FORMAT, SCHEMA, Catalogue
@@ -44,12 +44,12 @@ def default_db() -> Path:
 class Gallery:
     """A gallery on disk and the captioner that fills and queries it. Safe to query from several threads."""
 
-    def __init__(self, catalogue: Catalogue, captioner: Captioner, head):
+    def __init__(self, catalogue: Catalogue, captioner: Captioner):
         self.catalogue = catalogue
         self.captioner = captioner
-        self.head = head
+        self.embedding = captioner.embedding  # the photo-text embedding search uses (retrieval.py), or None
         self.vectors = Vectors(Path(f"{catalogue.db}.vectors"), captioner.encoder.spec.dim,
-                               DIM * (1 if head is None else 2))
+                               DIM * (1 if self.embedding is None else 2))
         self.grids: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.grids_lock = threading.Lock()
 
@@ -77,11 +77,10 @@ class Gallery:
     @classmethod
     def _connect(cls, db: Path, model, captioner, create: bool, rebuild: bool = False) -> "Gallery":
         captioner = captioner or Captioner.load(model)
-        head = load_head(captioner.model.folder)
         folder = captioner.model.folder
         model_id = "-".join([file_sha256(folder / "model.safetensors")[:16]]
-                            + ([file_sha256(folder / "retrieval.safetensors")[:16]] if head is not None else []))
-        gallery = cls(Catalogue.connect(db, model_id, str(folder), create, rebuild), captioner, head)
+                            + ([file_sha256(folder / FILE)[:16]] if captioner.embedding is not None else []))
+        gallery = cls(Catalogue.connect(db, model_id, str(folder), create, rebuild), captioner)
         try:
             gallery.refresh()
         except BaseException:

@@ -161,6 +161,10 @@ class Catalogue:
                 self.conn.execute("DELETE FROM photos")
                 self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [
                     (model_id, "model"), (model_folder, "model_folder"), (__version__, "captioner")])
+        elif meta["model"] != model_id and meta["model_folder"] == model_folder:
+            raise CaptionerError(f"{self.db} was indexed with an earlier version of the model in {model_folder} (its "
+                                 "captioner or its search embedding has changed since): index it again with "
+                                 f"`captioner index PHOTOS... --db {self.db} --rebuild`")
         elif meta["model"] != model_id:
             raise CaptionerError(f"{self.db} was indexed with another model ({meta['model_folder']}): "
                                  f"open it with that model (--model), or index it again with this one (--rebuild)")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..api import Caption
@@ -166,7 +165,8 @@ def _commit(g: Gallery, captions: list[Caption], sha: dict[Path, str], stats: di
             rows.append(_row(c, sha, stats, (None, None, None, c.error, now(), None, None, None)))
     if ok:
         pooled = np.stack([c.vector for c in ok])
-        text = photo_vectors(g.head, torch.from_numpy(pooled), [[c.text] + [a for a, _ in c.alternatives] for c in ok])
+        images = np.stack([c.embedding for c in ok]) if g.embedding is not None else None
+        text = photo_vectors(g.embedding, images, [[c.text] + [a for a, _ in c.alternatives] for c in ok])
         visual = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-8)
         for c, v, t in zip(ok, visual, text):
             rows.append(_row(c, sha, stats, (c.text, json.dumps(c.alternatives), c.score, None, now(), blob(v),

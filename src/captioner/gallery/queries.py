@@ -21,7 +21,8 @@ from ..errors import CaptionerError
 from ..features import encode_photos
 from ..images import file_sha256
 from ..retrieval import RetrievalConfig, photo_vectors, query_vectors, text_logprob
-from ..sentences import DIM, load_sentence_encoder
+from ..sentences import DIM
+from ..tags import tag_bonus
 from ..text import clean
 from .catalogue import ROW, Row, vector
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 BY = ("both", "visual", "caption")
 GRIDS_KEPT = 2048  # re-encoded photos kept in memory for re-ranking
-TAG_WEIGHT = 0.5  # a search word naming one of a photo's tags adds this x the tag's probability to its score
 TAG_POOL = 64  # candidates the vector search gives the tag matching, at least
 
 
@@ -41,10 +41,22 @@ class Match:
     caption: str
     score: float
     tags: list[dict] = field(default_factory=list)  # {"label", "p", "word"}: what the encoder's classifier saw
+    why: dict[str, float] = field(default_factory=dict)  # a search score's parts (see `search`)
+    weak: bool = False  # a search match no better than the worst 5% of dev captions with their own photo
+
+    @property
+    def matched_by(self) -> str:
+        """The part of a search score that counted most: "caption", "photo" or "tags" ("" for no search)."""
+        parts = {k: v for k, v in self.why.items() if k in ("caption", "photo", "tags")}
+        return max(parts, key=parts.get) if parts else ""
 
     def to_json(self) -> dict:
-        return {"id": self.id, "path": str(self.path), "caption": self.caption, "score": round(self.score, 4),
-                "tags": [{"word": t["word"], "label": t["label"], "p": round(t["p"], 4)} for t in self.tags]}
+        out = {"id": self.id, "path": str(self.path), "caption": self.caption, "score": round(self.score, 4),
+               "tags": [{"word": t["word"], "label": t["label"], "p": round(t["p"], 4)} for t in self.tags]}
+        if self.why:
+            out |= {"why": {k: round(v, 4) for k, v in self.why.items()}, "matched_by": self.matched_by,
+                    "weak": self.weak}
+        return out
 
 
 def _match(row: Row, score: float) -> Match:
@@ -57,46 +69,54 @@ def photo(g: Gallery, photo_id: int) -> Match | None:
     return _match(Row.of(r), 1.0) if r else None
 
 
-def tag_words(tag: dict) -> set[str]:
-    """The words a tag answers to: its caption word, else the words of its class name ("bald eagle")."""
-    return {tag["word"]} if tag["word"] else set(clean(tag["label"]))
-
-
-def tag_bonus(query: set[str], tags: list[dict]) -> float:
-    """What a photo's tags add to its score for a query of these words."""
-    return TAG_WEIGHT * sum(t["p"] for t in tags if tag_words(t) & query)
-
-
 def search(g: Gallery, text: str, k: int = 8, rerank: bool = False) -> list[Match]:
     """Photos whose captions and image vectors match `text`, best first; a photo tagged with a word of
-    `text` ranks higher (TAG_WEIGHT). With `rerank`, the best candidates are re-scored by how likely the
-    captioner finds `text` as their caption (slower: candidates are encoded again)."""
+    `text` ranks higher (by the embedding's tag weight, chosen on dev). With `rerank`, the best candidates
+    are re-scored by how likely the captioner finds `text` as their caption (slower: candidates are
+    encoded again).
+
+    Each match's `why` holds its score's parts: "caption" (how well its captions say `text`), "photo" (how
+    well its image vector does; with a trained embedding), "tags" and, re-ranked, "likelihood"; `weak` is
+    set when caption and photo together score below the embedding's weak score.
+    """
     if not text.strip():
         raise CaptionerError("the search text is empty")
-    cfg = g.head.cfg if g.head is not None else RetrievalConfig()
-    q = query_vectors(g.head, load_sentence_encoder().embed([text]))
+    cfg = g.embedding.cfg if g.embedding is not None else RetrievalConfig()
+    q = query_vectors(g.embedding, [text])[0]
     words = set(clean(text))
     wanted = max(k, cfg.rerank_pool) if rerank else k
     with g.catalogue.snapshot() as conn:
         g.vectors.catch_up(conn)
-        scores, ids = g.vectors.text.search(q, max(wanted, TAG_POOL))
-        rows = g.catalogue.rows([int(i) for i in ids[0] if i >= 0])
-    scored = sorted(((rows[int(i)], float(s) + tag_bonus(words, rows[int(i)].tags))
-                     for i, s in zip(ids[0], scores[0]) if int(i) in rows), key=lambda t: -t[1])[:wanted]
+        _, ids = g.vectors.text.search(q[None], max(wanted, TAG_POOL))
+        found = [int(i) for i in ids[0] if i >= 0]
+        rows = g.catalogue.rows(found)
+        vectors = g.vectors.text.vectors(found) if found else np.zeros((0, len(q)), np.float32)
+    scored = []
+    for i, v in zip(found, vectors):  # v: [caption vector, image vector] (the image part with an embedding)
+        if i in rows:
+            why = {"caption": float(q[:DIM] @ v[:DIM])}
+            if len(q) > DIM:
+                why["photo"] = float(q[DIM:] @ v[DIM:])
+            why["tags"] = tag_bonus(words, rows[i].tags, cfg.tag_weight)
+            scored.append((rows[i], why))
+    scored = sorted(scored, key=lambda t: -sum(t[1].values()))[:wanted]
     if rerank and scored:
         scored = _rerank(g, text, scored, cfg.rerank_weight)
-    return [_match(r, s) for r, s in scored[:k]]
+    judged = g.embedding is not None  # the weak score is chosen with the embedding
+    return [Match(r.id, r.path, r.caption, sum(why.values()), r.tags, why,
+                  judged and why["caption"] + why["photo"] < cfg.weak_score) for r, why in scored[:k]]
 
 
-def _rerank(g: Gallery, text: str, scored: list[tuple[Row, float]], weight: float) -> list[tuple[Row, float]]:
+def _rerank(g: Gallery, text: str, scored: list[tuple[Row, dict]], weight: float) -> list[tuple[Row, dict]]:
     features = _features(g, [r for r, _ in scored])
-    kept = [(r, s) for r, s in scored if r.id in features]
+    kept = [(r, why) for r, why in scored if r.id in features]
     if not kept:
         return scored
     pooled = torch.stack([features[r.id][0] for r, _ in kept])
     grid = torch.stack([features[r.id][1] for r, _ in kept])
     logprob = text_logprob(g.captioner.model, pooled, grid, text)
-    return sorted(((r, s + weight * float(lp)) for (r, s), lp in zip(kept, logprob)), key=lambda t: -t[1])
+    return sorted(((r, why | {"likelihood": weight * float(lp)}) for (r, why), lp in zip(kept, logprob)),
+                  key=lambda t: -sum(t[1].values()))
 
 
 def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -149,7 +169,7 @@ def _photo_vectors(g: Gallery, photo: str | Path | Caption) -> tuple[np.ndarray,
         if photo.error:
             raise CaptionerError(photo.error)
     visual = photo.vector / max(float(np.linalg.norm(photo.vector)), 1e-8)
-    text = photo_vectors(g.head, torch.from_numpy(photo.vector[None]),
+    text = photo_vectors(g.embedding, None if photo.embedding is None else photo.embedding[None],
                          [[photo.text] + [a for a, _ in photo.alternatives]])[0]
     return visual, text, file_sha256(photo.path) if Path(photo.path).is_file() else None
 
