@@ -436,6 +436,25 @@ def test_search_finds_a_photo_by_its_caption(gallery_client, gallery):
     assert body["query"] == tripod.caption
     assert_matches(body["results"], 3)
     assert body["results"][0]["id"] == tripod.id
+    assert body["weak"] is False and not any(r["weak"] for r in body["results"])  # no embedding: none is weak
+
+
+def test_search_says_when_nothing_matches_well(tiny_model_dir, tmp_path):
+    """With an embedding whose weak score no match reaches, every result is weak, and so is the answer."""
+    import shutil
+
+    from captioner.retrieval import Embedding, RetrievalConfig, save
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    save(model, Embedding(RetrievalConfig(width=32, heads=2, weak_score=2.5), 1280, 49))
+    captioner = tiny_captioner(model)
+    gallery = examples_gallery(tmp_path / "gallery", captioner)
+    with local_client(create_app(captioner, gallery)) as client:
+        body = client.get("/api/search", params={"q": "a spreadsheet of quarterly sales", "k": 3}).json()
+    assert body["weak"] is True and len(body["results"]) == 3
+    assert all(r["weak"] and r["matched_by"] in ("caption", "photo", "tags") for r in body["results"])
+    gallery.close()
 
 
 def test_a_blank_search_asks_for_words(gallery_client):

@@ -203,11 +203,27 @@ def test_search_the_gallery_by_description(page, server):
     page.keyboard.press("Enter")
     results = page.locator("#search-results button")
     expect(results).to_have_count(6)
-    expect(page.locator("#search-status")).to_have_text(f"6 photos match “{tripod.caption}”.")
+    expect(page.locator("#search-status")).to_have_text(f"6 photos match “{tripod.caption}” well.")
     assert results.first.get_attribute("data-id") == str(tripod.id)
     assert results.first.locator("img").get_attribute("alt") == tripod.caption
     results.first.click()
     assert caption_of(page) == tripod.caption
+
+
+def test_a_search_that_matches_nothing_well_says_so(page, server):
+    """The page's side of a weak answer (the API's is tested with a real embedding in test_web_api)."""
+    gallery = server[1]
+    first = gallery.photo(1)
+    answer = {"query": "a spreadsheet", "weak": True, "results": [
+        {"id": first.id, "name": first.path.name, "caption": first.caption, "score": 0.12, "weak": True,
+         "matched_by": "caption", "url": f"/api/photo/{first.id}", "thumbnail": f"/api/photo/{first.id}/thumbnail"}]}
+    page.route("**/api/search?*", lambda route: route.fulfill(json=answer))
+    page.get_by_label("Describe the photos you are looking for").fill("a spreadsheet")
+    page.keyboard.press("Enter")
+    expect(page.locator("#search-status")).to_have_text(
+        "Nothing in the gallery matches “a spreadsheet” well. The closest photos:")
+    expect(page.locator("#search-results li.weak")).to_have_count(1)
+    assert page.locator("#search-results li.weak img").evaluate("img => getComputedStyle(img).opacity") == "0.6"
 
 
 def test_everything_works_by_keyboard_with_a_visible_focus(page):

@@ -186,7 +186,8 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         if not q.strip():
             raise HTTPException(422, "Type a few words that describe the photos you are looking for.")
         found = await run_in_threadpool(g.search, q, k=k)
-        return {"query": q, "results": [match_json(m) for m in found]}
+        return {"query": q, "weak": bool(found) and all(m.weak for m in found),
+                "results": [match_json(m) | {"weak": m.weak, "matched_by": m.matched_by} for m in found]}
 
     @app.get("/api/photo/{photo_id}", summary="A gallery photo's file", response_class=FileResponse)
     async def photo(photo_id: PhotoId) -> FileResponse:

@@ -193,6 +193,7 @@ function showMatches(list, matches, emptyMessage) {
   }
   list.replaceChildren(...matches.map((match) => {
     const item = document.createElement("li");
+    if (match.weak) item.className = "weak";  // a search match below the embedding's weak score
     const button = document.createElement("button");
     button.type = "button";
     button.className = "match";
@@ -222,8 +223,14 @@ async function search(event) {
   try {
     const answer = await api(`/api/search?q=${encodeURIComponent(query)}`);
     showMatches($("search-results"), answer.results, "");
-    status.textContent = answer.results.length
-      ? `${answer.results.length} photos match “${query}”.` : `No photo matches “${query}”.`;
+    if (!answer.results.length) status.textContent = `No photo matches “${query}”.`;
+    else if (answer.weak) {
+      status.textContent = `Nothing in the gallery matches “${query}” well. The closest photos:`;
+    } else {
+      const good = answer.results.filter((match) => !match.weak).length;
+      status.textContent = `${good} ${good === 1 ? "photo matches" : "photos match"} “${query}” well`
+        + (good < answer.results.length ? `; then ${answer.results.length - good} weaker.` : ".");
+    }
   } catch (error) {
     status.textContent = error.message;
     status.classList.add("error");
