@@ -1,11 +1,15 @@
-"""The gallery on the Flickr8k test split: indexing speed, text -> photo recall, photo -> similar photos.
+"""The gallery on the Flickr8k test split: indexing speed, text -> photo and photo -> text recall, photo ->
+similar photos, speed at scale.
 
-    python benchmarks/gallery.py --data /work/bench2/flickr8k --work /tmp/gallery-bench
+    python benchmarks/gallery.py --data data/flickr8k --work /tmp/gallery-bench
+    python benchmarks/gallery.py --data data/coco-val-mini --split dev --recall-only --work /tmp/gallery-coco
 
-1. Indexes the 1000 test photos into a new gallery (photos/s, as `captioner index`).
-2. Text -> photo: each of the 5000 human captions is a query; R@1/5/10 and the
-   median rank of its photo, by caption vectors, the shipped blend with the
-   text-aligned image vectors, and with likelihood re-ranking (`--rerank`).
+1. Indexes the split's photos into a new gallery (photos/s, as `captioner index`).
+2. Text -> photo: each human caption is a query (`search`, one by one); R@1/5/10
+   and the median rank of its photo, by caption vectors alone, the shipped blend
+   with the image vectors, and with likelihood re-ranking (`--rerank`).
+   Photo -> text: each photo asks which of all the captions are its own, scored
+   as the plain search scores them; R@1/5/10 (any of its captions in the top K).
 3. Photo -> similar photos: for each test photo, the CIDEr-D of its 5 nearest
    neighbours' human captions against its own, for each `--by`, against 5 random
    photos and against nearest neighbours in raw pixels (16 x 16 thumbnails).
@@ -31,6 +35,9 @@ from captioner.api import Captioner
 from captioner.corpus import load_prepared
 from captioner.gallery import SCHEMA, Gallery
 from captioner.images import load_photo, to_pixels
+from captioner.retrieval import RetrievalConfig, query_vectors
+from captioner.tags import tag_bonus
+from captioner.text import clean
 
 
 def recall(ranks: np.ndarray) -> dict:
@@ -39,8 +46,8 @@ def recall(ranks: np.ndarray) -> dict:
 
 
 def text_to_photo(g: Gallery, queries: list[str], truth: list[Path], rerank: bool, blend: float | None) -> dict:
-    if g.head is not None and blend is not None:
-        g.head.cfg.blend = blend
+    if g.embedding is not None and blend is not None:
+        g.embedding.cfg.blend = blend
     n = len(g)
     ranks, times = [], []
     for q, photo in zip(queries, truth):
@@ -53,6 +60,30 @@ def text_to_photo(g: Gallery, queries: list[str], truth: list[Path], rerank: boo
             full = [m.path for m in g.search(q, k=n)]
             ranks.append(max(full.index(photo), 10))
     return recall(np.array(ranks)) | {"ms_per_query": round(1000 * statistics.median(times), 1)}
+
+
+def photo_to_text(g: Gallery, queries: list[str], truth: list[Path]) -> dict:
+    """Each photo's captions ranked among all `queries` by the plain search's score (vectors and tag bonus)."""
+    with g.catalogue.snapshot() as conn:
+        g.vectors.catch_up(conn)
+        ids = {Path(path): i for path, i in conn.execute("SELECT path, id FROM photos WHERE caption IS NOT NULL")}
+        photos = sorted(set(truth))
+        vectors = g.vectors.text.vectors([ids[p] for p in photos])
+        rows = g.catalogue.rows([ids[p] for p in photos])
+    scores = query_vectors(g.embedding, queries) @ vectors.T  # [captions, photos]
+    words = [set(clean(q)) for q in queries]
+    weight = (g.embedding.cfg if g.embedding is not None else RetrievalConfig()).tag_weight
+    for j, p in enumerate(photos):
+        tags = rows[ids[p]].tags
+        if tags:
+            scores[:, j] += [tag_bonus(w, tags, weight) for w in words]
+    column = {p: j for j, p in enumerate(photos)}
+    own = np.array([column[p] for p in truth])
+    ranks = []
+    for j in range(len(photos)):
+        order = np.argsort(-scores[:, j], kind="stable")
+        ranks.append(int(np.flatnonzero(own[order] == j)[0]))
+    return recall(np.array(ranks))
 
 
 def neighbour_cider(references: dict[Path, list[str]], neighbours: dict[Path, list[Path]]) -> float:
@@ -109,7 +140,9 @@ def timed(fn, repeat: int = 50) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="the prepared Flickr8k corpus")
+    ap.add_argument("--data", required=True, help="a prepared corpus (Flickr8k: the published figures' corpus)")
+    ap.add_argument("--split", default="test", help="its split to index and query (default test)")
+    ap.add_argument("--recall-only", action="store_true", help="index and measure recall; no similar, no scale")
     ap.add_argument("--work", required=True, help="a scratch folder for the galleries")
     ap.add_argument("--model", help="model folder (default: the shipped model)")
     ap.add_argument("--size", type=int, default=100_000, help="photos in the synthetic gallery")
@@ -118,7 +151,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     prepared = load_prepared(args.data)
-    test = [im for im in prepared.images if im["split"] == "test"]
+    test = [im for im in prepared.images if im["split"] == args.split]
     paths = [(prepared.image_root / im["image"]).resolve() for im in test]
     out: dict = {"machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}"}
 
@@ -136,15 +169,21 @@ def main() -> None:
     if args.queries:
         queries = queries[:args.queries]
     texts, truth = [q for q, _ in queries], [p for _, p in queries]
-    shipped = g.head.cfg.blend if g.head is not None else None
+    shipped = g.embedding.cfg.blend if g.embedding is not None else None
     out["text_to_photo"] = {}
-    settings = [("caption vectors", False, 0.0)] if g.head is not None else []
+    settings = [("caption vectors", False, 0.0)] if g.embedding is not None else []
     settings += [("shipped search", False, shipped), ("shipped search --rerank", True, shipped)]
     for name, rerank, blend in settings:
         out["text_to_photo"][name] = text_to_photo(g, texts, truth, rerank, blend)
         print(name, json.dumps(out["text_to_photo"][name]), flush=True)
-    if g.head is not None:
-        g.head.cfg.blend = shipped
+    if g.embedding is not None:
+        g.embedding.cfg.blend = shipped
+    out["photo_to_text"] = photo_to_text(g, texts, truth)
+    print("photo to text", json.dumps(out["photo_to_text"]), flush=True)
+    if args.recall_only:
+        g.close()
+        (work / "gallery-benchmark.json").write_text(json.dumps(out, indent=1))
+        return
 
     refs = {p: im["captions"] for im, p in zip(test, paths)}
     ids = {Path(path): i for path, i in g.catalogue.conn.execute("SELECT path, id FROM photos")}
@@ -178,7 +217,7 @@ def main() -> None:
         "photos": len(s), "open_rebuilding_s": round(opened, 2), "open_s": round(reopened, 2),
         "search_ms": timed(lambda: s.search("a dog runs through the snow", k=8)),
         "similar_by_id_ms": {by: timed(lambda: s.similar(1, k=8, by=by)) for by in ("visual", "caption", "both")},
-        "vectors_file_mb": round(s.vectors_path.stat().st_size / 2**20, 1),
+        "vectors_file_mb": round(s.vectors.path.stat().st_size / 2**20, 1),
         "db_mb": round(big.stat().st_size / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
