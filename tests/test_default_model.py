@@ -47,3 +47,23 @@ def test_shipped_model_describes_flickr8k_test_photos(flickr8k_root):
     shuffled = predicted[1:] + predicted[:1]  # each photo given another photo's caption
     assert dev_cider(predicted, references) > 30
     assert dev_cider(predicted, references) > 2 * dev_cider(shuffled, references)
+
+
+def test_shipped_search_finds_flickr8k_test_photos_by_their_human_captions(flickr8k_root, tmp_path):
+    """Each of 40 unseen photos, searched for by a human caption of it, is usually the first match; a
+    description of something no photo shows is called weak."""
+    from captioner.gallery import Gallery
+
+    names = (flickr8k_root / "Flickr_8k.testImages.txt").read_text().split()[40:80]
+    first_caption = {}
+    for line in (flickr8k_root / "Flickr8k.token.txt").read_text().splitlines():
+        image, _, caption = line.partition("\t")
+        first_caption.setdefault(image.split("#")[0], caption)
+    with Gallery.create(tmp_path / "g.db") as g:
+        assert g.embedding is not None  # the shipped model has its photo-text embedding
+        g.index([flickr8k_root / "Images" / n for n in names], progress=False)
+        found = [g.search(first_caption[n], k=1)[0] for n in names]
+        hits = sum(m.path.name == n for m, n in zip(found, names))
+        assert hits >= 20  # chance: 1 in 40
+        assert sum(m.weak for m, n in zip(found, names) if m.path.name == n) <= 2
+        assert all(m.weak for m in g.search("a screenshot of a spreadsheet of quarterly sales figures", k=3))
