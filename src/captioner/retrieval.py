@@ -8,10 +8,11 @@ Two towers map into one space of unit vectors (384 numbers):
 - the text tower: all-MiniLM-L6-v2 (`sentences.py`) with its top
   `text_layers` layers fine-tuned and a linear map after its mean pooling.
 
-They are trained together (`captioner align`) on the train split of every
-corpus given: a symmetric InfoNCE loss with a learned temperature, plus
-`hardest` x the VSE++ loss on each batch's hardest negatives. The epoch, the
-settings below and the search's blend are chosen on the dev splits.
+They are trained together (`captioner align`) on every train caption of the
+corpora given, beside its photo: a symmetric InfoNCE loss with a learned
+temperature, plus `hardest` x the VSE++ loss on each batch's hardest
+negatives. The epoch and the search settings below are chosen on the dev
+splits.
 
 A gallery photo has two vectors in that space: its caption vector (the mean of
 its beam captions' text vectors) and its image vector (the photo tower's). A
@@ -20,7 +21,8 @@ description q, with text vector t(q), scores
     (1 - blend) * t(q) . caption_vector + blend * t(q) . image_vector
 
 which is one inner product of two concatenated vectors, so a plain vector index
-ranks by it exactly. The best candidates can then be re-ranked by adding
+ranks by it exactly (the gallery adds `tag_weight` x the probability of each of
+the photo's tags that q names). The best candidates can then be re-ranked by adding
 `rerank_weight * log p(description | photo)` under the captioner itself. A
 best match scoring below `weak_score` (what only the worst 5% of dev captions
 score with their own photo) matches nothing well.
@@ -54,7 +56,7 @@ from .tags import tag_bonus
 from .text import clean, detokenize
 
 FILE = "retrieval.safetensors"
-FORMAT = 2  # 1: a head over the pooled vector and frozen sentence vectors (captioner 0.x before the embedding)
+FORMAT = 2  # 1 (no format in the file): a head over the pooled vector beside frozen sentence vectors
 WEAK_QUANTILE = 0.05  # weak_score: the score below which this share of dev captions rank their own photo
 MARGIN = 0.2  # the VSE++ loss's margin
 
