@@ -383,10 +383,11 @@ def photo_id(gallery, name: str) -> int:
     return next(i for i in range(1, 7) if gallery.photo(i).path.name == name)
 
 
-def assert_matches(results, k: int, leaving_out: str | None = None):
+def assert_matches(results, k: int, leaving_out: str | None = None, search: bool = False):
     assert len(results) == k
     for m in results:
-        assert set(m) == {"id", "name", "caption", "score", "url", "thumbnail"}  # never a server path
+        assert set(m) == {"id", "name", "caption", "score", "url", "thumbnail"} | (  # never a server path
+            {"weak", "matched_by"} if search else set())
         assert m["url"] == f"/api/photo/{m['id']}" and m["thumbnail"] == f"/api/photo/{m['id']}/thumbnail"
         assert len(m["caption"].split()) == TINY_MAX_LEN
         assert m["name"] != leaving_out
@@ -434,7 +435,7 @@ def test_search_finds_a_photo_by_its_caption(gallery_client, gallery):
     tripod = gallery.photo(photo_id(gallery, "man_with_camera_on_tripod.jpg"))
     body = gallery_client.get("/api/search", params={"q": tripod.caption, "k": 3}).json()
     assert body["query"] == tripod.caption
-    assert_matches(body["results"], 3)
+    assert_matches(body["results"], 3, search=True)
     assert body["results"][0]["id"] == tripod.id
     assert body["weak"] is False and not any(r["weak"] for r in body["results"])  # no embedding: none is weak
 
