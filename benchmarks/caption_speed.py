@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from captioner import Captioner
-from captioner.images import load_photo, to_pixels
+from captioner.data.images import load_photo, to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 

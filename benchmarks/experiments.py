@@ -20,9 +20,9 @@ import time
 import tomllib
 from pathlib import Path
 
-from captioner.config import config_from_dict
-from captioner.evaluate import evaluate
-from captioner.train import CHECKPOINT, train
+from captioner.training.config import config_from_dict
+from captioner.evaluation.evaluate import evaluate
+from captioner.training.train import CHECKPOINT, train
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.api import Captioner
-from captioner.corpus import load_prepared
+from captioner.captioning import Captioner
+from captioner.data.corpus import load_prepared
 from captioner.gallery import SCHEMA, Gallery
-from captioner.images import load_photo, to_pixels
-from captioner.retrieval import RetrievalConfig, query_vectors
-from captioner.tags import tag_bonus
-from captioner.text import clean
+from captioner.data.images import load_photo, to_pixels
+from captioner.models.embedding import RetrievalConfig, query_vectors
+from captioner.models.tags import tag_bonus
+from captioner.data.text import clean
 
 
 def recall(ranks: np.ndarray) -> dict:

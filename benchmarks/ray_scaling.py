@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from captioner import Captioner
-from captioner.raybatch import caption_stream
+from captioner.distributed.batch import caption_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 

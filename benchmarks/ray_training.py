@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from captioner.config import config_from_dict
-from captioner.corpus import prepare
-from captioner.dataset import cache_training_features
-from captioner.raytrain import train_on_ray
-from captioner.train import train
+from captioner.training.config import config_from_dict
+from captioner.data.corpus import prepare
+from captioner.data.dataset import cache_training_features
+from captioner.distributed.train import train_on_ray
+from captioner.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

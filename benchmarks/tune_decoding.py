@@ -15,7 +15,7 @@ import itertools
 import json
 from pathlib import Path
 
-from captioner.evaluate import evaluate
+from captioner.evaluation.evaluate import evaluate
 
 
 def floats(text: str) -> list[float]:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner import encoders
-from captioner.config import DecodeConfig
-from captioner.decoders import Decoder, DecoderConfig
-from captioner.modelfolder import Model, save_model
-from captioner.text import END_ID, SPECIALS, Vocab
+from captioner.models import encoders
+from captioner.training.config import DecodeConfig
+from captioner.models.decoders import Decoder, DecoderConfig
+from captioner.models.folder import Model, save_model
+from captioner.data.text import END_ID, SPECIALS, Vocab
 
 # One thread: the tests' batches are tiny, and beside another busy process (a training run) two
 # threads spend most of their time waiting for each other (measured: ~2 s vs 0.03 s per small batch).
@@ -67,9 +67,9 @@ def lite0() -> encoders.Encoder:
 @pytest.fixture
 def reuse_encoders(monkeypatch):
     """Make `Captioner.load` (and so the CLI) reuse session-loaded encoders instead of loading one per call."""
-    import captioner.api
+    import captioner.captioning
 
-    monkeypatch.setattr(captioner.api, "load_encoder", cached_encoder)
+    monkeypatch.setattr(captioner.captioning, "load_encoder", cached_encoder)
 
 
 @pytest.fixture(scope="session")

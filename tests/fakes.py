@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from captioner.api import Caption
-from captioner.tags import Tag
+from captioner.captioning import Caption
+from captioner.models.tags import Tag
 
 FAKE_DIM = 8
 
@@ -40,12 +40,12 @@ class FakeCaptioner:
 
 
 def fake_text_vectors(embedding, images, captions) -> np.ndarray:
-    """`retrieval.photo_vectors` without the sentence encoder: a seeded vector per caption."""
+    """`embedding.photo_vectors` without the sentence encoder: a seeded vector per caption."""
     return np.stack([fake_vector(c[0], 384) for c in captions])
 
 
 def fake_query_vectors(embedding, texts) -> np.ndarray:
-    """`retrieval.query_vectors` without the sentence encoder: the same seeded vector per text."""
+    """`embedding.query_vectors` without the sentence encoder: the same seeded vector per text."""
     return np.stack([fake_vector(t, 384) for t in texts])
 
 

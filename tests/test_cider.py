@@ -4,7 +4,7 @@ import random
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.cider import CiderD
+from captioner.training.cider import CiderD
 
 WORDS = "a the dog man woman child runs jumps sits on in grass water snow red blue ball street".split()
 

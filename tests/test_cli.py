@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.api import Caption, Captioner
+from captioner.captioning import Caption, Captioner
 from captioner.cli import main
 from captioner.visualize import LABEL, TILE
 from conftest import TEST_THREADS, TINY_MAX_LEN, TINY_WORDS
@@ -242,7 +242,7 @@ def calibrated(tiny_model_dir, tmp_path):
 
     import torch
 
-    from captioner import confidence
+    from captioner.models import confidence
 
     def make(sure: float) -> Path:
         folder = tmp_path / f"calibrated-{sure}"
@@ -269,10 +269,10 @@ def test_a_calibrated_models_confidence_is_in_json_and_its_doubt_in_words(calibr
 def test_attention_with_a_model_that_does_not_attend_says_so(tmp_path, reuse_encoders, odd, capsys):
     import torch
 
-    from captioner.config import DecodeConfig
-    from captioner.decoders import Decoder, DecoderConfig
-    from captioner.modelfolder import Model, save_model
-    from captioner.text import SPECIALS, Vocab
+    from captioner.training.config import DecodeConfig
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.models.folder import Model, save_model
+    from captioner.data.text import SPECIALS, Vocab
 
     vocab = Vocab([*SPECIALS, *TINY_WORDS])
     torch.manual_seed(0)

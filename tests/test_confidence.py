@@ -1,8 +1,8 @@
 """Caption confidence: the features it weighs, the regression, the file it lives in, and the words of doubt."""
 import torch
 
-from captioner import confidence
-from captioner.decode import Hypothesis
+from captioner.models import confidence
+from captioner.models.decode import Hypothesis
 
 
 def hyp(tokens: list[int], logprob: float) -> Hypothesis:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from captioner import corpus
-from captioner.corpus import (DUPLICATE, EMPTY_CAPTION, MALFORMED, MISSING_IMAGE, SPLIT_CONFLICT, UNDECODABLE,
+from captioner.data import corpus
+from captioner.data.corpus import (DUPLICATE, EMPTY_CAPTION, MALFORMED, MISSING_IMAGE, SPLIT_CONFLICT, UNDECODABLE,
                               UNKNOWN_SPLIT, hash_split, load_prepared, prepare, read_captions_csv, read_coco,
                               read_flickr8k, read_img2dataset, read_karpathy, read_table)
 from captioner.errors import CaptionerError
-from captioner.text import Vocab
+from captioner.data.text import Vocab
 
 IMAGES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
 

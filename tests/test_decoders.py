@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from captioner.decode import beam_search, greedy, sample
-from captioner.decoders import Decoder, DecoderConfig, KINDS
-from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+from captioner.models.decode import beam_search, greedy, sample
+from captioner.models.decoders import Decoder, DecoderConfig, KINDS
+from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 V, D, N = 50, 32, 9
 

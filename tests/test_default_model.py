@@ -3,9 +3,9 @@ import json
 from pathlib import Path
 
 from captioner import Captioner
-from captioner.modelfolder import DEFAULT_MODEL
-from captioner.text import clean
-from captioner.metrics import dev_cider
+from captioner.models.folder import DEFAULT_MODEL
+from captioner.data.text import clean
+from captioner.evaluation.metrics import dev_cider
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-from captioner import features
+from captioner.data import features
 from captioner.errors import CaptionerError
-from captioner.features import INDEX, FeatureCache, build_cache, encode_photos
-from captioner.images import TruncatedPhotoWarning, file_sha256, load_photo, read_photo, to_pixels
+from captioner.data.features import INDEX, FeatureCache, build_cache, encode_photos
+from captioner.data.images import TruncatedPhotoWarning, file_sha256, load_photo, read_photo, to_pixels
 from conftest import cached_encoder
 from photos import BROKEN_MESSAGES, gradient, make_broken_photos
 

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner import corpus, images
-from captioner.corpus import Corpus
+from captioner.data import corpus, images
+from captioner.data.corpus import Corpus
 from captioner.errors import CaptionerError
-from captioner.images import PhotoError, read_photo, to_pixels
+from captioner.data.images import PhotoError, read_photo, to_pixels
 from photos import gradient
 from test_corpus import GOOD, IMAGES, SHARD, coco_data, karpathy_data, make_images
 

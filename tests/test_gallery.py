@@ -22,14 +22,14 @@ import pytest
 import torch
 from PIL import Image
 
-import captioner.api
+import captioner.captioning
 from captioner.gallery import indexer, queries
-from captioner.api import Captioner
+from captioner.captioning import Captioner
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.gallery import Gallery
-from captioner.retrieval import FILE, Embedding, RetrievalConfig, load, save
-from captioner.tags import tag_words
+from captioner.models.embedding import FILE, Embedding, RetrievalConfig, load, save
+from captioner.models.tags import tag_words
 from conftest import TEST_THREADS, cached_encoder
 from fakes import FakeCaptioner, fake_query_vectors, fake_text_vectors, fake_vector
 from photos import gradient, make_broken_photos
@@ -40,7 +40,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir) -> Captioner:
-    return Captioner(captioner.api.load_model(tiny_model_dir, fast=True), cached_encoder("efficientnet-lite0"))
+    return Captioner(captioner.captioning.load_model(tiny_model_dir, fast=True), cached_encoder("efficientnet-lite0"))
 
 
 @pytest.fixture
@@ -277,7 +277,7 @@ def test_an_embedding_adds_image_vectors_and_search_says_why(tiny_model_dir, pho
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     save(model, _random_embedding())
-    c = Captioner(captioner.api.load_model(model, fast=True), cached_encoder("efficientnet-lite0"))
+    c = Captioner(captioner.captioning.load_model(model, fast=True), cached_encoder("efficientnet-lite0"))
     first = c.caption([photos / "cup_of_coffee.jpg"])[0]
     assert first.embedding.shape == (384,) and abs(float(np.linalg.norm(first.embedding)) - 1) < 1e-4
     g = Gallery.create(tmp_path / "g.db", captioner=c)
@@ -313,7 +313,7 @@ def test_an_embedding_an_older_captioner_trained_is_ignored_with_a_warning(tiny_
 def test_train_embedding_learns_what_a_cell_of_the_grid_shows():
     """Each photo shows one of 8 things in one random cell of its grid; its caption names the thing.
     Trained on 240 photos, the embedding finds, for each thing's caption, a held-out photo showing it."""
-    from captioner.retrieval import Pairs, TrainConfig, train_embedding
+    from captioner.models.embedding import Pairs, TrainConfig, train_embedding
 
     things = ["dog", "cat", "car", "boat", "tree", "horse", "bicycle", "bird"]
     g = torch.Generator().manual_seed(1)
@@ -366,7 +366,7 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
 def test_vector_search_leaves_torch_threads_alone():
     """faiss answers on one OpenMP thread; torch shares the setting and must keep its own two."""
     code = ("import numpy as np, torch\n"
-            "from captioner.vectorindex import VectorIndex\n"
+            "from captioner.gallery.vectorindex import VectorIndex\n"
             "index = VectorIndex(8); index.add(np.arange(3), np.eye(3, 8))\n"
             "assert index.search(np.eye(1, 8), 2)[1][0][0] == 0\n"
             "print(torch.get_num_threads())")

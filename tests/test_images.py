@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from captioner.errors import CaptionerError
-from captioner.images import (
+from captioner.data.images import (
     MAX_PIXELS,
     PHOTO_SUFFIXES,
     PhotoError,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from captioner.config import config_from_dict
+from captioner.training.config import config_from_dict
 from captioner.gallery import Gallery
 from conftest import TEST_THREADS
 from fakes import FakeCaptioner
@@ -94,7 +94,7 @@ def test_index_killed_at_twenty_seeded_moments_ends_as_an_uninterrupted_run(tiny
 
 
 def test_train_killed_mid_epoch_resumes_to_the_same_weights(mini_corpus, tmp_path):  # noqa: F811
-    from captioner.train import train
+    from captioner.training.train import train
 
     values = tiny_config(mini_corpus, tmp_path / "straight", "attention", epochs=4)
     train(config_from_dict(values), progress=False)

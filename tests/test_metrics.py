@@ -11,10 +11,10 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from captioner import metrics
+from captioner.evaluation import metrics
 from captioner.errors import CaptionerError
-from captioner.metrics import CaptionScorer, diversity, score_captions
-from captioner.report import write_report
+from captioner.evaluation.metrics import CaptionScorer, diversity, score_captions
+from captioner.evaluation.report import write_report
 
 CAPTIONS = {
     "p1": "a brown dog runs across the green grass",

@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from captioner.api import Captioner
+from captioner.captioning import Captioner
 from captioner.cli import main
-from captioner.config import config_from_dict
-from captioner.features import FeatureCache, build_cache
+from captioner.training.config import config_from_dict
+from captioner.data.features import FeatureCache, build_cache
 from captioner.gallery import Gallery
-from captioner.modelfolder import load_model
-from captioner.raybatch import CaptionActor, caption_stream, encode_stream
-from captioner.retrieval import Embedding, RetrievalConfig, save
-from captioner.train import CHECKPOINT, train
+from captioner.models.folder import load_model
+from captioner.distributed.batch import CaptionActor, caption_stream, encode_stream
+from captioner.models.embedding import Embedding, RetrievalConfig, save
+from captioner.training.train import CHECKPOINT, train
 from conftest import TEST_THREADS, TINY_ENCODER
 from photos import gradient, make_broken_photos
 from test_train import mini_corpus, tiny_config  # noqa: F401  (a fixture, and the configs it trains with)
@@ -153,7 +153,7 @@ def test_index_commits_the_local_rows_and_a_killed_actor_loses_nothing(local_ray
 
 
 def test_ray_training_makes_the_one_worker_update_then_learns_and_resumes(local_ray, mini_corpus, tmp_path):
-    from captioner.raytrain import train_on_ray
+    from captioner.distributed.train import train_on_ray
 
     def config(out: Path):
         values = tiny_config(mini_corpus, out, "attention", epochs=3, batch_captions=200, bf16=False, scst_epochs=1,

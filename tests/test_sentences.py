@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioner.sentences import DIM, SentenceEncoder, load_sentence_encoder, model_dir
+from captioner.models.sentences import DIM, SentenceEncoder, load_sentence_encoder, model_dir
 
 TEXTS = ["a dog runs on the beach",
          "Two children play in a fountain while their mother watches from a bench near the trees.",

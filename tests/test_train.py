@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from captioner.config import config_from_dict
-from captioner.corpus import load_prepared, prepare
+from captioner.training.config import config_from_dict
+from captioner.data.corpus import load_prepared, prepare
 from captioner.errors import CaptionerError
-from captioner.modelfolder import load_model
-from captioner.train import CHECKPOINT, train
+from captioner.models.folder import load_model
+from captioner.training.train import CHECKPOINT, train
 
 TRAIN, DEV = 40, 10
 
@@ -67,7 +67,7 @@ def test_glove_embedding_frozen(mini_corpus, tmp_path):
     values = tiny_config(mini_corpus, tmp_path / "glove", "merge", epochs=1)
     values["model"] |= {"glove": "frozen", "embed_dim": 50}
     cfg = config_from_dict(values)
-    from captioner.glove import glove_vectors
+    from captioner.models.glove import glove_vectors
 
     model = load_model(train(cfg, progress=False))
     vectors, found = glove_vectors(model.vocab.words, seed=1)  # the config's seed
@@ -148,10 +148,10 @@ def test_resume_is_exact_across_the_switch_to_self_critical(mini_corpus, tmp_pat
 
 def test_self_critical_loss_raises_the_reward():
     """Sampled captions that score above their photo's baseline become more likely: the mean reward climbs."""
-    from captioner.cider import CiderD
-    from captioner.decoders import Decoder, DecoderConfig
-    from captioner.text import Vocab
-    from captioner.train import scst_loss
+    from captioner.training.cider import CiderD
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.data.text import Vocab
+    from captioner.training.train import scst_loss
 
     vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits", "red", "car"]] * 5, min_count=1)
     cider = CiderD([[["a", "dog", "runs", "on", "grass"]], [["a", "red", "car"]], [["a", "cat", "sits"]]])
@@ -176,11 +176,11 @@ def test_self_critical_loss_raises_the_reward():
 def test_self_critical_moves_no_mass_to_tokens_never_sampled():
     """Samples never hold <pad>, <start> or <unk>, so the loss must give those tokens no gradient: otherwise
     pushing sampled words down (most samples score below their baseline) drains the mass into them."""
-    from captioner.cider import CiderD
-    from captioner.decode import NEVER
-    from captioner.decoders import Decoder, DecoderConfig
-    from captioner.text import Vocab
-    from captioner.train import scst_loss
+    from captioner.training.cider import CiderD
+    from captioner.models.decode import NEVER
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.data.text import Vocab
+    from captioner.training.train import scst_loss
 
     vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits"]] * 5, min_count=1)
     cider = CiderD([[["a", "dog", "runs", "on", "grass"]], [["a", "cat", "sits"]]])
@@ -197,9 +197,9 @@ def test_self_critical_moves_no_mass_to_tokens_never_sampled():
 
 
 def test_scheduled_sampling_feeds_the_models_own_words():
-    from captioner.decoders import Decoder, DecoderConfig
-    from captioner.text import END_ID, PAD_ID, START_ID
-    from captioner.train import with_own_words
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.data.text import END_ID, PAD_ID, START_ID
+    from captioner.training.train import with_own_words
 
     torch.manual_seed(0)
     decoder = Decoder(DecoderConfig(kind="attention", embed_dim=8, hidden_dim=8, attention_dim=4, dropout=0.0), 30, 6)
@@ -233,7 +233,7 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
 def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
-    from captioner.evaluate import evaluate
+    from captioner.evaluation.evaluate import evaluate
 
     result = evaluate(model_dir, mini_corpus, "dev", beam=2, out=tmp_path / "eval", progress=False)
     scores = result["scores"]
@@ -247,7 +247,7 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
 
 def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     from captioner.cli import main
-    from captioner.retrieval import FILE, choose_rerank, load
+    from captioner.models.embedding import FILE, choose_rerank, load
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
@@ -266,7 +266,7 @@ def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
 
 
 def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():
-    from captioner.retrieval import choose_rerank
+    from captioner.models.embedding import choose_rerank
 
     def trial(pool, weight, r1):
         return {"blend": 0.8, "rerank_pool": pool, "rerank_weight": weight, "R@1": r1, "R@5": 50.0, "R@10": 60.0}
@@ -277,7 +277,7 @@ def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():
 
 
 def test_an_epoch_draws_each_corpus_by_its_share_in_batches_of_captions():
-    from captioner.train import epoch_batches
+    from captioner.training.train import epoch_batches
 
     counts = torch.tensor([5] * 40 + [1] * 100)  # corpus 0: 40 photos x 5 captions; corpus 1: 100 x 1
     pools = [torch.arange(40), torch.arange(40, 140)]
@@ -313,7 +313,7 @@ def single_caption_corpus(root: Path, flickr8k_root: Path, tmp_path_factory) -> 
 def test_training_on_two_corpora_with_a_dev_set_kept_apart(mini_corpus, flickr8k_root, tmp_path, tmp_path_factory):
     """Five-caption and one-caption photos train together, one vocabulary from both train splits, the epoch
     chosen by the mean dev CIDEr of two dev sets; self-critical epochs only on photos with 5 references."""
-    from captioner.dataset import load_training
+    from captioner.data.dataset import load_training
 
     single = single_caption_corpus(tmp_path_factory.mktemp("single"), flickr8k_root, tmp_path_factory)
     values = tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=2, scst_epochs=1, scst_samples=2,
@@ -358,7 +358,7 @@ def test_corpus_settings_are_checked(data, message):
 
 
 def test_training_writes_tag_words_and_centroids_and_calibrate_fits_the_confidence(mini_corpus, tmp_path, capsys):
-    from captioner import confidence
+    from captioner.models import confidence
     from captioner.cli import main
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
@@ -383,13 +383,13 @@ def test_a_decoder_with_tags_keeps_the_encoders_classifier(mini_corpus, tmp_path
     assert torch.equal(model.decoder.classifier.weight, lite0.classifier.weight)
     values["data"]["encoder"] = "dinov2-vits14"
     with pytest.raises(CaptionerError, match="tags needs an encoder with an ImageNet classifier"):
-        from captioner.train import build_decoder
+        from captioner.training.train import build_decoder
         build_decoder(config_from_dict(values), model.vocab, 384, None)
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5])
 def test_self_critical_epochs_add_the_cross_entropy_share_asked_for(mini_corpus, tmp_path, monkeypatch, share):
-    import captioner.train as training
+    import captioner.training.train as training
 
     calls = []
     real = training.xe_loss

@@ -16,7 +16,7 @@ import pytest
 from fastapi import HTTPException
 from PIL import Image
 
-from captioner.api import Caption
+from captioner.captioning import Caption
 from captioner.web.app import NO_GALLERY, create_app
 from captioner.web.uploads import CHUNK, save_upload
 from captioner.web.worker import CaptionWorker, QueueFull
@@ -444,7 +444,7 @@ def test_search_says_when_nothing_matches_well(tiny_model_dir, tmp_path):
     """With an embedding whose weak score no match reaches, every result is weak, and so is the answer."""
     import shutil
 
-    from captioner.retrieval import Embedding, RetrievalConfig, save
+    from captioner.models.embedding import Embedding, RetrievalConfig, save
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -12,8 +12,8 @@ from pathlib import Path
 import uvicorn
 from fastapi.testclient import TestClient
 
-from captioner.api import Captioner
-from captioner.modelfolder import load_model
+from captioner.captioning import Captioner
+from captioner.models.folder import load_model
 from conftest import TINY_ENCODER, cached_encoder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .corpus import KINDS
+from .data.corpus import KINDS
 from .errors import CaptionerError
 
 DEFAULT_DATA = "data/flickr8k"
@@ -44,21 +44,21 @@ def ray_wanted(args: argparse.Namespace) -> bool:
     """Whether to run on Ray (--ray, or a --ray-address); checks first that Ray is installed."""
     if not (args.ray or args.ray_address):
         return False
-    from .raycluster import require_ray
+    from .distributed.cluster import require_ray
 
     require_ray()
     return True
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .api import Captioner
-    from .decoders import ATTENDING
-    from .modelfolder import load_model
+    from .captioning import Captioner
+    from .models.decoders import ATTENDING
+    from .models.folder import load_model
     from .visualize import save_attention
 
     captioner = None
     if ray_wanted(args):
-        from .raybatch import caption_stream
+        from .distributed.batch import caption_stream
 
         stream = caption_stream(args.model, args.ray_actors, args.ray_address, attention=bool(args.attention))
     else:
@@ -100,7 +100,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .corpus import prepare
+    from .data.corpus import prepare
 
     report = prepare(args.kind, args.source, args.out, image_root=args.images, min_count=args.min_count,
                      max_len=args.max_len, strict=args.strict)
@@ -110,12 +110,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from .corpus import load_prepared
-    from .dataset import ensure_features
+    from .data.corpus import load_prepared
+    from .data.dataset import ensure_features
 
     encode = None
     if ray_wanted(args):
-        from .raybatch import encode_stream
+        from .distributed.batch import encode_stream
 
         encode = encode_stream(args.encoder, args.input_size, args.ray_actors, args.ray_address)
     prepared = load_prepared(args.data)
@@ -127,13 +127,13 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import train
+    from .training.config import load_config
+    from .training.train import train
 
     cfg = load_config(args.config)
     if args.ray_workers:
-        from .raycluster import require_ray
-        from .raytrain import train_on_ray
+        from .distributed.cluster import require_ray
+        from .distributed.train import train_on_ray
 
         require_ray()
         model_dir = train_on_ray(cfg, args.ray_workers, resume=args.resume, stop_after=args.stop_after,
@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
 
     result = evaluate(args.model, args.data, args.split, beam=args.beam, out=args.out, cache=args.cache)
     if args.json:
@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from .training.calibrate import calibrate
 
     result = calibrate(args.model, args.data, args.cache)
     if args.json:
@@ -175,7 +175,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from .retrieval import TrainConfig, align
+    from .models.embedding import TrainConfig, align
 
     tc = TrainConfig(**({"epochs": args.epochs} if args.epochs else {}))
     result = align(args.model, args.data or [DEFAULT_DATA], args.cache, tc=tc)
@@ -195,7 +195,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     stream = None
     if ray_wanted(args):
-        from .raybatch import caption_stream
+        from .distributed.batch import caption_stream
 
         stream = caption_stream(args.model, args.ray_actors, args.ray_address)
     gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild)

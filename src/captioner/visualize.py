@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .api import Caption
-from .images import load_photo
+from .captioning import Caption
+from .data.images import load_photo
 
 TILE = 224
 LABEL = 24

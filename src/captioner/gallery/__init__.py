@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ..api import Caption, Captioner
+from ..captioning import Caption, Captioner
+from ..data.images import file_sha256
 from ..errors import CaptionerError
-from ..images import file_sha256
-from ..retrieval import FILE
-from ..sentences import DIM
+from ..models.embedding import FILE
+from ..models.sentences import DIM
 from . import queries
 from .catalogue import FORMAT, SCHEMA, Catalogue
 from .indexer import IndexReport, index
@@ -109,7 +109,7 @@ class Gallery:
         """Bring the gallery up to date with the photos under `roots` (see indexer.py).
 
         `stream` captions the photos (default: this gallery's captioner's `stream`;
-        `raybatch.caption_stream` captions them on a Ray cluster while this process writes).
+        `distributed.batch.caption_stream` captions them on a Ray cluster while this process writes).
         """
         return index(self, roots, progress, batch_size, stream)
 

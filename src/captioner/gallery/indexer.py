@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from ..api import Caption
+from ..captioning import Caption
+from ..data.features import hash_photos
+from ..data.images import expand_paths
 from ..errors import CaptionerError
-from ..features import hash_photos
-from ..images import expand_paths
-from ..retrieval import photo_vectors
+from ..models.embedding import photo_vectors
 from .catalogue import INSERT_PHOTO, blob, now
 
 if TYPE_CHECKING:

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..api import Caption
+from ..captioning import Caption
+from ..data.features import encode_photos
+from ..data.images import file_sha256
+from ..data.text import clean
 from ..errors import CaptionerError
-from ..features import encode_photos
-from ..images import file_sha256
-from ..retrieval import RetrievalConfig, photo_vectors, query_vectors, text_logprob
-from ..sentences import DIM
-from ..tags import tag_bonus
-from ..text import clean
+from ..models.embedding import RetrievalConfig, photo_vectors, query_vectors, text_logprob
+from ..models.sentences import DIM
+from ..models.tags import tag_bonus
 from .catalogue import ROW, Row, vector
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ..files import atomic_path
-from ..vectorindex import VectorIndex
 from .catalogue import vector
+from .vectorindex import VectorIndex
 
 
 class Vectors:

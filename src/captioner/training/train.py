@@ -12,21 +12,21 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import confidence
-from .config import Config, TrainConfig
-from .dataset import Split, load_training
+from ..data.dataset import Split, load_training
+from ..data.text import END_ID, PAD_ID, START_ID, Vocab
+from ..errors import CaptionerError
+from ..evaluation.metrics import dev_cider
+from ..files import atomic_path, write_atomic
+from ..models import confidence
+from ..models.decode import greedy, sample, word_logprobs
+from ..models.decoders import Decoder
+from ..models.encoders import bf16_supported, load_encoder
+from ..models.folder import Model, save_model
+from ..models.glove import GLOVE_DIM, glove_vectors
+from ..models.tags import class_words, probabilities
 from .cider import CiderD
-from .decode import greedy, sample, word_logprobs
-from .decoders import Decoder
-from .encoders import bf16_supported, load_encoder
-from .errors import CaptionerError
-from .files import atomic_path, write_atomic
-from .glove import GLOVE_DIM, glove_vectors
-from .metrics import dev_cider
-from .modelfolder import Model, save_model
+from .config import Config, TrainConfig
 from .parallel import Workers
-from .tags import class_words, probabilities
-from .text import END_ID, PAD_ID, START_ID, Vocab
 
 CHECKPOINT = "checkpoint.safetensors"
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from . import confidence
-from .encoders import load_encoder
-from .errors import CaptionerError
-from .evaluate import decode_split, load_photos
-from .metrics import photo_cider
-from .modelfolder import load_model
-from .tags import tagger
+from ..errors import CaptionerError
+from ..evaluation.evaluate import decode_split, load_photos
+from ..evaluation.metrics import photo_cider
+from ..models import confidence
+from ..models.encoders import load_encoder
+from ..models.folder import load_model
+from ..models.tags import tagger
 
 
 def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Path | None = None,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .config import DataConfig
+from ..errors import CaptionerError
+from ..models.encoders import load_encoder
+from ..training.config import DataConfig
 from .corpus import Prepared, load_prepared
-from .encoders import load_encoder
-from .errors import CaptionerError
 from .features import FeatureCache, build_cache
 from .text import PAD_ID, Vocab
 

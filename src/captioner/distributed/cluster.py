@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .errors import CaptionerError
+from ..errors import CaptionerError
 
 INSTALL = "pip install 'captioner[ray]'"
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, config_from_dict
-from .dataset import cache_training_features
-from .errors import CaptionerError
-from .parallel import Workers
-from .raycluster import connect, pin_threads
-from .train import check_run, train
+from ..data.dataset import cache_training_features
+from ..errors import CaptionerError
+from ..training.config import Config, config_from_dict
+from ..training.parallel import Workers
+from ..training.train import check_run, train
+from .cluster import connect, pin_threads
 
 
 def absolute(cfg: Config) -> Config:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Caption, Captioner
-from .encoders import load_encoder
-from .features import Batch, encode_photos
-from .images import expand_paths
-from .raycluster import connect, pin_threads
-from .sentences import DIM
-from .tags import Tag
+from ..captioning import Caption, Captioner
+from ..data.features import Batch, encode_photos
+from ..data.images import expand_paths
+from ..models.encoders import load_encoder
+from ..models.sentences import DIM
+from ..models.tags import Tag
+from .cluster import connect, pin_threads
 
 
 class CaptionActor:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
 
+from ..data.text import END_ID, PAD_ID, START_ID, UNK_ID
 from .decoders import Decoder, State
-from .text import END_ID, PAD_ID, START_ID, UNK_ID
 
 
 @dataclass

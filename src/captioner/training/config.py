@@ -5,8 +5,8 @@ import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from .decoders import DecoderConfig
-from .errors import CaptionerError
+from ..errors import CaptionerError
+from ..models.decoders import DecoderConfig
 
 
 @dataclass

@@ -13,17 +13,17 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from .encoders import Encoder
-from .errors import CaptionerError
-from .files import atomic_path, write_atomic
+from ..errors import CaptionerError
+from ..files import atomic_path, write_atomic
+from ..models.encoders import Encoder
 from .images import TruncatedPhotoWarning, file_sha256, read_photo, to_pixels
 
 INDEX = "index.json"
@@ -194,7 +194,7 @@ def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard
     A photo that cannot be read or decoded is left out (its hash is None if even
     its bytes cannot be read) and reported with its reason; the others go on.
     `encode(paths, batch_size, progress)` yields what `encode_photos` does (default:
-    `encode_photos` with `encoder`; `raybatch.encode_stream` encodes on a Ray cluster).
+    `encode_photos` with `encoder`; `distributed.batch.encode_stream` encodes on a Ray cluster).
     """
     encode = encode or (lambda todo, size, bar: encode_photos(encoder, todo, size, bar))
     cache = FeatureCache.open(root, encoder.spec.key)

@@ -27,8 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_path
 from .decode import Hypothesis
-from .files import atomic_path
 
 FILE = "confidence.safetensors"
 FEATURES = ("logprob", "tag", "named", "unnamed", "familiar", "agree")

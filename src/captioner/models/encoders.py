@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CaptionerError
+from ..errors import CaptionerError
 
 
 @dataclass(frozen=True)

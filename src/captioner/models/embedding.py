@@ -49,11 +49,11 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from ..data.text import clean, detokenize
+from ..files import atomic_path
 from .decode import beam_search, caption_logprob
-from .files import atomic_path
 from .sentences import DIM, SentenceEncoder, config, load_sentence_encoder, mean_pool, new_layers, run_layers
 from .tags import tag_bonus
-from .text import clean, detokenize
 
 FILE = "retrieval.safetensors"
 FORMAT = 2  # 1 (no format in the file): a head over the pooled vector beside frozen sentence vectors
@@ -448,8 +448,8 @@ def _rsum(trial: dict) -> float:
 def load_pairs(model, data: list[str | Path], split: str, cache: str | Path | None,
                progress: bool) -> list[Pairs]:
     """The photos of `split` in each prepared corpus that has any, with their features and captions."""
-    from .corpus import load_prepared
-    from .dataset import ensure_features, load_split
+    from ..data.corpus import load_prepared
+    from ..data.dataset import ensure_features, load_split
 
     out = []
     for folder in data:
@@ -468,8 +468,8 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
           progress: bool = True) -> dict:
     """Train the model's embedding on the train splits of `data`, choose it and tune search on their dev
     splits, save it beside the model."""
-    from .api import Captioner
-    from .errors import CaptionerError
+    from ..captioning import Captioner
+    from ..errors import CaptionerError
 
     captioner = Captioner.load(model_dir)
     model = captioner.model

@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import DecodeConfig
+from ..data.text import Vocab
+from ..errors import CaptionerError
+from ..files import atomic_path, write_atomic
+from ..training.config import DecodeConfig
 from .decoders import Decoder, DecoderConfig
 from .encoders import bf16_supported
-from .errors import CaptionerError
-from .files import atomic_path, write_atomic
-from .text import Vocab
 
 FORMAT = 1
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
+DEFAULT_MODEL = Path(__file__).parents[1] / "assets" / "default"
 
 
 @dataclass

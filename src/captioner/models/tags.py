@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .text import Vocab, clean
+from ..data.text import Vocab, clean
 
-CLASSES_FILE = Path(__file__).parent / "assets" / "imagenet_classes.json"
+CLASSES_FILE = Path(__file__).parents[1] / "assets" / "imagenet_classes.json"
 """The 1,000 ImageNet classes in the classifier's order: WordNet id and names, e.g. "Egyptian cat"."""
 
 TOP, MIN_P = 5, 0.05  # a photo's tags: at most TOP classes, each with at least MIN_P probability
@@ -43,7 +43,7 @@ class Tag:
 def tag_words(tag: dict) -> set[str]:
     """The words a tag (as stored: {"label", "p", "word"}) answers to: its caption word, else the words of its
     class name ("bald eagle")."""
-    from .text import clean
+    from ..data.text import clean
 
     return {tag["word"]} if tag["word"] else set(clean(tag["label"]))
 
@@ -133,5 +133,5 @@ def class_words(probs: torch.Tensor, references: list[list[str]], vocab: Vocab) 
 
 
 def tagger(model, encoder) -> Tagger | None:
-    """The tagger of a loaded model (modelfolder.Model) and its encoder; None if the encoder has no classifier."""
+    """The tagger of a loaded model (models.folder.Model) and its encoder; None if the encoder has no classifier."""
     return Tagger(encoder.classifier, model.class_words, model.vocab) if encoder.classifier is not None else None

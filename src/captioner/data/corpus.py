@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import CaptionerError
-from .files import atomic_path, write_atomic
+from ..errors import CaptionerError
+from ..files import atomic_path, write_atomic
 from .images import PHOTO_SUFFIXES, file_sha256
 from .text import Vocab, clean
 

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as toolkit_meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer as ptb
 
-from .errors import CaptionerError
-from .text import clean
+from ..data.text import clean
+from ..errors import CaptionerError
 
 NO_JAVA = ("METEOR and the PTB tokenizer need Java: install a Java runtime "
            "(e.g. `apt-get install default-jre-headless`) and run again.")

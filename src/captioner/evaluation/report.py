@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import CaptionerError
-from .files import write_atomic
+from ..errors import CaptionerError
+from ..files import write_atomic
 
 THUMBNAIL_PX = 160
 

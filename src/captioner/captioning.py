@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import confidence, retrieval
-from .decode import beam_search
-from .encoders import Encoder, load_encoder
-from .features import encode_photos
-from .images import expand_paths
-from .modelfolder import Model, load_model
-from .tags import Tag, tagger
-from .text import detokenize
+from .data.features import encode_photos
+from .data.images import expand_paths
+from .data.text import detokenize
+from .models import confidence, embedding
+from .models.decode import beam_search
+from .models.encoders import Encoder, load_encoder
+from .models.folder import Model, load_model
+from .models.tags import Tag, tagger
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Captioner:
         self.encoder = encoder
         self.tagger = tagger(model, encoder)
         self.centroids, self.confidence = confidence.load(model.folder) if model.folder else (None, None)
-        self.embedding = retrieval.load(model.folder)
+        self.embedding = embedding.load(model.folder)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> "Captioner":

@@ -15,15 +15,14 @@ search can reorder and repeat them without knowing which decoder it drives.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text import PAD_ID
+from ..data.text import PAD_ID
 
 State = tuple[torch.Tensor, ...]
 

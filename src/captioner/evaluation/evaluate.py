@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .config import DecodeConfig
-from .corpus import load_prepared
-from .dataset import Split, ensure_features, load_split
-from .decode import Hypothesis, beam_search
-from .encoders import load_encoder
+from ..data.corpus import load_prepared
+from ..data.dataset import Split, ensure_features, load_split
+from ..data.text import detokenize
+from ..models.decode import Hypothesis, beam_search
+from ..models.encoders import load_encoder
+from ..models.folder import Model, load_model
+from ..models.tags import Tagger, tagger
+from ..training.config import DecodeConfig
 from .metrics import diversity, score_captions
-from .modelfolder import Model, load_model
 from .report import write_report
-from .tags import Tagger, tagger
-from .text import detokenize
 
 
 def load_photos(model: Model, data: str | Path, split: str, cache: str | Path | None, progress: bool) -> Split:
