@@ -24,7 +24,7 @@ import torch
 
 from captioner.training.config import config_from_dict
 from captioner.data.corpus import prepare
-from captioner.data.dataset import cache_training_features
+from captioner.features.splits import cache_training_features
 from captioner.distributed.train import train_on_ray
 from captioner.training.train import train
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captioner.models import encoders
-from captioner.training.config import DecodeConfig
+from captioner.models.decode import DecodeConfig
 from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.models.folder import Model, save_model
 from captioner.data.text import END_ID, SPECIALS, Vocab

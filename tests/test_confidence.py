@@ -2,7 +2,7 @@
 import torch
 
 from captioner.models import confidence
-from captioner.models.decode import Hypothesis
+from captioner.models.search import Hypothesis
 
 
 def hyp(tokens: list[int], logprob: float) -> Hypothesis:

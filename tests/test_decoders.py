@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from captioner.models.decode import beam_search, greedy, sample
+from captioner.models.search import beam_search, greedy, sample
 from captioner.models.decoders import Decoder, DecoderConfig, KINDS
 from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-from captioner.data import features
+from captioner.features import cache as features
 from captioner.errors import CaptionerError
-from captioner.data.features import INDEX, FeatureCache, build_cache, encode_photos
+from captioner.features.cache import INDEX, FeatureCache, build_cache, encode_photos
 from captioner.data.images import TruncatedPhotoWarning, file_sha256, load_photo, read_photo, to_pixels
 from conftest import cached_encoder
 from photos import BROKEN_MESSAGES, gradient, make_broken_photos

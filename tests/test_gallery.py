@@ -313,7 +313,7 @@ def test_an_embedding_an_older_captioner_trained_is_ignored_with_a_warning(tiny_
 def test_train_embedding_learns_what_a_cell_of_the_grid_shows():
     """Each photo shows one of 8 things in one random cell of its grid; its caption names the thing.
     Trained on 240 photos, the embedding finds, for each thing's caption, a held-out photo showing it."""
-    from captioner.models.embedding import Pairs, TrainConfig, train_embedding
+    from captioner.training.align import AlignConfig, Pairs, train_embedding
 
     things = ["dog", "cat", "car", "boat", "tree", "horse", "bicycle", "bird"]
     g = torch.Generator().manual_seed(1)
@@ -328,7 +328,7 @@ def test_train_embedding_learns_what_a_cell_of_the_grid_shows():
 
     embedding, history = train_embedding([pairs(240, "train")], [dev := pairs(80, "dev")],
                                          RetrievalConfig(width=64, heads=4),
-                                         TrainConfig(epochs=6, batch_size=8, lr=3e-3), progress=False)
+                                         AlignConfig(epochs=6, batch_size=8, lr=3e-3), progress=False)
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
     texts = embedding.text([f"a photo of a {t}" for t in things])
     best = (texts @ embedding.images(dev.pooled, dev.grid).T).argmax(1)  # [8] the best dev photo per thing

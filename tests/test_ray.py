@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from captioner.captioning import Captioner
 from captioner.cli import main
 from captioner.training.config import config_from_dict
-from captioner.data.features import FeatureCache, build_cache
+from captioner.features.cache import FeatureCache, build_cache
 from captioner.gallery import Gallery
 from captioner.models.folder import load_model
 from captioner.distributed.batch import CaptionActor, caption_stream, encode_stream

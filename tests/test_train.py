@@ -177,7 +177,7 @@ def test_self_critical_moves_no_mass_to_tokens_never_sampled():
     """Samples never hold <pad>, <start> or <unk>, so the loss must give those tokens no gradient: otherwise
     pushing sampled words down (most samples score below their baseline) drains the mass into them."""
     from captioner.training.cider import CiderD
-    from captioner.models.decode import NEVER
+    from captioner.models.search import NEVER
     from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.data.text import Vocab
     from captioner.training.train import scst_loss
@@ -247,7 +247,8 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
 
 def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     from captioner.cli import main
-    from captioner.models.embedding import FILE, choose_rerank, load
+    from captioner.models.embedding import FILE, load
+    from captioner.training.align import choose_rerank
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
@@ -266,7 +267,7 @@ def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
 
 
 def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():
-    from captioner.models.embedding import choose_rerank
+    from captioner.training.align import choose_rerank
 
     def trial(pool, weight, r1):
         return {"blend": 0.8, "rerank_pool": pool, "rerank_weight": weight, "R@1": r1, "R@5": 50.0, "R@10": 60.0}
@@ -313,7 +314,7 @@ def single_caption_corpus(root: Path, flickr8k_root: Path, tmp_path_factory) -> 
 def test_training_on_two_corpora_with_a_dev_set_kept_apart(mini_corpus, flickr8k_root, tmp_path, tmp_path_factory):
     """Five-caption and one-caption photos train together, one vocabulary from both train splits, the epoch
     chosen by the mean dev CIDEr of two dev sets; self-critical epochs only on photos with 5 references."""
-    from captioner.data.dataset import load_training
+    from captioner.features.splits import load_training
 
     single = single_caption_corpus(tmp_path_factory.mktemp("single"), flickr8k_root, tmp_path_factory)
     values = tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=2, scst_epochs=1, scst_samples=2,

@@ -1,19 +1,21 @@
-"""The Python API: `Captioner.load().caption(["photo.jpg"])`."""
+"""The Python API, and the one place captions are made from photos' features: `Captioner.load().caption([...])`."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .data.features import encode_photos
 from .data.images import expand_paths
 from .data.text import detokenize
+from .features.cache import encode_photos
 from .models import confidence, embedding
-from .models.decode import beam_search
+from .models.decode import decode
 from .models.encoders import Encoder, load_encoder
 from .models.folder import Model, load_model
+from .models.search import Hypothesis
 from .models.tags import Tag, tagger
 
 
@@ -21,7 +23,7 @@ from .models.tags import Tag, tagger
 class Caption:
     """One photo's caption, or the one-sentence reason it has none."""
 
-    path: Path
+    path: Path | None = None  # None: made from features, not from a photo file
     text: str = ""
     score: float = 0.0  # log-probability of the caption under the model
     words: list[str] = field(default_factory=list)
@@ -32,12 +34,17 @@ class Caption:
     confidence: float | None = None  # the chance the caption is right (None: the model is not calibrated)
     error: str = ""
     warning: str = ""
-    embedding: np.ndarray | None = None  # [384] float32: the photo in the search space (retrieval.py), if trained
+    embedding: np.ndarray | None = None  # [384] float32: the photo in the search space (models/embedding.py)
 
     @property
     def said(self) -> str:
         """The caption as a person should read or hear it: with doubt in words when its confidence is low."""
         return confidence.say(self.text, self.confidence)
+
+    @property
+    def beam_texts(self) -> list[str]:
+        """The caption and the beam's other captions, best first (what the gallery embeds)."""
+        return [self.text] + [text for text, _ in self.alternatives]
 
     def to_json(self, tags: bool = False) -> dict:
         if self.error:
@@ -46,6 +53,20 @@ class Caption:
         if self.confidence is not None:
             out["confidence"] = round(self.confidence, 3)
         return out | {"tags": [t.to_json() for t in self.tags]} if tags else out
+
+    def to_dict(self) -> dict:
+        """Every field by name, JSON-ready (arrays as lists): a Caption passed between processes."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out |= {"path": None if self.path is None else str(self.path), "tags": [asdict(t) for t in self.tags]}
+        return out | {k: out[k].tolist() for k in ("attention", "vector", "embedding") if out[k] is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Caption:
+        """The Caption `to_dict` gave."""
+        arrays = {k: np.asarray(d[k], np.float32) for k in ("attention", "vector", "embedding") if d[k] is not None}
+        return cls(**d | arrays | {"path": None if d["path"] is None else Path(d["path"]),
+                                   "alternatives": [tuple(a) for a in d["alternatives"]],
+                                   "tags": [Tag(**t) for t in d["tags"]]})
 
 
 class Captioner:
@@ -59,7 +80,7 @@ class Captioner:
         self.embedding = embedding.load(model.folder)
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None) -> "Captioner":
+    def load(cls, model_dir: str | Path | None = None) -> Captioner:
         """The model in `model_dir`, or the default model shipped with captioner."""
         model = load_model(model_dir, fast=True)
         return cls(model, load_encoder(model.encoder, model.input_size))
@@ -73,36 +94,32 @@ class Captioner:
                progress: bool = False) -> Iterator[Caption]:
         """Like `caption`, yielding each caption as soon as its batch is done."""
         paths = expand_paths(photos)
-        cfg = self.model.decode
-        beam = beam or cfg.beam
-        grid_side = self.encoder.spec.grid
         for ok, pooled, grid, errors, warned in encode_photos(self.encoder, paths, batch_size, progress):
             results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
-            if ok:
-                probs = self.tagger.probabilities(pooled) if self.tagger else None
-                guide = self.tagger.guide(probs, cfg.tag_weight) if self.tagger and cfg.tag_weight else None
-                hyps = beam_search(self.model.decoder, pooled, grid, beam, cfg.max_len,
-                                   cfg.length_penalty, cfg.block_ngram, guide)
-                tags = self.tagger.tags(probs) if self.tagger else [[] for _ in ok]
-                sure = self.confidence(confidence.features(hyps, pooled, self.centroids, probs, self.tagger.word_ids
-                                                           if self.tagger else None)).tolist() \
-                    if self.confidence else [None] * len(ok)
-                images = self.embedding.images(pooled, grid) if self.embedding else [None] * len(ok)
-                for i, beams, vector, photo_tags, c, image in zip(ok, hyps, pooled.float().numpy(), tags, sure,
-                                                                  images):
-                    results[i] = self._caption(paths[i], beams, grid_side, vector, photo_tags, c)
-                    results[i].warning = warned.get(i, "")
-                    results[i].embedding = image
+            for i, c in zip(ok, self.describe(pooled, grid, beam=beam) if ok else []):
+                results[i] = replace(c, path=paths[i], warning=warned.get(i, ""))
             yield from (results[i] for i in sorted(results))
 
-    def _caption(self, path: Path, beams, grid_side: int, vector: np.ndarray, tags: list[Tag],
-                 sure: float | None) -> Caption:
-        words_of = [[self.model.vocab.words[t] for t in h.tokens] for h in beams]
-        best = beams[0]
-        attention = None
-        if best.attention is not None:
-            attention = best.attention.reshape(-1, grid_side, grid_side).numpy()
-        return Caption(path, detokenize(words_of[0]), best.logprob, words_of[0],
-                       [(detokenize(w), h.logprob) for w, h in zip(words_of[1:], beams[1:])], attention, vector, tags,
-                       sure)
+    def describe(self, pooled: torch.Tensor, grid: torch.Tensor, beam: int | None = None) -> list[Caption]:
+        """Captions of photos given by their encoder features, pooled [B, C] and grid [B, N, C], decoded with the
+        model's settings (`beam` in place of its width): what every caption of this model comes from."""
+        settings = self.model.decode.override(beam=beam)
+        beams, probs = decode(self.model.decoder, pooled, grid, settings, self.tagger)
+        n = len(beams)
+        tags = self.tagger.tags(probs) if self.tagger else [[] for _ in range(n)]
+        sure = self.confidence(confidence.features(beams, pooled, self.centroids, probs, self.tagger.word_ids
+                                                   if self.tagger else None)).tolist() \
+            if self.confidence else [None] * n
+        images = self.embedding.images(pooled, grid) if self.embedding else [None] * n
+        return [self._caption(hyps, vector, photo_tags, c, image) for hyps, vector, photo_tags, c, image
+                in zip(beams, pooled.float().numpy(), tags, sure, images)]
 
+    def _caption(self, beams: list[Hypothesis], vector: np.ndarray, tags: list[Tag], sure: float | None,
+                 image: np.ndarray | None) -> Caption:
+        words = [[self.model.vocab.words[t] for t in h.tokens] for h in beams]
+        best = beams[0]
+        side = self.encoder.spec.grid
+        attention = best.attention.reshape(-1, side, side).numpy() if best.attention is not None else None
+        return Caption(None, detokenize(words[0]), best.logprob, words[0],
+                       [(detokenize(w), h.logprob) for w, h in zip(words[1:], beams[1:])], attention, vector, tags,
+                       sure, embedding=image)

@@ -111,7 +111,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from .data.corpus import load_prepared
-    from .data.dataset import ensure_features
+    from .features.splits import ensure_features
 
     encode = None
     if ray_wanted(args):
@@ -175,9 +175,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from .models.embedding import TrainConfig, align
+    from .training.align import AlignConfig, align
 
-    tc = TrainConfig(**({"epochs": args.epochs} if args.epochs else {}))
+    tc = AlignConfig(**({"epochs": args.epochs} if args.epochs else {}))
     result = align(args.model, args.data or [DEFAULT_DATA], args.cache, tc=tc)
     cfg = result["config"]
     best = next(t for t in result["dev_trials"] if all(t[k] == cfg[k] for k in ("blend", "tag_weight",

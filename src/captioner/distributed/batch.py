@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..captioning import Caption, Captioner
-from ..data.features import Batch, encode_photos
 from ..data.images import expand_paths
+from ..features.cache import Batch, encode_photos
 from ..models.encoders import load_encoder
-from ..models.sentences import DIM
-from ..models.tags import Tag
 from .cluster import connect, pin_threads
 
 
@@ -36,12 +33,9 @@ class CaptionActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["paths"][0]]
-        captions = list(self.captioner.stream(paths, self.beam, batch_size=len(paths)))
-        dim = self.captioner.encoder.spec.dim
-        return {"caption": np.array([json.dumps(_fields(c, self.attention)) for c in captions]),
-                "vector": np.stack([np.zeros(dim, np.float32) if c.vector is None else c.vector for c in captions]),
-                "embedding": np.stack([np.full(DIM, np.nan, np.float32) if c.embedding is None else c.embedding
-                                       for c in captions])}
+        captions = self.captioner.stream(paths, self.beam, batch_size=len(paths))
+        return {"caption": np.array([json.dumps(c.to_dict() | ({} if self.attention else {"attention": None}))
+                                     for c in captions])}
 
 
 class EncodeActor:
@@ -62,21 +56,6 @@ class EncodeActor:
         return {"error": np.array([errors.get(i, "") for i in range(len(paths))]),
                 "warning": np.array([warned.get(i, "") for i in range(len(paths))]), "pooled": out_pooled,
                 "grid": out_grid}
-
-
-def _fields(c: Caption, attention: bool) -> dict:
-    return {"path": str(c.path), "text": c.text, "score": c.score, "words": c.words, "alternatives": c.alternatives,
-            "tags": [asdict(t) for t in c.tags], "confidence": c.confidence, "error": c.error, "warning": c.warning,
-            "attention": c.attention.tolist() if attention and c.attention is not None else None}
-
-
-def _caption(row: dict) -> Caption:
-    f = json.loads(row["caption"])
-    return Caption(Path(f["path"]), f["text"], f["score"], f["words"], [tuple(a) for a in f["alternatives"]],
-                   None if f["attention"] is None else np.array(f["attention"], np.float32),
-                   None if f["error"] else np.array(row["vector"], np.float32), [Tag(**t) for t in f["tags"]],
-                   f["confidence"], f["error"], f["warning"],
-                   None if np.isnan(row["embedding"]).any() else np.array(row["embedding"], np.float32))
 
 
 def run_ordered(actor: type, kwargs: dict, paths: Sequence[str], batch_size: int, actors: int | None = None,
@@ -110,8 +89,7 @@ def caption_stream(model: str | None = None, actors: int | None = None, address:
         paths = [str(p) for p in expand_paths(photos)]
         for batch in run_ordered(actor, {"model": model, "beam": beam, "attention": attention}, paths, batch_size,
                                  actors, address, progress):
-            yield from (_caption({"caption": c, "vector": v, "embedding": e})
-                        for c, v, e in zip(batch["caption"], batch["vector"], batch["embedding"]))
+            yield from (Caption.from_dict(json.loads(c)) for c in batch["caption"])
     return stream
 
 

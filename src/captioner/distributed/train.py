@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.dataset import cache_training_features
 from ..errors import CaptionerError
+from ..features.splits import cache_training_features
 from ..training.config import Config, config_from_dict
 from ..training.parallel import Workers
 from ..training.train import check_run, train

@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..captioning import Caption
-from ..data.features import hash_photos
 from ..data.images import expand_paths
 from ..errors import CaptionerError
+from ..features.cache import hash_photos
 from ..models.embedding import photo_vectors
 from .catalogue import INSERT_PHOTO, blob, now
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..captioning import Caption
-from ..data.features import encode_photos
 from ..data.images import file_sha256
 from ..data.text import clean
 from ..errors import CaptionerError
+from ..features.cache import encode_photos
 from ..models.embedding import RetrievalConfig, photo_vectors, query_vectors, text_logprob
 from ..models.sentences import DIM
 from ..models.tags import tag_bonus

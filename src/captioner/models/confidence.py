@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..files import atomic_path
-from .decode import Hypothesis
+from .search import Hypothesis
 
 FILE = "confidence.safetensors"
 FEATURES = ("logprob", "tag", "named", "unnamed", "familiar", "agree")

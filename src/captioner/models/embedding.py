@@ -8,11 +8,8 @@ Two towers map into one space of unit vectors (384 numbers):
 - the text tower: all-MiniLM-L6-v2 (`sentences.py`) with its top
   `text_layers` layers fine-tuned and a linear map after its mean pooling.
 
-They are trained together (`captioner align`) on every train caption of the
-corpora given, beside its photo: a symmetric InfoNCE loss with a learned
-temperature, plus `hardest` x the VSE++ loss on each batch's hardest
-negatives. The epoch and the search settings below are chosen on the dev
-splits.
+They are trained together by `captioner align` (training/align.py), which
+also chooses the search settings below on dev splits.
 
 A gallery photo has two vectors in that space: its caption vector (the mean of
 its beam captions' text vectors) and its image vector (the photo tower's). A
@@ -33,12 +30,10 @@ all-MiniLM-L6-v2). A model without one searches by caption vectors alone.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +42,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm import tqdm
 
-from ..data.text import clean, detokenize
+from ..data.text import clean
 from ..files import atomic_path
-from .decode import beam_search, caption_logprob
+from .search import caption_logprob
 from .sentences import DIM, SentenceEncoder, config, load_sentence_encoder, mean_pool, new_layers, run_layers
-from .tags import tag_bonus
 
 FILE = "retrieval.safetensors"
 FORMAT = 2  # 1 (no format in the file): a head over the pooled vector beside frozen sentence vectors
-WEAK_QUANTILE = 0.05  # weak_score: the score below which this share of dev captions rank their own photo
-MARGIN = 0.2  # the VSE++ loss's margin
 
 
 @dataclass
@@ -71,17 +62,6 @@ class RetrievalConfig:
     rerank_weight: float = 0.05  # weight of log p(description | photo) when re-ranking
     rerank_pool: int = 30  # candidates re-ranked per query
     weak_score: float = 0.0  # a best match below this score matches nothing well
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 6
-    batch_size: int = 256
-    lr: float = 1e-3  # the photo tower's and the text map's
-    text_lr: float = 5e-5  # the fine-tuned text layers'
-    dropout: float = 0.5  # on the photo tower's input features
-    hardest: float = 0.5  # weight of the VSE++ hardest-negative loss beside InfoNCE
-    seed: int = 0
 
 
 class PhotoTower(nn.Module):
@@ -209,276 +189,3 @@ def text_logprob(model, pooled: torch.Tensor, grid: torch.Tensor, text: str) -> 
     """[B] log p(text | photo) under the captioner, for each of B photos."""
     ids = model.vocab.encode(clean(text), model.decode.max_len)
     return caption_logprob(model.decoder, pooled, grid, ids).numpy()
-
-
-def beam_captions(model, pooled: torch.Tensor, grid: torch.Tensor, batch_size: int = 64) -> list[list[str]]:
-    """The beam's captions of cached features, best first (what indexing a photo stores)."""
-    out = []
-    for i in range(0, len(pooled), batch_size):
-        for beams in beam_search(model.decoder, pooled[i:i + batch_size], grid[i:i + batch_size],
-                                 model.decode.beam, model.decode.max_len, model.decode.length_penalty,
-                                 model.decode.block_ngram):
-            out.append([detokenize(model.vocab.words[t] for t in h.tokens) for h in beams])
-    return out
-
-
-@dataclass
-class Pairs:
-    """Photos (features) and their captions, for training or choosing the embedding."""
-
-    pooled: torch.Tensor  # [n, C]
-    grid: torch.Tensor  # [n, N, C]
-    captions: list[list[str]]
-    name: str = ""
-    states: torch.Tensor = field(default=None, repr=False)  # [m, T, 384] float16: each caption after the frozen layers
-    keep: torch.Tensor = field(default=None, repr=False)  # [m, T]
-    owner: torch.Tensor = field(default=None, repr=False)  # [m]: the photo of each caption
-
-    def encode_text(self, embedding: Embedding, progress: bool) -> None:
-        """Run every caption through the frozen layers once (training then runs only the tuned ones)."""
-        flat = [c for group in self.captions for c in group]
-        self.owner = torch.repeat_interleave(torch.arange(len(self.captions)),
-                                             torch.tensor([len(g) for g in self.captions]))
-        batches = list(embedding.base.batches(flat, 256))
-        longest = max(ids.shape[1] for _, ids, _ in batches)
-        self.states = torch.zeros(len(flat), longest, DIM, dtype=torch.float16)
-        self.keep = torch.zeros(len(flat), longest, dtype=torch.long)
-        for rows, ids, keep in tqdm(batches, desc=f"text {self.name}", unit="batch", disable=not progress):
-            self.states[rows, :ids.shape[1]] = embedding.text_states(ids, keep).half()
-            self.keep[rows, :ids.shape[1]] = keep
-
-    def text_batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """States [B, T, 384] and keep [B, T] of captions `rows`, cut to their longest."""
-        keep = self.keep[rows]
-        length = int(keep.sum(1).max())
-        return self.states[rows, :length].float(), keep[:, :length]
-
-
-def contrastive_loss(embedding: Embedding, t: torch.Tensor, v: torch.Tensor, photo: torch.Tensor,
-                     hardest: float) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of matching text [B, 384] and image [B, 384] vectors (+ VSE++ hardest).
-
-    photo [B] names each pair's photo: another caption of the same photo is no negative, it is left out.
-    """
-    sims = t @ v.T  # [B, B]: row i's match is column i
-    target = torch.arange(len(t))
-    twin = (photo[:, None] == photo[None, :]) & (target[:, None] != target[None, :])
-    logits = (embedding.log_scale.exp().clamp(max=100) * sims).masked_fill(twin, -math.inf)
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    if hardest:
-        positive = sims.diag()
-        negatives = sims.masked_fill(twin | (target[:, None] == target[None, :]), -2.0)
-        loss = loss + hardest * (F.relu(MARGIN + negatives.max(1).values - positive)
-                                 + F.relu(MARGIN + negatives.max(0).values - positive)).mean()
-    return loss
-
-
-@torch.no_grad()
-def dev_scores(embedding: Embedding, pairs: Pairs, batch_size: int = 512) -> np.ndarray:
-    """[captions, photos] text-to-image similarity on a dev set (captions encoded through the frozen layers)."""
-    embedding.eval()
-    images = torch.from_numpy(embedding.images(pairs.pooled, pairs.grid, batch_size))
-    texts = torch.cat([embedding.text_from(*pairs.text_batch(torch.arange(i, min(i + batch_size, len(pairs.owner)))))
-                       for i in range(0, len(pairs.owner), batch_size)])
-    return (texts @ images.T).numpy()
-
-
-def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, tc: TrainConfig,
-                    progress: bool = True) -> tuple[Embedding, list[dict]]:
-    """Train on the captions of `train`, each once an epoch beside its photo, and keep the epoch with the
-    best mean dev R@1 + R@5 + R@10. Returns the embedding and each epoch's dev recall."""
-    torch.manual_seed(tc.seed)
-    g = torch.Generator().manual_seed(tc.seed)
-    pooled = torch.cat([p.pooled for p in train])
-    grid = torch.cat([p.grid for p in train])
-    embedding = Embedding(cfg, pooled.shape[1], grid.shape[1], tc.dropout)
-    embedding.text_top.load_state_dict(embedding.base.layers[embedding.frozen:].state_dict())
-    x = pooled.float()
-    embedding.photo.mean.copy_(x.mean(0))
-    embedding.photo.std.copy_(x.std(0) + 1e-6)
-    for p in train + dev:
-        p.encode_text(embedding, progress)
-    source = torch.cat([torch.full((len(p.owner),), k) for k, p in enumerate(train)])  # each caption's Pairs
-    row = torch.cat([torch.arange(len(p.owner)) for p in train])  # its row there
-    offsets = torch.cumsum(torch.tensor([0] + [len(p.captions) for p in train[:-1]]), 0)
-    photo = torch.cat([p.owner + offsets[k] for k, p in enumerate(train)])  # its photo in pooled and grid
-    text_params = list(embedding.text_top.parameters())
-    others = [p for n, p in embedding.named_parameters() if not n.startswith("text_top.")]
-    opt = torch.optim.AdamW([{"params": others, "lr": tc.lr}, {"params": text_params, "lr": tc.text_lr}],
-                            weight_decay=0.05)
-    n = len(photo)
-    per_epoch = max(1, n // tc.batch_size)  # full batches only: a small last batch is too easy a contrast
-    steps = tc.epochs * per_epoch
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
-        math.pi * min(s / steps, 1.0)))))  # a linear warm-up, then a cosine down to zero
-    history, best, best_state = [], -1.0, None
-    for epoch in range(1, tc.epochs + 1):
-        embedding.train()
-        perm = torch.randperm(n, generator=g)
-        losses = []
-        for b in tqdm(range(per_epoch), desc=f"embedding epoch {epoch}/{tc.epochs}", unit="batch",
-                      disable=not progress, leave=False):
-            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
-            states, keep = _text_rows(train, source[idx], row[idx])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embedding.base.bf16):
-                t = embedding.text_from(states, keep)
-                v = embedding.photo(pooled[photo[idx]], grid[photo[idx]])
-            loss = contrastive_loss(embedding, t.float(), v.float(), photo[idx], tc.hardest)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4),
-                  "temperature": round(1 / embedding.log_scale.exp().item(), 4)}
-        for p in dev:
-            record[p.name] = recall(dev_scores(embedding, p), p.owner.numpy())
-        score = float(np.mean([_rsum(record[p.name]) for p in dev])) if dev else epoch
-        history.append(record)
-        if progress:
-            tqdm.write(json.dumps(record), file=sys.stderr)
-        if score > best:
-            best, best_state = score, copy.deepcopy(embedding.state_dict())
-    embedding.load_state_dict(best_state)
-    return embedding.eval(), history
-
-
-def _text_rows(train: list[Pairs], source: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """States and keep of caption `rows` of the Pairs `source` names, padded alike."""
-    parts = [train[int(k)].text_batch(rows[source == k]) for k in source.unique()]
-    order = torch.cat([torch.nonzero(source == k)[:, 0] for k in source.unique()])
-    length = max(s.shape[1] for s, _ in parts)
-    states = torch.cat([F.pad(s, (0, 0, 0, length - s.shape[1])) for s, _ in parts])
-    keep = torch.cat([F.pad(k, (0, length - k.shape[1])) for _, k in parts])
-    back = torch.empty_like(order)
-    back[order] = torch.arange(len(order))
-    return states[back], keep[back]
-
-
-def recall(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """R@1/5/10 (%) and median rank of queries [q, n] scores whose right photo is truth [q]."""
-    ranks = (scores > scores[np.arange(len(truth)), truth][:, None]).sum(1)
-    return {"R@1": round(100 * float((ranks < 1).mean()), 2), "R@5": round(100 * float((ranks < 5).mean()), 2),
-            "R@10": round(100 * float((ranks < 10).mean()), 2), "median_rank": float(np.median(ranks) + 1)}
-
-
-def reranked(first: np.ndarray, pool: np.ndarray, logprob: np.ndarray, weight: float) -> np.ndarray:
-    """First-stage scores [q, n] with each query's pool [q, P] re-scored by `weight` * logprob [q, P]."""
-    out = np.full_like(first, -np.inf)
-    rows = np.arange(len(first))[:, None]
-    out[rows, pool] = first[rows, pool] + weight * logprob
-    return out
-
-
-def tune(captioner, embedding: Embedding, dev: list[Pairs], rerank: bool = True, progress: bool = True) -> list[dict]:
-    """Choose blend, tag weight, then the re-ranking pool and weight, by the mean over `dev` of R@1 + R@5 + R@10,
-    and the weak score; sets them on the embedding. Returns every setting tried with its recall, for the record."""
-    model, cfg = captioner.model, embedding.cfg
-    sets = []
-    for p in dev:
-        photos = photo_vectors(embedding, embedding.images(p.pooled, p.grid), beam_captions(model, p.pooled, p.grid))
-        queries = [c for group in p.captions for c in group]
-        tags = [[asdict(t) for t in photo] for photo in captioner.tagger.tags(captioner.tagger.probabilities(
-            p.pooled))] if captioner.tagger else [[] for _ in p.captions]
-        named = np.array([[tag_bonus(set(clean(q)), photo, 1.0) for photo in tags] for q in queries])  # [q, n]
-        sets.append((p, photos, queries, embedding.text(queries), named))
-    trials = []
-
-    def first_stage(blend: float, tag_weight: float) -> list[np.ndarray]:
-        return [np.concatenate([(1 - blend) * t, blend * t], 1) @ photos.T + tag_weight * named
-                for _, photos, _, t, named in sets]
-
-    def scored(blend: float, tag_weight: float, pool: int = 0, weight: float = 0.0, firsts=None) -> dict:
-        firsts = firsts or first_stage(blend, tag_weight)
-        if pool:
-            firsts = [reranked(f, c[:, :pool], lp[:, :pool], weight) for f, (c, lp) in zip(firsts, likelihoods)]
-        return {"blend": blend, "tag_weight": tag_weight, "rerank_pool": pool, "rerank_weight": weight} | \
-            _mean_recall([(f, p.owner.numpy()) for f, (p, *_) in zip(firsts, sets)])
-
-    for blend in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
-        trials.append(scored(blend, 0.0))
-    cfg.blend = max(trials, key=_rsum)["blend"]
-    for tag_weight in (0.05, 0.1, 0.2, 0.5):
-        trials.append(scored(cfg.blend, tag_weight))
-    cfg.tag_weight = max((t for t in trials if t["blend"] == cfg.blend), key=_rsum)["tag_weight"]
-    vectors_only = first_stage(cfg.blend, 0.0)
-    own = np.concatenate([f[np.arange(len(f)), p.owner.numpy()] for f, (p, *_) in zip(vectors_only, sets)])
-    cfg.weak_score = round(float(np.quantile(own, WEAK_QUANTILE)), 4)
-    if not rerank:
-        return trials
-    pools = (30, 50, 100)
-    firsts = first_stage(cfg.blend, cfg.tag_weight)
-    likelihoods = []
-    for first, (p, _, queries, *_) in zip(firsts, sets):
-        candidates = np.argsort(-first, 1)[:, :max(pools)]
-        logprob = np.stack([text_logprob(model, p.pooled[c], p.grid[c], q)
-                            for q, c in tqdm(list(zip(queries, candidates)), desc=f"likelihood {p.name}",
-                                             unit="query", disable=not progress)])
-        likelihoods.append((candidates, logprob))
-    for size in pools:
-        for weight in (0.01, 0.02, 0.05, 0.1, 0.2):
-            trials.append(scored(cfg.blend, cfg.tag_weight, size, weight, firsts))
-    cfg.rerank_pool, cfg.rerank_weight = choose_rerank(trials)
-    return trials
-
-
-def _mean_recall(scored: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    each = [recall(scores, truth) for scores, truth in scored]
-    return {k: round(float(np.mean([r[k] for r in each])), 2) for k in each[0]}
-
-
-def choose_rerank(trials: list[dict], slack: float = 1.0) -> tuple[int, float]:
-    """The smallest pool within `slack` points of the best R@1 + R@5 + R@10, and its best weight.
-
-    Each candidate costs an encoding of its photo, so a pool three times larger
-    must earn more than noise to be chosen.
-    """
-    reranked = [t for t in trials if t["rerank_pool"]]
-    best = max(map(_rsum, reranked))
-    pool = min(t["rerank_pool"] for t in reranked if _rsum(t) >= best - slack)
-    chosen = max((t for t in reranked if t["rerank_pool"] == pool), key=_rsum)
-    return chosen["rerank_pool"], chosen["rerank_weight"]
-
-
-def _rsum(trial: dict) -> float:
-    return trial["R@1"] + trial["R@5"] + trial["R@10"]
-
-
-def load_pairs(model, data: list[str | Path], split: str, cache: str | Path | None,
-               progress: bool) -> list[Pairs]:
-    """The photos of `split` in each prepared corpus that has any, with their features and captions."""
-    from ..data.corpus import load_prepared
-    from ..data.dataset import ensure_features, load_split
-
-    out = []
-    for folder in data:
-        prepared = load_prepared(folder)
-        if not any(im["split"] == split for im in prepared.images):
-            continue
-        features, hashes = ensure_features(prepared, model.encoder, model.input_size,
-                                           cache or Path(folder) / "features", (split,), progress)
-        s = load_split(prepared, features, hashes, split)
-        out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}"))
-    return out
-
-
-def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | None = None,
-          cfg: RetrievalConfig | None = None, tc: TrainConfig | None = None, rerank: bool = True,
-          progress: bool = True) -> dict:
-    """Train the model's embedding on the train splits of `data`, choose it and tune search on their dev
-    splits, save it beside the model."""
-    from ..captioning import Captioner
-    from ..errors import CaptionerError
-
-    captioner = Captioner.load(model_dir)
-    model = captioner.model
-    train, dev = (load_pairs(model, data, split, cache, progress) for split in ("train", "dev"))
-    if not train or not dev:
-        raise CaptionerError("align needs a corpus with a train split and one with a dev split")
-    cfg, tc = cfg or RetrievalConfig(), tc or TrainConfig()
-    embedding, history = train_embedding(train, dev, cfg, tc, progress)
-    trials = tune(captioner, embedding, dev, rerank, progress)
-    record = {"train": {p.name: len(p.captions) for p in train}, "train_config": asdict(tc), "epochs": history}
-    save(Path(model_dir), embedding, record)
-    return {"config": asdict(embedding.cfg), "train_config": asdict(tc), "epochs": history, "dev_trials": trials}

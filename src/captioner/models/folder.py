@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from ..data.text import Vocab
 from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
-from ..training.config import DecodeConfig
+from .decode import DecodeConfig
 from .decoders import Decoder, DecoderConfig
 from .encoders import bf16_supported
 

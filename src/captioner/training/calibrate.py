@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from ..errors import CaptionerError
-from ..evaluation.evaluate import decode_split, load_photos
 from ..evaluation.metrics import photo_cider
+from ..features.splits import load_features
 from ..models import confidence
+from ..models.decode import decode
 from ..models.encoders import load_encoder
 from ..models.folder import load_model
 from ..models.tags import tagger
@@ -40,8 +41,8 @@ def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Pa
     tags = tagger(model, load_encoder(model.encoder, model.input_size))
     names, xs, ciders = [], [], []
     for data in datasets:
-        photos = load_photos(model, data, "dev", cache, progress)
-        beams, probs = decode_split(model, tags, photos, model.decode, progress=progress)
+        photos = load_features(data, model.encoder, model.input_size, "dev", cache, progress)
+        beams, probs = decode(model.decoder, photos.pooled, photos.grid, model.decode, tags, progress=progress)
         captions = [" ".join(model.vocab.words[t] for t in hyps[0].tokens) for hyps in beams]
         names.append(Path(data).name)
         xs.append(confidence.features(beams, photos.pooled, centres, probs, tags.word_ids if tags else None))

@@ -2,38 +2,14 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import CaptionerError
+from ..features.splits import DataConfig
+from ..models.decode import DecodeConfig
 from ..models.decoders import DecoderConfig
-
-
-@dataclass
-class CorpusConfig:
-    prepared: str  # a folder written by `captioner prepare`
-    share: float = 1.0  # its share of each epoch's training captions, relative to the other corpora's
-
-
-@dataclass
-class DataConfig:
-    prepared: str = ""  # one corpus (a folder written by `captioner prepare`); or several in [[data.corpora]]
-    corpora: list[CorpusConfig] = field(default_factory=list)
-    dev: list[str] = field(default_factory=list)  # prepared corpora whose dev splits choose the epoch by their
-    # mean CIDEr (e.g. one kept apart from training, like coco-val-mini); empty: the training corpora's
-    encoder: str = "efficientnet-lite2"
-    input_size: int = 224
-    cache: str = ""  # one feature cache folder for every corpus; empty: each corpus's <prepared>/features
-
-    def __post_init__(self) -> None:
-        if self.prepared and self.corpora:
-            raise CaptionerError("[data]: give one corpus in prepared or several in [[data.corpora]], not both")
-        self.corpora = [c if isinstance(c, CorpusConfig) else _section(CorpusConfig, c, "[[data.corpora]]")
-                        for c in self.corpora] or [CorpusConfig(self.prepared or "data/flickr8k")]
-        self.prepared = ""
-        if any(c.share < 0 for c in self.corpora) or not any(c.share > 0 for c in self.corpora):
-            raise CaptionerError("[[data.corpora]]: shares must not be negative, and at least one must be above 0")
-        self.dev = self.dev or [c.prepared for c in self.corpora if c.share > 0]
+from ..settings import section
 
 
 @dataclass
@@ -66,15 +42,6 @@ class TrainConfig:
 
 
 @dataclass
-class DecodeConfig:
-    beam: int = 3
-    length_penalty: float = 0.0
-    max_len: int = 30
-    block_ngram: int = 0  # n > 0: no caption repeats an n-gram of its own
-    tag_weight: float = 0.0  # guided decoding: the word of a tag with probability p gains tag_weight x p
-
-
-@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: DecoderConfig = field(default_factory=DecoderConfig)
@@ -85,26 +52,12 @@ class Config:
         return asdict(self)
 
 
-def _section(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise CaptionerError(f"{where}: expected a table of settings, not {values!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise CaptionerError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
-    missing = [name for name, f in known.items() if name not in values
-               and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise CaptionerError(f"{where}: the setting {missing[0]!r} is missing")
-    return cls(**values)
-
-
 def config_from_dict(values: dict, where: str = "config") -> Config:
     sections = {f.name: f.default_factory for f in fields(Config)}
     unknown = sorted(set(values) - set(sections))
     if unknown:
         raise CaptionerError(f"{where}: unknown section [{unknown[0]}]; known: {', '.join(sections)}")
-    return Config(**{name: _section(type(make()), values.get(name, {}), f"{where} [{name}]")
+    return Config(**{name: section(type(make()), values.get(name, {}), f"{where} [{name}]")
                      for name, make in sections.items()})
 
 

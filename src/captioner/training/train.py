@@ -12,17 +12,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..data.dataset import Split, load_training
 from ..data.text import END_ID, PAD_ID, START_ID, Vocab
 from ..errors import CaptionerError
 from ..evaluation.metrics import dev_cider
+from ..features.splits import Split, load_training
 from ..files import atomic_path, write_atomic
 from ..models import confidence
-from ..models.decode import greedy, sample, word_logprobs
+from ..models.decode import GREEDY, decode
 from ..models.decoders import Decoder
 from ..models.encoders import bf16_supported, load_encoder
 from ..models.folder import Model, save_model
 from ..models.glove import GLOVE_DIM, glove_vectors
+from ..models.search import sample, word_logprobs
 from ..models.tags import class_words, probabilities
 from .cider import CiderD
 from .config import Config, TrainConfig
@@ -32,13 +33,10 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def caption_split(decoder: Decoder, split: Split, vocab: Vocab, max_len: int, batch_size: int = 500) -> list[str]:
-    """Greedy captions of every photo of a split."""
+    """Greedy captions of every photo of a split (how dev scoring chooses the epoch)."""
     decoder.eval()
-    out = []
-    for start in range(0, len(split.paths), batch_size):
-        hyps = greedy(decoder, split.pooled[start:start + batch_size], split.grid[start:start + batch_size], max_len)
-        out.extend(vocab.decode(h.tokens) for h in hyps)
-    return out
+    beams, _ = decode(decoder, split.pooled, split.grid, GREEDY.override(max_len=max_len), batch_size=batch_size)
+    return [vocab.decode(hyps[0].tokens) for hyps in beams]
 
 
 def build_decoder(cfg: Config, vocab: Vocab, feature_dim: int, classifier: torch.nn.Linear | None) -> Decoder:
@@ -161,7 +159,8 @@ def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.T
         sentences = [words(s) for s in samples.tolist()]
         rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], sentences))
         if t.scst_baseline == "greedy":
-            best = [words(h.tokens) for h in greedy(decoder, pooled, grid, max_len)]
+            greedy, _ = decode(decoder, pooled, grid, GREEDY.override(max_len=max_len))
+            best = [words(hyps[0].tokens) for hyps in greedy]
             baseline = torch.from_numpy(cider.scores(photos, best)).repeat_interleave(k)
         else:
             by_photo = rewards.view(-1, k)

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -16,18 +17,27 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field  # /docs with Swagger UI served from the package, not a CDN
 
 from captioner import __version__
-from captioner.api import Caption, Captioner
-from captioner.errors import CaptionerError
-from captioner.images import PhotoError
 
-from .security import (COOKIE, NEEDS_TOKEN, WRONG_TOKEN, Guard, allowed_hosts, bearer, has_token, is_loopback,
-                       session_value)
+from ..captioning import Caption, Captioner
+from ..data.images import PhotoError
+from ..errors import CaptionerError
+from .security import (
+    COOKIE,
+    NEEDS_TOKEN,
+    WRONG_TOKEN,
+    Guard,
+    allowed_hosts,
+    bearer,
+    has_token,
+    is_loopback,
+    session_value,
+)
 from .thumbnails import ThumbnailCache
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, check_type, display_name, save_upload
 from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
 
 if TYPE_CHECKING:
-    from captioner.gallery import Gallery, Match
+    from ..gallery import Gallery, Match
 
 STATIC = Path(__file__).parent / "static"
 SIMILAR_K = 8
@@ -263,7 +273,7 @@ def serve(model: str | Path | None = None, gallery: str | Path | None = None, ho
     captioner = Captioner.load(model)
     opened = None
     if gallery is not None:
-        from captioner.gallery import Gallery
+        from ..gallery import Gallery
 
         opened = Gallery.open(gallery, captioner=captioner)
     app = create_app(captioner, opened, max_upload_bytes, max_queue=max_queue, token=token,

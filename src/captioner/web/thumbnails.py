@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from captioner.images import file_sha256, read_photo
+from ..data.images import file_sha256, read_photo
 
 THUMBNAIL_SIDE = 320
 CACHE_BYTES = 64 * 1024 * 1024

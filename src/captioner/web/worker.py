@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 
-from captioner.api import Caption, Captioner
+from ..captioning import Caption, Captioner
 
 _STOP = None
 DEFAULT_MAX_QUEUE = 64

@@ -2,17 +2,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..data.corpus import Prepared, load_prepared
+from ..data.text import PAD_ID, Vocab
 from ..errors import CaptionerError
 from ..models.encoders import load_encoder
-from ..training.config import DataConfig
-from .corpus import Prepared, load_prepared
-from .features import FeatureCache, build_cache
-from .text import PAD_ID, Vocab
+from ..settings import section
+from .cache import FeatureCache, build_cache
+
+
+@dataclass
+class CorpusConfig:
+    prepared: str  # a folder written by `captioner prepare`
+    share: float = 1.0  # its share of each epoch's training captions, relative to the other corpora's
+
+
+@dataclass
+class DataConfig:
+    prepared: str = ""  # one corpus (a folder written by `captioner prepare`); or several in [[data.corpora]]
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)  # prepared corpora whose dev splits choose the epoch by their
+    # mean CIDEr (e.g. one kept apart from training, like coco-val-mini); empty: the training corpora's
+    encoder: str = "efficientnet-lite2"
+    input_size: int = 224
+    cache: str = ""  # one feature cache folder for every corpus; empty: each corpus's <prepared>/features
+
+    def __post_init__(self) -> None:
+        if self.prepared and self.corpora:
+            raise CaptionerError("[data]: give one corpus in prepared or several in [[data.corpora]], not both")
+        self.corpora = [c if isinstance(c, CorpusConfig) else section(CorpusConfig, c, "[[data.corpora]]")
+                        for c in self.corpora] or [CorpusConfig(self.prepared or "data/flickr8k")]
+        self.prepared = ""
+        if any(c.share < 0 for c in self.corpora) or not any(c.share > 0 for c in self.corpora):
+            raise CaptionerError("[[data.corpora]]: shares must not be negative, and at least one must be above 0")
+        self.dev = self.dev or [c.prepared for c in self.corpora if c.share > 0]
 
 
 @dataclass
@@ -85,21 +112,28 @@ class TrainingData:
     max_len: int
 
 
-def _features(data: DataConfig, folder: str, splits: tuple[str, ...],
-              progress: bool) -> tuple[Prepared, FeatureCache, dict[str, str]]:
+def encoded(folder: str | Path, encoder: str, input_size: int, splits: tuple[str, ...],
+            cache: str | Path | None = None, progress: bool = True) -> tuple[Prepared, FeatureCache, dict[str, str]]:
+    """The prepared corpus in `folder`, its feature cache with every photo of `splits` encoded, and their hashes."""
     prepared = load_prepared(folder)
-    cache, hashes = ensure_features(prepared, data.encoder, data.input_size, data.cache or Path(folder) / "features",
-                                    splits, progress)
-    return prepared, cache, hashes
+    features, hashes = ensure_features(prepared, encoder, input_size, cache or Path(folder) / "features", splits,
+                                       progress)
+    return prepared, features, hashes
+
+
+def load_features(folder: str | Path, encoder: str, input_size: int, split: str, cache: str | Path | None = None,
+                  progress: bool = True) -> Split:
+    """The photos of one split of the prepared corpus in `folder` with their features (encoded if not cached)."""
+    return load_split(*encoded(folder, encoder, input_size, (split,), cache, progress), split)
 
 
 def cache_training_features(data: DataConfig, progress: bool = True) -> None:
     """Encode what `load_training` would read and is not cached yet, without loading it."""
     for corpus in data.corpora:
         if corpus.share > 0:
-            _features(data, corpus.prepared, ("train",), progress)
+            encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress)
     for folder in data.dev:
-        _features(data, folder, ("dev",), progress)
+        encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress)
 
 
 def load_training(data: DataConfig, progress: bool = True, owns=None) -> TrainingData:
@@ -114,7 +148,7 @@ def load_training(data: DataConfig, progress: bool = True, owns=None) -> Trainin
     train_splits, prepared_all = [], []
     start = 0
     for corpus in training:
-        prepared, cache, hashes = _features(data, corpus.prepared, ("train",), progress)
+        prepared, cache, hashes = encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress)
         count = sum(im["split"] == "train" for im in prepared.images)
         grid_of = owns(start + count)[start:].tolist() if owns else None
         train_splits.append(load_split(prepared, cache, hashes, "train", grid_of))
@@ -122,7 +156,7 @@ def load_training(data: DataConfig, progress: bool = True, owns=None) -> Trainin
         start += count
     dev = {}
     for folder in data.dev:
-        prepared, cache, hashes = _features(data, folder, ("dev",), progress)
+        prepared, cache, hashes = encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress)
         name = Path(folder).name if sum(Path(f).name == Path(folder).name for f in data.dev) == 1 else folder
         dev[name] = load_split(prepared, cache, hashes, "dev")
     min_count = min(p.min_count for p in prepared_all)

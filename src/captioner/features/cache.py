@@ -21,10 +21,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
+from ..data.images import TruncatedPhotoWarning, file_sha256, read_photo, to_pixels
 from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
 from ..models.encoders import Encoder
-from .images import TruncatedPhotoWarning, file_sha256, read_photo, to_pixels
 
 INDEX = "index.json"
 FORMAT = 1

@@ -1,0 +1,210 @@
+"""The search algorithms over a decoder: batched greedy and beam search with incremental state (the prefix is
+never re-run), sampling, and the likelihood of a given caption. `decode.py` chooses among them."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..data.text import END_ID, PAD_ID, START_ID, UNK_ID
+from .decoders import Decoder, State
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # word ids, without <start> and <end>
+    logprob: float  # total log-probability, <end> included
+    score: float  # logprob / length ** length_penalty: what the beam ranks by
+    attention: torch.Tensor | None  # [len(tokens) + 1, N]: where each word (and <end>) looked
+
+
+NEVER = [PAD_ID, START_ID, UNK_ID]  # tokens no caption contains
+
+
+def word_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(next word) [..., V] over the words a caption may contain: NEVER's tokens get no mass.
+
+    Search, sampling and self-critical training all use this one distribution: a
+    policy trained on another (one that keeps mass on tokens never sampled) slowly
+    moves its mass there.
+    """
+    return (logits.float() / temperature).index_fill(-1, torch.tensor(NEVER), float("-inf")).log_softmax(-1)
+
+
+def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """Rule out every word that would repeat an n-gram already in its beam: logp [B, K, V], history [B, K, t]."""
+    if history.shape[2] < n - 1:
+        return logp
+    windows = history.unfold(2, n, 1) if history.shape[2] >= n else history[..., :0, None].expand(-1, -1, -1, n)
+    tail = history[..., history.shape[2] - (n - 1):]  # [B, K, n - 1]: the words the next one would follow
+    seen = (windows[..., :n - 1] == tail[..., None, :]).all(-1)  # [B, K, W]: windows that start like the tail
+    V = logp.shape[-1]
+    banned = torch.where(seen, windows[..., n - 1], V)  # V: a spare column for windows that do not match
+    return logp + logp.new_zeros(*logp.shape[:2], V + 1).scatter_(2, banned, float("-inf"))[..., :V]
+
+
+def _repeat(tensors: State, k: int) -> State:
+    return tuple(t.repeat_interleave(k, 0) for t in tensors)
+
+
+@torch.inference_mode()
+def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: int = 30) -> list[Hypothesis]:
+    """The most likely next word at every step, for a batch of photos."""
+    state, memory = decoder.start(pooled, grid)
+    B = pooled.shape[0]
+    words = torch.full((B,), START_ID, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    logprob = torch.zeros(B)
+    tokens, alphas = [], []
+    for t in range(max_len + 1):
+        logits, state, alpha = decoder.step(words, state, memory)
+        logp = word_logprobs(logits)
+        alpha = alpha.float() if alpha is not None else None
+        if t == max_len:
+            words = torch.full((B,), END_ID, dtype=torch.long)
+        else:
+            words = logp.argmax(-1)
+        logprob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
+        words = torch.where(done, END_ID, words)
+        tokens.append(words)
+        alphas.append(alpha)
+        done |= words == END_ID
+        if done.all():
+            break
+    tokens = torch.stack(tokens, 1)
+    out = []
+    for b in range(B):
+        n = int((tokens[b] != END_ID).sum())  # tokens before <end>
+        attention = torch.stack([a[b] for a in alphas[:n + 1]]) if alphas[0] is not None else None
+        out.append(Hypothesis(tokens[b, :n].tolist(), float(logprob[b]), float(logprob[b]), attention))
+    return out
+
+
+@torch.inference_mode()
+def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, max_len: int = 30,
+           generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """k captions per photo, each word drawn from the decoder's distribution.
+
+    Returns ids [B * k, T]: row b * k + j is photo b's j-th caption, its words,
+    <end>, then <pad>.
+    """
+    state, memory = decoder.start(pooled, grid)
+    state, memory = _repeat(state, k), _repeat(memory, k)
+    words = torch.full((pooled.shape[0] * k,), START_ID, dtype=torch.long)
+    done = torch.zeros_like(words, dtype=torch.bool)
+    out = []
+    for t in range(max_len + 1):
+        logits, state, _ = decoder.step(words, state, memory)
+        if t == max_len:
+            words = torch.full_like(words, END_ID)
+        else:
+            words = torch.multinomial(word_logprobs(logits, temperature).exp(), 1, generator=generator).squeeze(1)
+        words = torch.where(done, PAD_ID, words)
+        out.append(words)
+        done |= words == END_ID
+        if done.all():
+            break
+    return torch.stack(out, 1)
+
+
+Guide = tuple[torch.Tensor, torch.Tensor]
+"""Words a photo's caption is nudged toward: bonus [B, k] and word ids [B, k] (-1: none).
+
+Each of the k entries (from one of the photo's tags) adds its bonus to the
+log-probability of its word the first time a caption uses it; once a caption has
+the word, the entries for it add nothing more.
+"""
+
+
+@torch.inference_mode()
+def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam: int = 3, max_len: int = 30,
+                length_penalty: float = 0.0, block_ngram: int = 0, guide: Guide | None = None) -> list[list[Hypothesis]]:
+    """The `beam` best captions of each photo, best first.
+
+    Candidates are ranked by (log-probability + the guide's bonuses collected) /
+    length ** length_penalty (0: plain log-probability, 1: mean log-probability
+    per word); a hypothesis's `logprob` is the model's own. A finished beam keeps
+    its score and competes with the open ones until every beam of the photo has
+    ended. With `block_ngram` n > 0, no caption repeats an n-gram of its own.
+    A beam wider than the captions there are to find (a tiny vocabulary, a short
+    maximum length) gives fewer than `beam` captions, never impossible ones.
+    """
+    B, K = pooled.shape[0], beam
+    state, memory = decoder.start(pooled, grid)
+    state, memory = _repeat(state, K), _repeat(memory, K)
+    logprob = torch.full((B, K), float("-inf"))
+    logprob[:, 0] = 0.0  # all beams start identical: keep one
+    collected = torch.zeros(B, K)  # the guide's bonuses each beam has collected
+    if guide is not None:
+        left = guide[0].float()[:, None].expand(B, K, -1).clone()  # [B, K, k]: bonuses not yet collected
+        guide_words = guide[1][:, None].expand(B, K, -1)  # [B, K, k]
+    lengths = torch.zeros(B, K)
+    done = torch.zeros(B, K, dtype=torch.bool)
+    words = torch.full((B * K,), START_ID, dtype=torch.long)
+    history = torch.empty(B, K, 0, dtype=torch.long)
+    attention = None
+    offsets = (torch.arange(B) * K)[:, None]
+    for t in range(max_len + 1):
+        logits, state, alpha = decoder.step(words, state, memory)
+        logp = word_logprobs(logits).view(B, K, -1)
+        if block_ngram:
+            logp = _block_repeats(logp, history, block_ngram)
+        alpha = alpha.float() if alpha is not None else None
+        V = logp.shape[-1]
+        if t == max_len:  # out of room: every open beam ends here
+            end_only = torch.full_like(logp, float("-inf"))
+            end_only[..., END_ID] = logp[..., END_ID]
+            logp = end_only
+        # A finished beam's only continuation is <end> again, at no cost and no length.
+        logp = torch.where(done[..., None], float("-inf"), logp)
+        logp[..., END_ID] = torch.where(done, 0.0, logp[..., END_ID])
+        total = logprob[..., None] + logp  # [B, K, V]
+        bonus = collected[..., None].expand(B, K, V)
+        if guide is not None:  # each guide word's bonus not yet collected, in its word's column (V: no word)
+            columns = torch.where(guide_words < 0, V, guide_words)
+            bonus = bonus + left.new_zeros(B, K, V + 1).scatter_add_(2, columns, left)[..., :V]
+        new_len = lengths[..., None] + (~done[..., None]).float()
+        rank = (total + bonus) / new_len.clamp(min=1) ** length_penalty
+        top, flat = rank.view(B, -1).topk(K, dim=1)  # [B, K]
+        origin, words_bk = flat // V, flat % V
+        logprob = total.view(B, -1).gather(1, flat)
+        collected = bonus.reshape(B, -1).gather(1, flat)
+        if guide is not None:
+            left = left.gather(1, origin[..., None].expand_as(left))
+            left = left.masked_fill(guide_words == words_bk[..., None], 0.0)
+        lengths = new_len.expand(B, K, V).reshape(B, -1).gather(1, flat)
+        rows = (origin + offsets).view(-1)
+        state = tuple(s.index_select(0, rows) for s in state)
+        history = torch.cat([history.gather(1, origin[..., None].expand(-1, -1, history.shape[2])),
+                             words_bk[..., None]], 2)
+        if alpha is not None:
+            alpha = alpha.view(B, K, -1).gather(1, origin[..., None].expand(-1, -1, alpha.shape[-1]))
+            attention = alpha[:, :, None] if attention is None else torch.cat(
+                [attention.gather(1, origin[..., None, None].expand(-1, -1, *attention.shape[2:])), alpha[:, :, None]], 2)
+        done = done.gather(1, origin) | (words_bk == END_ID)
+        words = words_bk.view(-1)
+        if done.all():
+            break
+    score = (logprob + collected) / lengths.clamp(min=1) ** length_penalty
+    order = score.argsort(1, descending=True)
+    out = []
+    for b in range(B):
+        hyps = []
+        for k in order[b].tolist():
+            if hyps and not math.isfinite(float(logprob[b, k])):  # a beam wider than there are captions to find
+                continue
+            seq = history[b, k].tolist()
+            n = seq.index(END_ID) if END_ID in seq else len(seq)
+            att = attention[b, k, :n + 1] if attention is not None else None
+            hyps.append(Hypothesis(seq[:n], float(logprob[b, k]), float(score[b, k]), att))
+        out.append(hyps)
+    return out
+
+
+@torch.inference_mode()
+def caption_logprob(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """log p(caption | photo) [B] of one caption (`<start> w1 .. wn <end>` ids) for each of B photos."""
+    captions = torch.tensor(ids)[None].expand(pooled.shape[0], -1)
+    logits, _ = decoder(pooled, grid, captions)
+    return logits.float().log_softmax(-1).gather(2, captions[:, 1:, None]).squeeze(2).sum(1)
