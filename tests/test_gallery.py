@@ -278,6 +278,8 @@ def test_an_embedding_adds_image_vectors_and_search_says_why(tiny_model_dir, pho
     shutil.copytree(tiny_model_dir, model)
     save(model, _random_embedding())
     c = Captioner(captioner.captioning.load_model(model, fast=True), cached_encoder("efficientnet-lite0"))
+    assert c.caption([photos / "cup_of_coffee.jpg"])[0].embedding is None  # plain captioning skips the search space
+    c.search = True
     first = c.caption([photos / "cup_of_coffee.jpg"])[0]
     assert first.embedding.shape == (384,) and abs(float(np.linalg.norm(first.embedding)) - 1) < 1e-4
     g = Gallery.create(tmp_path / "g.db", captioner=c)

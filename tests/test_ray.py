@@ -138,7 +138,7 @@ def test_index_commits_the_local_rows_and_a_killed_actor_loses_nothing(local_ray
 
     remote = Gallery.create(tmp_path / "ray.db", captioner=tiny)
     report = remote.index([photos], progress=False, batch_size=2,
-                          stream=caption_stream(str(model), actors=2, actor=DiesOnce))
+                          stream=caption_stream(str(model), actors=2, search=True, actor=DiesOnce))
     remote.close()
     assert marker.exists()  # an actor was killed
     assert report.encoded == local_report.encoded == 8 and report.failed == local_report.failed

@@ -1,6 +1,7 @@
 """The Python API, and the one place captions are made from photos' features: `Captioner.load().caption([...])`."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -72,18 +73,23 @@ class Caption:
 class Captioner:
     """A loaded model and its encoder: photos in, captions out."""
 
-    def __init__(self, model: Model, encoder: Encoder):
+    def __init__(self, model: Model, encoder: Encoder, search: bool = False):
         self.model = model
         self.encoder = encoder
         self.tagger = tagger(model, encoder)
         self.centroids, self.confidence = confidence.load(model.folder) if model.folder else (None, None)
-        self.embedding = embedding.load(model.folder)
+        self.search = search  # also place each photo in the search space (Caption.embedding), as galleries need
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None) -> Captioner:
-        """The model in `model_dir`, or the default model shipped with captioner."""
+    def load(cls, model_dir: str | Path | None = None, search: bool = False) -> Captioner:
+        """The model in `model_dir`, or the default model shipped with captioner (`search`: see Captioner.search)."""
         model = load_model(model_dir, fast=True)
-        return cls(model, load_encoder(model.encoder, model.input_size))
+        return cls(model, load_encoder(model.encoder, model.input_size), search)
+
+    @functools.cached_property
+    def embedding(self) -> embedding.Embedding | None:
+        """The model's photo-text embedding (gallery search), loaded when first asked for; None if it has none."""
+        return embedding.load(self.model.folder)
 
     def caption(self, photos: Iterable[str | Path], beam: int | None = None, batch_size: int = 16,
                 progress: bool = False) -> list[Caption]:
@@ -110,7 +116,7 @@ class Captioner:
         sure = self.confidence(confidence.features(beams, pooled, self.centroids, probs, self.tagger.word_ids
                                                    if self.tagger else None)).tolist() \
             if self.confidence else [None] * n
-        images = self.embedding.images(pooled, grid) if self.embedding else [None] * n
+        images = self.embedding.images(pooled, grid) if self.search and self.embedding else [None] * n
         return [self._caption(hyps, vector, photo_tags, c, image) for hyps, vector, photo_tags, c, image
                 in zip(beams, pooled.float().numpy(), tags, sure, images)]
 

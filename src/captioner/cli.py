@@ -197,7 +197,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if ray_wanted(args):
         from .distributed.batch import caption_stream
 
-        stream = caption_stream(args.model, args.ray_actors, args.ray_address)
+        stream = caption_stream(args.model, args.ray_actors, args.ray_address, search=True)
     gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild)
     try:
         report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size, stream=stream)

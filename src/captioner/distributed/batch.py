@@ -25,9 +25,9 @@ from .cluster import connect, pin_threads
 class CaptionActor:
     """Holds one loaded captioner; captions one batch of photo paths per call, one output row per photo."""
 
-    def __init__(self, model: str | None, beam: int | None, attention: bool, cpus: float):
+    def __init__(self, model: str | None, beam: int | None, attention: bool, search: bool, cpus: float):
         pin_threads(cpus)
-        self.captioner = Captioner.load(model)
+        self.captioner = Captioner.load(model, search)
         self.beam = beam
         self.attention = attention
 
@@ -82,13 +82,14 @@ def run_ordered(actor: type, kwargs: dict, paths: Sequence[str], batch_size: int
 
 
 def caption_stream(model: str | None = None, actors: int | None = None, address: str | None = None,
-                   attention: bool = False, actor: type = CaptionActor):
-    """A drop-in for `Captioner.stream` that captions on Ray actors: the same Captions, in the same order."""
+                   attention: bool = False, search: bool = False, actor: type = CaptionActor):
+    """A drop-in for `Captioner.stream` that captions on Ray actors: the same Captions, in the same order
+    (`search`: for a gallery, see Captioner.search)."""
     def stream(photos: Iterable[str | Path], beam: int | None = None, batch_size: int = 16,
                progress: bool = False) -> Iterator[Caption]:
         paths = [str(p) for p in expand_paths(photos)]
-        for batch in run_ordered(actor, {"model": model, "beam": beam, "attention": attention}, paths, batch_size,
-                                 actors, address, progress):
+        kwargs = {"model": model, "beam": beam, "attention": attention, "search": search}
+        for batch in run_ordered(actor, kwargs, paths, batch_size, actors, address, progress):
             yield from (Caption.from_dict(json.loads(c)) for c in batch["caption"])
     return stream
 

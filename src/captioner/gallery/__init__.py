@@ -47,7 +47,8 @@ class Gallery:
     def __init__(self, catalogue: Catalogue, captioner: Captioner):
         self.catalogue = catalogue
         self.captioner = captioner
-        self.embedding = captioner.embedding  # the photo-text embedding search uses (retrieval.py), or None
+        captioner.search = True  # every photo it captions for the gallery gets its place in the search space
+        self.embedding = captioner.embedding  # the photo-text embedding search uses (models/embedding.py), or None
         self.vectors = Vectors(Path(f"{catalogue.db}.vectors"), captioner.encoder.spec.dim,
                                DIM * (1 if self.embedding is None else 2))
         self.grids: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
