@@ -1,6 +1,14 @@
 """captioner: describe photos in fluent English on a laptop CPU."""
-__version__ = "0.1.0"
+from .version import __version__
 
-from .captioning import Caption, Captioner
+__all__ = ["Caption", "Captioner", "__version__"]
 
-__all__ = ["Caption", "Captioner"]
+
+def __getattr__(name: str):
+    """`Caption` and `Captioner`, imported when first asked for: they bring torch, which `captioner --help` and
+    `captioner --version` need not wait for."""
+    if name in ("Caption", "Captioner"):
+        from . import captioning
+
+        return getattr(captioning, name)
+    raise AttributeError(f"module 'captioner' has no attribute {name!r}")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..errors import CaptionerError
+from ..version import __version__
 
 FORMAT = 1
 

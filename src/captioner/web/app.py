@@ -16,11 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field  # /docs with Swagger UI served from the package, not a CDN
 
-from captioner import __version__
-
 from ..captioning import Caption, Captioner
 from ..data.images import PhotoError
 from ..errors import CaptionerError
+from ..version import __version__
 from .security import (
     COOKIE,
     NEEDS_TOKEN,
