@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import warnings
@@ -10,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cached_encoder
+from photos import BROKEN_MESSAGES, gradient, make_broken_photos
 from PIL import Image
 from safetensors.numpy import load_file
 
-from captioner.features import cache as features
-from captioner.errors import CaptionerError
-from captioner.features.cache import INDEX, FeatureCache, build_cache, encode_photos
 from captioner.data.images import TruncatedPhotoWarning, file_sha256, load_photo, read_photo, to_pixels
-from conftest import cached_encoder
-from photos import BROKEN_MESSAGES, gradient, make_broken_photos
+from captioner.errors import CaptionerError
+from captioner.features import cache as features
+from captioner.features.cache import INDEX, FeatureCache, build_cache, encode_photos
 
 N_PHOTOS = 8
 SHARD_SIZE = 3  # 8 photos -> shards of 3, 3 and 2
@@ -203,21 +204,23 @@ def _flip_middle(path: Path) -> None:
 
 
 def test_a_corrupt_or_partial_shard_is_detected_and_its_photos_encoded_again(lite0, photos, cache_copy,
-                                                                            reference, reads):
+                                                                            reference, reads, caplog):
     root, hashes = cache_copy
     folder = root / lite0.spec.key
     shards = _shard_files(folder)
     _flip_middle(shards[1])  # photos 3, 4, 5
     shards[2].write_bytes(shards[2].read_bytes()[:1000])  # photos 6, 7: cut short
-    with pytest.warns(UserWarning, match="corrupt") as caught:
+    with caplog.at_level(logging.WARNING, "captioner"):
         cache = FeatureCache.open(root, lite0.spec.key)
-    messages = [str(w.message) for w in caught]
+    messages = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
     assert all(any(str(s) in m for m in messages) for s in shards[1:])
     assert [h in cache for h in hashes] == [True, True, True, False, False, False, False, False, True]
     with pytest.raises(CaptionerError, match="no features"):
         cache.load(hashes[3:4])  # never served from the damaged shard
-    with pytest.warns(UserWarning, match="corrupt"):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "captioner"):
         cache, _, failed = build_cache(lite0, photos, root, shard_size=SHARD_SIZE, progress=False)
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
     assert failed == {} and reads == photos[3:N_PHOTOS]
     pooled, grid = cache.load(hashes)
     _close(pooled, reference[0])

@@ -6,7 +6,9 @@ what the gallery does with photos and vectors, never caption wording.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -20,19 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import captioner.captioning
-from captioner.gallery import indexer, queries
-from captioner.captioning import Captioner
-from captioner.cli import main
-from captioner.errors import CaptionerError
-from captioner.gallery import Gallery
-from captioner.models.embedding import FILE, Embedding, RetrievalConfig, load, save
-from captioner.models.tags import tag_words
 from conftest import TEST_THREADS, cached_encoder
 from fakes import FakeCaptioner, fake_query_vectors, fake_text_vectors, fake_vector
 from photos import gradient, make_broken_photos
+from PIL import Image
+
+import captioner.captioning
+from captioner.captioning import Captioner
+from captioner.cli import main
+from captioner.errors import CaptionerError
+from captioner.gallery import Gallery, indexer, queries
+from captioner.models.embedding import FILE, Embedding, RetrievalConfig, load, save
+from captioner.models.tags import tag_words
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -302,14 +303,15 @@ def test_an_embedding_adds_image_vectors_and_search_says_why(tiny_model_dir, pho
         Gallery.open(tmp_path / "g.db", model=model)
 
 
-def test_an_embedding_an_older_captioner_trained_is_ignored_with_a_warning(tiny_model_dir, tmp_path):
+def test_an_embedding_an_older_captioner_trained_is_ignored_with_a_warning(tiny_model_dir, tmp_path, caplog):
     from safetensors.torch import save_file
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     save_file({"mean": torch.zeros(4)}, str(model / FILE), metadata={"config": "{}"})  # format 1: no "format"
-    with pytest.warns(UserWarning, match="older captioner.*captioner align"):
+    with caplog.at_level(logging.WARNING, "captioner"):
         assert load(model) is None
+    assert re.search("older captioner.*captioner align", caplog.text)
 
 
 def test_train_embedding_learns_what_a_cell_of_the_grid_shows():

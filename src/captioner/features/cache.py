@@ -9,6 +9,7 @@ resumes after it; a partial or corrupt shard is detected and recomputed.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from ..files import atomic_path, write_atomic
 from ..models.encoders import Encoder
 
 INDEX = "index.json"
+log = logging.getLogger(__name__)
 FORMAT = 1
 
 
@@ -64,7 +66,8 @@ class FeatureCache:
         for shard in shards:
             path = cache.folder / shard["file"]
             if verify and (not path.exists() or file_sha256(path) != shard["sha256"]):
-                warnings.warn(f"feature shard {path} is missing or corrupt: its {shard['count']} photos will be encoded again")
+                log.warning(f"feature shard {path} is missing or corrupt: its {shard['count']} photos will be "
+                            "encoded again")
                 continue
             cache._add_shard(shard)
         return cache

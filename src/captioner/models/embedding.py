@@ -31,8 +31,8 @@ all-MiniLM-L6-v2). A model without one searches by caption vectors alone.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,6 +47,8 @@ from ..data.text import clean
 from ..files import atomic_path
 from .search import caption_logprob
 from .sentences import DIM, SentenceEncoder, config, load_sentence_encoder, mean_pool, new_layers, run_layers
+
+log = logging.getLogger(__name__)
 
 FILE = "retrieval.safetensors"
 FORMAT = 2  # 1 (no format in the file): a head over the pooled vector beside frozen sentence vectors
@@ -138,8 +140,8 @@ def load(model_dir: Path | None) -> Embedding | None:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         if int(meta.get("format", "1")) != FORMAT:
-            warnings.warn(f"{path} was trained by an older captioner and is not used: search by caption vectors "
-                          f"only until `captioner align --model {model_dir}` trains it again", stacklevel=2)
+            log.warning(f"{path} was trained by an older captioner and is not used: search by caption vectors "
+                        f"only until `captioner align --model {model_dir}` trains it again")
             return None
         weights = {k: f.get_tensor(k).float() for k in f.keys()}
     embedding = Embedding(RetrievalConfig(**json.loads(meta["config"])), weights["photo.mean"].shape[0],

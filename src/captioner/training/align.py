@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,8 @@ from ..errors import CaptionerError
 from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, save, text_logprob
 from ..models.sentences import DIM
 from ..models.tags import tag_bonus
+
+log = logging.getLogger(__name__)
 
 WEAK_QUANTILE = 0.05  # weak_score: the score below which this share of dev captions rank their own photo
 MARGIN = 0.2  # the VSE++ loss's margin
@@ -158,8 +160,7 @@ def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, 
             record[p.name] = recall(dev_scores(embedding, p), p.owner.numpy())
         score = float(np.mean([_rsum(record[p.name]) for p in dev])) if dev else epoch
         history.append(record)
-        if progress:
-            tqdm.write(json.dumps(record), file=sys.stderr)
+        log.info(json.dumps(record))
         if score > best:
             best, best_state = score, copy.deepcopy(embedding.state_dict())
     embedding.load_state_dict(best_state)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from ..models.tags import class_words, probabilities
 from .cider import CiderD
 from .config import Config, TrainConfig
 from .parallel import Workers
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -393,7 +396,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
             left = epochs_left * sum(r["seconds"] for r in log) / len(log)
             trained = f"reward {loss_sum / seen:.3f}" if scst else f"loss {loss_sum / seen:.3f}"
             each = f" ({', '.join(f'{name} {v:.1f}' for name, v in scores.items())})" if len(scores) > 1 else ""
-            tqdm.write(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f}{each} "
+            log.info(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f}{each} "
                        f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), "
                        f"at most {left / 60:.0f} min left; e.g. \"{sample}\"")
         if workers:
