@@ -151,7 +151,7 @@ def test_self_critical_loss_raises_the_reward():
     from captioner.training.cider import CiderD
     from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.data.text import Vocab
-    from captioner.training.train import scst_loss
+    from captioner.training.scst import scst_loss
 
     vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits", "red", "car"]] * 5, min_count=1)
     cider = CiderD([[["a", "dog", "runs", "on", "grass"]], [["a", "red", "car"]], [["a", "cat", "sits"]]])
@@ -180,7 +180,7 @@ def test_self_critical_moves_no_mass_to_tokens_never_sampled():
     from captioner.models.search import NEVER
     from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.data.text import Vocab
-    from captioner.training.train import scst_loss
+    from captioner.training.scst import scst_loss
 
     vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits"]] * 5, min_count=1)
     cider = CiderD([[["a", "dog", "runs", "on", "grass"]], [["a", "cat", "sits"]]])

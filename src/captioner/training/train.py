@@ -5,18 +5,18 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from ..data.text import END_ID, PAD_ID, START_ID, Vocab
+from ..data.text import END_ID, PAD_ID, Vocab
 from ..errors import CaptionerError
 from ..evaluation.metrics import dev_cider
-from ..features.splits import Split, load_training
+from ..features.splits import Split, TrainingData, load_training
 from ..files import atomic_path, write_atomic
 from ..models import confidence
 from ..models.decode import GREEDY, decode
@@ -24,15 +24,18 @@ from ..models.decoders import Decoder
 from ..models.encoders import bf16_supported, load_encoder
 from ..models.folder import Model, save_model
 from ..models.glove import GLOVE_DIM, glove_vectors
-from ..models.search import sample, word_logprobs
+from ..models.search import word_logprobs
 from ..models.tags import class_words, probabilities
+from . import checkpoint
 from .cider import CiderD
-from .config import Config, TrainConfig
+from .config import Config
 from .parallel import Workers
+from .scst import check_scst, scst_loss
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+LOG = "metrics.jsonl"
 
 
 def caption_split(decoder: Decoder, split: Split, vocab: Vocab, max_len: int, batch_size: int = 500) -> list[str]:
@@ -135,76 +138,6 @@ def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, c
     return torch.cat([captions[:, :1], torch.where(swap, guesses, words), captions[:, -1:]], 1)
 
 
-def check_scst(t: TrainConfig) -> None:
-    """Refuse self-critical settings that cannot run, before any epoch is spent."""
-    if t.scst_start not in ("best", "last"):
-        raise CaptionerError(f"[train] scst_start must be best or last, not {t.scst_start!r}")
-    if t.scst_baseline not in ("mean", "greedy"):
-        raise CaptionerError(f"[train] scst_baseline must be mean or greedy, not {t.scst_baseline!r}")
-    if t.scst_baseline == "mean" and t.scst_samples < 2:
-        raise CaptionerError("[train] scst_samples must be at least 2 with the mean baseline")
-
-
-def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, photos: list[int],
-              cider: CiderD, vocab: Vocab, max_len: int, generator: torch.Generator):
-    """Self-critical sequence training on one batch: returns the loss and each sample's reward [B * k].
-
-    Each photo's k sampled captions are rewarded by CIDEr-D against its
-    references; a caption's advantage is its reward minus the baseline (the mean
-    of the photo's other samples, or its greedy caption's reward), and the loss
-    is the advantage-weighted negative log-likelihood per word.
-    """
-    t, k = cfg.train, cfg.train.scst_samples
-    words = lambda ids: [vocab.words[i] for i in ids if i not in (END_ID, PAD_ID)]  # noqa: E731
-    owner = torch.arange(len(photos)).repeat_interleave(k)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.bf16 and bf16_supported()):
-        samples = sample(decoder, pooled, grid, k, max_len, generator, t.scst_temperature)  # [B * k, T]
-        sentences = [words(s) for s in samples.tolist()]
-        rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], sentences))
-        if t.scst_baseline == "greedy":
-            greedy, _ = decode(decoder, pooled, grid, GREEDY.override(max_len=max_len))
-            best = [words(hyps[0].tokens) for hyps in greedy]
-            baseline = torch.from_numpy(cider.scores(photos, best)).repeat_interleave(k)
-        else:
-            by_photo = rewards.view(-1, k)
-            baseline = ((by_photo.sum(1, keepdim=True) - by_photo) / (k - 1)).view(-1)
-        captions = torch.cat([torch.full((len(samples), 1), START_ID), samples], 1)
-        logits, _ = decoder(pooled, grid, captions, owner)
-    mask = captions[:, 1:] != PAD_ID  # [B * k, T]: the words and <end>; padding has no probability
-    logp = word_logprobs(logits, t.scst_temperature).gather(2, captions[:, 1:, None]).squeeze(2).where(mask, 0.0)
-    loss = -((rewards - baseline)[:, None] * logp).sum() / mask.sum()
-    return loss, rewards
-
-
-def _save_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer, state: dict) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in decoder.state_dict().items()}
-    opt_state = opt.state_dict()
-    for i, s in opt_state["state"].items():
-        for k, v in s.items():
-            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1) if v.dim() == 0 else v.detach().contiguous()
-    tensors["rng"] = torch.get_rng_state()
-    meta = {**state, "param_groups": opt_state["param_groups"]}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-
-
-def _load_checkpoint(path: Path, decoder: Decoder, opt: torch.optim.Optimizer) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
-    decoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict = {"state": {}, "param_groups": meta.pop("param_groups")}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
-    opt.load_state_dict(opt_state)
-    torch.set_rng_state(tensors["rng"])
-    return meta
-
-
 def plot_curve(log: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -238,6 +171,48 @@ def check_run(cfg: Config, resume: bool) -> None:
         check_scst(cfg.train)
 
 
+@dataclass
+class Run:
+    """What a training run works on, and where it is (`state`, saved in every checkpoint)."""
+
+    cfg: Config
+    data: TrainingData
+    decoder: Decoder
+    learned: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    state: dict  # epoch, step, best_cider, best_epoch, bad_epochs, scst_from (the epoch self-critical began)
+    log: list[dict]  # one record per epoch, as metrics.jsonl holds them
+    captions: torch.Tensor  # [m, L] every training caption's ids
+    lengths: torch.Tensor  # [m] their lengths, <start> and <end> included
+    owner: torch.Tensor  # [m] the photo of each
+    counts: torch.Tensor  # [n] captions per photo
+    rows_of: tuple[torch.Tensor, ...]  # photo -> its caption rows
+    pools: list[torch.Tensor]  # per corpus, the photos cross-entropy draws
+    scst_pools: list[torch.Tensor]  # per corpus, the photos with enough references for self-critical training
+    cider: CiderD | None  # the self-critical reward, over the photos of scst_pools
+    cider_row: dict[int, int]  # photo -> its row in `cider`
+    words: list[str] | None  # the caption word of each of the encoder's classes (tags.json)
+    centres: torch.Tensor  # where the training photos lie (the confidence's centroids)
+    workers: Workers | None
+
+    @property
+    def lead(self) -> bool:
+        """Whether this process chooses the epoch and writes the files (the only one, or rank 0)."""
+        return self.workers is None or self.workers.rank == 0
+
+    @property
+    def scst(self) -> bool:
+        return self.state["scst_from"] is not None
+
+    @property
+    def total_steps(self) -> int:
+        """The cross-entropy phase's steps, over which the learning rate and scheduled sampling move."""
+        return math.ceil(len(self.owner) / self.cfg.train.batch_captions) * self.cfg.train.epochs
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.learned, lr=lr, weight_decay=self.cfg.train.weight_decay)
+
+
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True,
           workers: Workers | None = None) -> Path:
     """Train a decoder as `cfg` says; returns the folder of the model selected on the dev split.
@@ -247,161 +222,184 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     `resume`, continues from the checkpoint exactly as if never stopped.
     `stop_after` ends this run after that many epochs (resume later).
     With `workers`, this process is one of several data-parallel workers (see
-    parallel.py and raytrain.py): rank 0 chooses the epoch and writes every file.
+    parallel.py and distributed/train.py): rank 0 chooses the epoch and writes every file.
     """
-    out = Path(cfg.train.out)
-    ckpt_path = out / CHECKPOINT
     check_run(cfg, resume)
-    lead = workers is None or workers.rank == 0
-    progress = progress and lead
     if cfg.train.threads and workers is None:
         torch.set_num_threads(cfg.train.threads)
-    data = load_training(cfg.data, progress, workers.owns if workers else None)
-    train_split, vocab, max_len = data.train, data.vocab, data.max_len
-    classifier = load_encoder(cfg.data.encoder, cfg.data.input_size).classifier
-    words = class_words(probabilities(classifier, train_split.pooled), train_split.references, vocab) \
-        if classifier is not None else None  # tags.json: the caption word of each of the encoder's classes
-    centres = confidence.centroids(train_split.pooled)  # where the training photos lie
-    captions, owner = train_split.captions(vocab, max_len)
-    lengths = (captions != PAD_ID).sum(1)
-    counts = torch.bincount(owner, minlength=len(train_split.paths))  # captions per photo
-    rows_of = owner.argsort(stable=True).split(counts.tolist())  # photo -> its caption rows
-    pools = [torch.nonzero(data.source == i).squeeze(1) for i in range(len(data.shares))]
-    # Self-critical training: the photos with enough references, their k samples counted as captions.
-    scst_pools = [pool[counts[pool] >= cfg.train.scst_min_refs] for pool in pools]
-    scst_counts = torch.full_like(counts, cfg.train.scst_samples)
+    run = start(cfg, resume, progress, workers)
+    progress = progress and run.lead
+    first = run.state["epoch"]
+    while next_phase(run) and (stop_after is None or run.state["epoch"] - first < stop_after):
+        started = time.time()
+        seen, total = train_epoch(run, progress)
+        end_epoch(run, seen, total, started, progress)
+    return Path(cfg.train.out) / "model"
 
-    decoder = build_decoder(cfg, vocab, train_split.pooled.shape[1], classifier)
-    learned = [p for p in decoder.parameters() if p.requires_grad]
-    optimizer = lambda lr: torch.optim.Adam(learned, lr=lr, weight_decay=cfg.train.weight_decay)  # noqa: E731
-    opt = optimizer(cfg.train.lr)
-    state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
-             "config": cfg.to_dict()}
-    if resume:
-        state = _load_checkpoint(ckpt_path, decoder, opt)
-        if state["config"] != cfg.to_dict():
-            raise CaptionerError(f"{ckpt_path} was made with a different config: resume with the same config file")
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "metrics.jsonl"
-    log = [json.loads(line) for line in log_path.read_text().splitlines()] if resume and log_path.exists() else []
-    log = log[:state["epoch"]]  # an epoch logged after the last checkpoint is redone
-    steps_per_epoch = math.ceil(len(owner) / cfg.train.batch_captions)
-    total_steps = steps_per_epoch * cfg.train.epochs
+
+def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None) -> Run:
+    """The run's data (encoded where not cached), a new decoder and optimiser, or the checkpoint's with `resume`."""
+    out = Path(cfg.train.out)
+    lead = workers is None or workers.rank == 0
+    data = load_training(cfg.data, progress and lead, workers.owns if workers else None)
+    split, vocab = data.train, data.vocab
+    classifier = load_encoder(cfg.data.encoder, cfg.data.input_size).classifier
+    words = class_words(probabilities(classifier, split.pooled), split.references, vocab) \
+        if classifier is not None else None
+    captions, owner = split.captions(vocab, data.max_len)
+    counts = torch.bincount(owner, minlength=len(split.paths))
+    pools = [torch.nonzero(data.source == i).squeeze(1) for i in range(len(data.shares))]
+    scst_pools = [pool[counts[pool] >= cfg.train.scst_min_refs] for pool in pools]
     cider, cider_row = None, {}
     if cfg.train.scst_epochs:
         scored = torch.cat(scst_pools).tolist()
         if not scored:
             raise CaptionerError(f"no training photo has {cfg.train.scst_min_refs} references for self-critical "
                                  "training: lower [train] scst_min_refs")
-        cider = CiderD([[r.split() for r in train_split.references[p]] for p in scored])
+        cider = CiderD([[r.split() for r in split.references[p]] for p in scored])
         cider_row = {p: row for row, p in enumerate(scored)}
-    first = state["epoch"]
-    while True:
-        if state["scst_from"] is None and (state["epoch"] >= cfg.train.epochs
-                                           or state["bad_epochs"] >= cfg.train.patience):
-            if not cfg.train.scst_epochs:
-                break
-            if cfg.train.scst_start == "best":
-                decoder.load_state_dict(load_file(str(out / "model" / "model.safetensors")))
-            opt = optimizer(cfg.train.scst_lr)
-            state.update(scst_from=state["epoch"], bad_epochs=0)
-        if state["scst_from"] is not None and (state["epoch"] - state["scst_from"] >= cfg.train.scst_epochs
-                                               or state["bad_epochs"] >= cfg.train.patience):
-            break
-        if stop_after is not None and state["epoch"] - first >= stop_after:
-            break
-        scst = state["scst_from"] is not None
-        epoch = state["epoch"] + 1
-        decoder.train(not scst)  # self-critical: no dropout, so sampling and scoring see one model
-        generator = torch.Generator().manual_seed(cfg.train.seed * 10_000 + epoch)
-        started, seen, loss_sum = time.time(), 0, 0.0
-        last = (state["scst_from"] + cfg.train.scst_epochs) if scst else cfg.train.epochs
-        bar = tqdm(epoch_batches(scst_pools, data.shares, scst_counts, cfg.train.batch_captions, generator) if scst
-                   else epoch_batches(pools, data.shares, counts, cfg.train.batch_captions, generator),
-                   desc=f"{'self-critical ' if scst else ''}epoch {epoch}/{last}", unit="batch",
-                   disable=not progress, dynamic_ncols=True)
-        for photos in bar:
-            norm = None  # one worker: the batch's own means
-            if workers:
-                photos, norm = workers.part(photos, counts, lengths, rows_of)
-            if not scst:
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(cfg, state["step"], total_steps)
-            opt.zero_grad(set_to_none=True)
-            count, value = 0, 0.0
-            if len(photos):  # a worker's part of a small batch may be empty
-                pooled, grid = train_split.pooled[photos], train_split.grid[photos]
-                idx = torch.cat([rows_of[p] for p in photos.tolist()])  # the batch's reference captions
-                which = torch.repeat_interleave(torch.arange(len(photos)), counts[photos])  # caption -> photo
-                references = captions[idx, :int(lengths[idx].max())]
-                if scst:
-                    loss, rewards = scst_loss(cfg, decoder, pooled, grid, [cider_row[p] for p in photos.tolist()],
-                                              cider, vocab, max_len, generator)
-                    if norm:  # a part's mean, weighed by its share of the batch's photos
-                        loss = loss * len(photos) / norm[2]
-                    if cfg.train.scst_xe:
-                        loss = loss + cfg.train.scst_xe * xe_loss(cfg, decoder, pooled, grid, references, which, 0.0,
-                                                                  generator, norm)
-                    count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
-                else:
-                    chance = cfg.train.scheduled_sampling * state["step"] / total_steps
-                    loss = xe_loss(cfg, decoder, pooled, grid, references, which, chance, generator, norm)
-                    count, value = len(idx), loss.item() * (norm[1] if norm else len(idx))
-                loss.backward()
-            if workers:
-                workers.average_gradients(learned)
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.train.grad_clip)
-            opt.step()
-            state["step"] += 1
-            seen += count
-            loss_sum += value
-            if seen:
-                shown = {"reward": f"{loss_sum / seen:.3f}"} if scst else {"loss": f"{loss_sum / seen:.3f}"}
-                bar.set_postfix(**shown, caps_s=f"{seen / (time.time() - started):.0f}")
-        bar.close()
-        if workers:
-            loss_sum, seen = workers.sum(loss_sum, seen)
-        dev = -1.0
-        if lead:
-            predictions = {name: caption_split(decoder, split, vocab, max_len) for name, split in data.dev.items()}
-            scores = {name: dev_cider(predictions[name], split.references) for name, split in data.dev.items()}
-            dev = sum(scores.values()) / len(scores)  # what chooses the epoch
-            sample = next(iter(predictions.values()))[0]
-            record = {"epoch": epoch, "phase": "scst" if scst else "xe",
-                      "train_reward" if scst else "train_loss": loss_sum / seen, "dev_cider": dev, "dev": scores,
-                      "lr": opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
-                      "captions_per_s": seen / (time.time() - started), "sample": sample}
-        if workers:
-            dev = workers.from_first(dev)
-        if dev > state["best_cider"]:
-            state.update(best_cider=dev, best_epoch=epoch, bad_epochs=0)
-            if lead:
-                save_model(out / "model", Model(decoder, vocab, cfg.data.encoder, cfg.data.input_size, cfg.decode,
-                                                words), card=training_card(cfg, record))
-                confidence.save(out / "model", centres)
+    decoder = build_decoder(cfg, vocab, split.pooled.shape[1], classifier)
+    learned = [p for p in decoder.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(learned, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
+             "config": cfg.to_dict()}
+    log = []
+    if resume:
+        state = checkpoint.load(out / CHECKPOINT, decoder, opt)
+        if state["config"] != cfg.to_dict():
+            raise CaptionerError(f"{out / CHECKPOINT} was made with a different config: resume with the same "
+                                 "config file")
+        if (out / LOG).exists():  # an epoch logged after the last checkpoint is redone
+            log = [json.loads(line) for line in (out / LOG).read_text().splitlines()][:state["epoch"]]
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+    return Run(cfg, data, decoder, learned, opt, state, log, captions, (captions != PAD_ID).sum(1), owner, counts,
+               owner.argsort(stable=True).split(counts.tolist()), pools, scst_pools, cider, cider_row, words,
+               confidence.centroids(split.pooled), workers)
+
+
+def next_phase(run: Run) -> bool:
+    """Whether the run goes on; after the last cross-entropy epoch (or when dev stopped improving), starts the
+    self-critical phase if there is one: from the best epoch or the last, with a fresh optimiser."""
+    t, s = run.cfg.train, run.state
+    if not run.scst and (s["epoch"] >= t.epochs or s["bad_epochs"] >= t.patience):
+        if not t.scst_epochs:
+            return False
+        if t.scst_start == "best":
+            run.decoder.load_state_dict(load_file(str(Path(t.out) / "model" / "model.safetensors")))
+        run.opt = run.optimizer(t.scst_lr)
+        s.update(scst_from=s["epoch"], bad_epochs=0)
+    return not (run.scst and (s["epoch"] - s["scst_from"] >= t.scst_epochs or s["bad_epochs"] >= t.patience))
+
+
+def train_epoch(run: Run, progress: bool) -> tuple[int, float]:
+    """One epoch of the current phase; returns the captions seen and their summed loss (or reward)."""
+    t, scst, epoch = run.cfg.train, run.scst, run.state["epoch"] + 1
+    run.decoder.train(not scst)  # self-critical: no dropout, so sampling and scoring see one model
+    generator = torch.Generator().manual_seed(t.seed * 10_000 + epoch)
+    if scst:  # each photo's k samples count as its captions
+        batches = epoch_batches(run.scst_pools, run.data.shares, torch.full_like(run.counts, t.scst_samples),
+                                t.batch_captions, generator)
+    else:
+        batches = epoch_batches(run.pools, run.data.shares, run.counts, t.batch_captions, generator)
+    last = (run.state["scst_from"] + t.scst_epochs) if scst else t.epochs
+    bar = tqdm(batches, desc=f"{'self-critical ' if scst else ''}epoch {epoch}/{last}", unit="batch",
+               disable=not progress, dynamic_ncols=True)
+    started, seen, total = time.time(), 0, 0.0
+    for photos in bar:
+        count, value = train_step(run, photos, generator)
+        seen, total = seen + count, total + value
+        if seen:
+            shown = {"reward": f"{total / seen:.3f}"} if scst else {"loss": f"{total / seen:.3f}"}
+            bar.set_postfix(**shown, caps_s=f"{seen / (time.time() - started):.0f}")
+    bar.close()
+    return run.workers.sum(total, seen)[::-1] if run.workers else (seen, total)
+
+
+def train_step(run: Run, photos: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
+    """One optimiser step on a batch of photos (this worker's part of it); returns what it counts and sums."""
+    cfg, s, workers = run.cfg, run.state, run.workers
+    split, lengths, total_steps = run.data.train, run.lengths, run.total_steps
+    norm = None  # one worker: the batch's own means
+    if workers:
+        photos, norm = workers.part(photos, run.counts, lengths, run.rows_of)
+    if not run.scst:
+        for group in run.opt.param_groups:
+            group["lr"] = learning_rate(cfg, s["step"], total_steps)
+    run.opt.zero_grad(set_to_none=True)
+    count, value = 0, 0.0
+    if len(photos):  # a worker's part of a small batch may be empty
+        pooled, grid = split.pooled[photos], split.grid[photos]
+        idx = torch.cat([run.rows_of[p] for p in photos.tolist()])  # the batch's reference captions
+        which = torch.repeat_interleave(torch.arange(len(photos)), run.counts[photos])  # caption -> photo
+        references = run.captions[idx, :int(lengths[idx].max())]
+        if run.scst:
+            loss, rewards = scst_loss(cfg, run.decoder, pooled, grid, [run.cider_row[p] for p in photos.tolist()],
+                                      run.cider, run.data.vocab, run.data.max_len, generator)
+            if norm:  # a part's mean, weighed by its share of the batch's photos
+                loss = loss * len(photos) / norm[2]
+            if cfg.train.scst_xe:
+                loss = loss + cfg.train.scst_xe * xe_loss(cfg, run.decoder, pooled, grid, references, which, 0.0,
+                                                          generator, norm)
+            count, value = len(rewards), float(rewards.sum())  # the mean reward is what is shown
         else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        if not lead:
-            workers.from_first(0.0)  # wait for rank 0's checkpoint (and model) before the next epoch may read them
-            continue
-        _save_checkpoint(ckpt_path, decoder, opt, state)
-        log.append(record)
-        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in log))
-        plot_curve(log, out / "curve.png")
-        if progress:
-            epochs_left = last - epoch + (0 if scst else cfg.train.scst_epochs)
-            left = epochs_left * sum(r["seconds"] for r in log) / len(log)
-            trained = f"reward {loss_sum / seen:.3f}" if scst else f"loss {loss_sum / seen:.3f}"
-            each = f" ({', '.join(f'{name} {v:.1f}' for name, v in scores.items())})" if len(scores) > 1 else ""
-            log.info(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f}{each} "
-                       f"(best {state['best_cider']:.1f} at epoch {state['best_epoch']}), "
-                       f"at most {left / 60:.0f} min left; e.g. \"{sample}\"")
-        if workers:
-            workers.from_first(0.0)
-    return out / "model"
+            chance = cfg.train.scheduled_sampling * s["step"] / total_steps
+            loss = xe_loss(cfg, run.decoder, pooled, grid, references, which, chance, generator, norm)
+            count, value = len(idx), loss.item() * (norm[1] if norm else len(idx))
+        loss.backward()
+    if workers:
+        workers.average_gradients(run.learned)
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.decoder.parameters(), cfg.train.grad_clip)
+    run.opt.step()
+    s["step"] += 1
+    return count, value
+
+
+def end_epoch(run: Run, seen: int, total: float, started: float, progress: bool) -> None:
+    """Score the epoch on the dev sets, keep the model if it is the best, and write the checkpoint and the log."""
+    cfg, s, workers, out = run.cfg, run.state, run.workers, Path(run.cfg.train.out)
+    epoch, scst = s["epoch"] + 1, run.scst
+    dev = -1.0
+    if run.lead:
+        predictions = {name: caption_split(run.decoder, split, run.data.vocab, run.data.max_len)
+                       for name, split in run.data.dev.items()}
+        scores = {name: dev_cider(predictions[name], split.references) for name, split in run.data.dev.items()}
+        dev = sum(scores.values()) / len(scores)  # what chooses the epoch
+        sample = next(iter(predictions.values()))[0]
+        record = {"epoch": epoch, "phase": "scst" if scst else "xe",
+                  "train_reward" if scst else "train_loss": total / seen, "dev_cider": dev, "dev": scores,
+                  "lr": run.opt.param_groups[0]["lr"], "seconds": time.time() - started,  # training and dev decoding
+                  "captions_per_s": seen / (time.time() - started), "sample": sample}
+    if workers:
+        dev = workers.from_first(dev)
+    if dev > s["best_cider"]:
+        s.update(best_cider=dev, best_epoch=epoch, bad_epochs=0)
+        if run.lead:
+            save_model(out / "model", Model(run.decoder, run.data.vocab, cfg.data.encoder, cfg.data.input_size,
+                                            cfg.decode, run.words), card=training_card(cfg, record))
+            confidence.save(out / "model", run.centres)
+    else:
+        s["bad_epochs"] += 1
+    s["epoch"] = epoch
+    if not run.lead:
+        workers.from_first(0.0)  # wait for rank 0's checkpoint (and model) before the next epoch may read them
+        return
+    checkpoint.save(out / CHECKPOINT, run.decoder, run.opt, s)
+    run.log.append(record)
+    write_atomic(out / LOG, "".join(json.dumps(r) + "\n" for r in run.log))
+    plot_curve(run.log, out / "curve.png")
+    if progress:
+        last = (s["scst_from"] + cfg.train.scst_epochs) if scst else cfg.train.epochs
+        left = (last - epoch + (0 if scst else cfg.train.scst_epochs)) * sum(r["seconds"] for r in run.log) / len(
+            run.log)
+        trained = f"reward {total / seen:.3f}" if scst else f"loss {total / seen:.3f}"
+        each = f" ({', '.join(f'{name} {v:.1f}' for name, v in scores.items())})" if len(scores) > 1 else ""
+        log.info(f"epoch {epoch}: {trained}, dev CIDEr {dev:.1f}{each} "
+                 f"(best {s['best_cider']:.1f} at epoch {s['best_epoch']}), "
+                 f"at most {left / 60:.0f} min left; e.g. \"{sample}\"")
+    if workers:
+        workers.from_first(0.0)
 
 
 def training_card(cfg: Config, record: dict) -> str:

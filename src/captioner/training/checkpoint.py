@@ -1,0 +1,42 @@
+"""A training run's checkpoint: the decoder, the optimiser, the random state and where the run is, in one
+safetensors file written whole, so a killed run resumes exactly."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..files import atomic_path
+from ..models.decoders import Decoder
+
+
+def save(path: Path, decoder: Decoder, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Write the decoder's and the optimiser's tensors, torch's random state and `state` (JSON) to `path`."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in decoder.state_dict().items()}
+    opt_state = opt.state_dict()
+    for i, s in opt_state["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1) if v.dim() == 0 else v.detach().contiguous()
+    tensors["rng"] = torch.get_rng_state()
+    meta = {**state, "param_groups": opt_state["param_groups"]}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+
+
+def load(path: Path, decoder: Decoder, opt: torch.optim.Optimizer) -> dict:
+    """Restore what `save` wrote into `decoder`, `opt` and torch's random state; returns the run's state."""
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    tensors = load_file(str(path))
+    decoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict = {"state": {}, "param_groups": meta.pop("param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
+    opt.load_state_dict(opt_state)
+    torch.set_rng_state(tensors["rng"])
+    return meta
