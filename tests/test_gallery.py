@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 import captioner.api
+from captioner.api import Caption, Captioner
 from captioner.gallery import indexer, queries
-from captioner.api import Captioner
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.gallery import Gallery
@@ -112,8 +112,57 @@ def test_failed_photos_are_recorded_and_never_stop_the_run(tiny, photos, tmp_pat
     assert {Path(p).name for p, _ in g.failures()} == failed
     assert len(g) == 8 + 1  # the truncated JPEG loads (with a warning) and is captioned
     again = g.index([photos], progress=False)
-    assert again.encoded == 0 and not again.failed  # unchanged failures are not retried
+    assert again.failed.keys() == report.failed.keys() and len(g.failures()) == 4  # failures: listed again,
+    assert (again.retried, again.unchanged, again.encoded) == (4, 9, 0)  # as they are tried again, every run
     assert broken  # the factory ran
+    g.close()
+
+
+def failing_on(captioner: Captioner, name: str, monkeypatch) -> None:
+    """Make `captioner.stream` fail to read the photo called `name`, as a passing read error would."""
+    real_stream = captioner.stream
+
+    def stream(paths, **kw):
+        for c in real_stream(paths, **kw):
+            yield Caption(c.path, error=f"{c.path}: cannot be read (Input/output error; check the file)") \
+                if c.path.name == name else c
+
+    monkeypatch.setattr(captioner, "stream", stream)
+
+
+def test_a_captioned_photo_that_fails_to_read_keeps_its_caption_and_is_retried(tiny, photos, tmp_path,
+                                                                                monkeypatch):
+    db = tmp_path / "g.db"
+    g = Gallery.create(db, captioner=tiny)
+    g.index([photos], progress=False)
+    before = rows(db)["tabby_cat.jpg"]
+    cat = photos / "tabby_cat.jpg"
+    Image.open(cat).rotate(180).save(cat)  # new content: to be captioned again
+    failing_on(tiny, "tabby_cat.jpg", monkeypatch)
+    report = g.index([photos], progress=False)
+    assert list(report.failed) == [str(cat)] and "cannot be read" in report.failed[str(cat)]
+    after = rows(db)["tabby_cat.jpg"]
+    assert after[:3] == before[:3] and "cannot be read" in after[3]  # its row, caption and all, kept
+    assert len(g) == 8 and g.photo(before[0]).caption == before[2]
+    assert g.similar(before[0], k=3, by="visual")  # and its vectors
+    assert g.failures() == [(str(cat), report.failed[str(cat)])]
+    monkeypatch.undo()
+    again = g.index([photos], progress=False)
+    _, sha, caption, error = rows(db)["tabby_cat.jpg"]
+    assert sha != before[1] and caption and error is None and len(g) == 8
+    assert (again.retried, again.encoded, again.failed, g.failures()) == (1, 1, {}, [])
+    g.close()
+
+
+def test_a_photo_that_failed_is_captioned_on_the_next_run(tiny, photos, tmp_path, monkeypatch):
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    failing_on(tiny, "gradient.png", monkeypatch)
+    first = g.index([photos], progress=False)
+    assert list(first.failed) == [str(photos / "gradient.png")] and len(g) == 7
+    monkeypatch.undo()
+    again = g.index([photos], progress=False)  # the same file, unchanged, readable now
+    assert rows(g.db)["gradient.png"][2] and g.failures() == [] and len(g) == 8
+    assert (again.retried, again.unchanged, again.encoded, again.failed) == (1, 7, 1, {})
     g.close()
 
 
@@ -343,6 +392,9 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out[0] == {"path": str(broken), "error": out[0]["error"]} and "notes.jpg" in out[0]["error"]
     assert out[-1]["added"] == 9 and out[-1]["photos"] == 8
+    assert main(["index", str(photos), "--db", db, "--model", str(tiny_model_dir), "--json", "--quiet"]) == 1
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # the failure, tried and listed again
+    assert again[0]["path"] == str(broken) and (again[-1]["retried"], again[-1]["unchanged"]) == (1, 8)
     assert main(["search", "a man", "-k", "3", "--db", db, "--model", str(tiny_model_dir), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [m["rank"] for m in lines] == [1, 2, 3]
