@@ -154,6 +154,25 @@ def test_a_captioned_photo_that_fails_to_read_keeps_its_caption_and_is_retried(t
     g.close()
 
 
+def test_a_linked_photo_whose_target_is_away_keeps_its_caption_and_comes_back(tiny, photos, tmp_path):
+    drive = tmp_path / "drive"  # as if on a drive that is not mounted during the second run
+    drive.mkdir()
+    Image.fromarray(gradient(50, 70)).save(drive / "linked.png")
+    (photos / "linked.png").symlink_to(drive / "linked.png")
+    with Gallery.create(tmp_path / "g.db", captioner=tiny) as g:
+        g.index([photos], progress=False)
+        before = rows(g.db)["linked.png"]
+        drive.rename(tmp_path / "unmounted")
+        away = g.index([photos], progress=False)
+        assert list(away.failed) == [str(photos / "linked.png")] and away.removed == 0
+        assert rows(g.db)["linked.png"][:3] == before[:3] and len(g) == 9  # kept, its failure noted
+        assert [p for p, _ in g.failures()] == [str(photos / "linked.png")]
+        (tmp_path / "unmounted").rename(drive)
+        back = g.index([photos], progress=False)
+        assert (back.retried, back.encoded, back.failed, g.failures()) == (1, 0, {}, [])
+        assert rows(g.db)["linked.png"] == before  # the same row again, nothing redone
+
+
 def test_a_photo_that_failed_is_captioned_on_the_next_run(tiny, photos, tmp_path, monkeypatch):
     g = Gallery.create(tmp_path / "g.db", captioner=tiny)
     failing_on(tiny, "gradient.png", monkeypatch)
