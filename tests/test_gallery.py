@@ -24,7 +24,7 @@ from PIL import Image
 
 import captioner.api
 from captioner.api import Caption, Captioner
-from captioner.gallery import indexer, queries
+from captioner.gallery import catalogue, indexer, queries
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.gallery import Gallery
@@ -296,6 +296,52 @@ def test_galleries_of_other_versions_and_models_say_what_to_do(tiny, photos, tmp
     (tmp_path / "notes.db").write_text("not a database at all, just some text that is long enough" * 20)
     with pytest.raises(CaptionerError, match="not a captioner gallery"):
         Gallery.open(tmp_path / "notes.db", captioner=tiny)
+
+
+def test_a_gallery_another_process_locks_says_so_and_loses_nothing(tiny, photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalogue, "BUSY_SECONDS", 0.05)  # instead of waiting 30 s for the lock
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+        other = sqlite3.connect(db, isolation_level=None)  # say, an sqlite3 shell in the middle of a change
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(CaptionerError, match=f"^{db} is locked by another process: close the program"):
+            g.index([photos], progress=False)
+        other.execute("ROLLBACK")
+        assert len(g) == 1 and g.index([photos], progress=False).encoded == 7
+    other.execute("PRAGMA journal_mode=DELETE")  # the other process takes the whole file for itself
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(CaptionerError, match="is locked by another process"):
+        Gallery.open(db, captioner=tiny)
+    other.close()
+
+
+def test_a_gallery_that_cannot_be_written_says_so(tiny, photos, tmp_path, monkeypatch):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+    connect = sqlite3.connect  # the file read-only to this process (permissions cannot stop root, who runs CI)
+    monkeypatch.setattr(sqlite3, "connect", lambda path, **kw: connect(f"file:{path}?mode=ro", uri=True, **kw))
+    with Gallery.create(db, captioner=tiny) as g:
+        assert len(g) == 1  # reading works
+        with pytest.raises(CaptionerError, match=f"^{db} cannot be written: check the permissions"):
+            g.index([photos], progress=False)
+    monkeypatch.undo()
+    assert len(rows(db)) == 1
+
+
+def test_a_damaged_gallery_or_a_folder_is_named_for_what_it_is(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+    with open(db, "r+b") as f:  # overwrite every page after the first (the schema) with noise
+        f.seek(4096)
+        f.write(np.random.default_rng(0).integers(0, 256, db.stat().st_size - 4096, np.uint8).tobytes())
+    with pytest.raises(CaptionerError, match=f"^{db} is damaged .*: move it away and index the photos again"):
+        Gallery.open(db, captioner=tiny)
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(CaptionerError, match="folder.db cannot be opened: check that it is a file"):
+        Gallery.create(tmp_path / "folder.db", captioner=tiny)
 
 
 def test_similar_finds_a_near_duplicate_and_leaves_the_photo_out(tiny, photos, tmp_path):

@@ -101,7 +101,7 @@ class Gallery:
 
     def save_vectors(self) -> None:
         """Save the (writer's) vector indexes beside the catalogue."""
-        with self.catalogue.lock:
+        with self.catalogue.explained(), self.catalogue.lock:
             self.vectors.save(self.catalogue.conn)
 
     def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16,

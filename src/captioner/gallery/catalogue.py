@@ -9,7 +9,10 @@ an older generation catches up by reading only what changed.
 
 A `Catalogue` is one connection, used by one thread at a time under its lock;
 `snapshot()` is a read transaction: everything read inside it is one
-committed state, whatever a writer commits meanwhile.
+committed state, whatever a writer commits meanwhile. SQLite's errors a user
+can cause (another process holding the file, no permission to write, a full
+or failing disk, a damaged file, a file that is no database) are raised as
+one sentence each, naming the gallery.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from .. import __version__
 from ..errors import CaptionerError
 
 FORMAT = 1
+BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock on the file before giving up
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +101,26 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def database_error(db: Path, e: sqlite3.Error) -> CaptionerError | None:
+    """The one sentence for an SQLite error a user can cause on the gallery `db` (None: not one of those)."""
+    locked = f"{db} is locked by another process: close the program that uses it, or try again when it is done"
+    unwritable = f"{db} cannot be written: check the permissions of the file and its folder, or choose another --db"
+    sentence = {
+        sqlite3.SQLITE_BUSY: locked,
+        sqlite3.SQLITE_LOCKED: locked,
+        sqlite3.SQLITE_READONLY: unwritable,
+        sqlite3.SQLITE_PERM: unwritable,
+        sqlite3.SQLITE_CANTOPEN: f"{db} cannot be opened: check that it is a file (not a folder) that you may read "
+                                 "and write, in a folder that you may write",
+        sqlite3.SQLITE_IOERR: f"{db} could not be read or written because of a disk error ({e}): check the disk, then "
+                              "try again",
+        sqlite3.SQLITE_FULL: f"the disk holding {db} is full: free some space, then try again",
+        sqlite3.SQLITE_CORRUPT: f"{db} is damaged ({e}): move it away and index the photos again",
+        sqlite3.SQLITE_NOTADB: f"{db} is not a captioner gallery (not an SQLite database): choose another --db",
+    }.get(getattr(e, "sqlite_errorcode", 0) & 0xFF)  # the primary code of an extended one
+    return CaptionerError(sentence) if sentence else None
+
+
 class Catalogue:
     def __init__(self, db: Path, conn: sqlite3.Connection):
         self.db = db
@@ -107,7 +131,11 @@ class Catalogue:
     @classmethod
     def connect(cls, db: Path, model_id: str, model_folder: str, create: bool, rebuild: bool) -> "Catalogue":
         """The catalogue at `db`, checked against the model (made, with `create`, if new; emptied with `rebuild`)."""
-        catalogue = cls(db, sqlite3.connect(db, timeout=30, check_same_thread=False, isolation_level=None))
+        try:
+            conn = sqlite3.connect(db, timeout=BUSY_SECONDS, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise database_error(db, e) or CaptionerError(f"{db} cannot be opened ({e})") from None
+        catalogue = cls(db, conn)
         try:
             catalogue.conn.execute("PRAGMA journal_mode=WAL")
             catalogue.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
@@ -117,7 +145,7 @@ class Catalogue:
         except BaseException as e:
             catalogue.close()
             if isinstance(e, sqlite3.DatabaseError):
-                raise CaptionerError(f"{db} is not a captioner gallery ({e})") from None
+                raise database_error(db, e) or CaptionerError(f"{db} is not a captioner gallery ({e})") from None
             raise
         return catalogue
 
@@ -178,9 +206,19 @@ class Catalogue:
                     self.conn.execute(statement)
 
     @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """SQLite's errors a user can cause, raised inside, as their one sentence (see `database_error`)."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if (explained := database_error(self.db, e)) is None:
+                raise
+            raise explained from None
+
+    @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A writing transaction that starts a new generation, so its rows carry it; committed at the end."""
-        with self.lock, self.conn:
+        with self.explained(), self.lock, self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             yield self.conn
@@ -188,7 +226,7 @@ class Catalogue:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one committed state of the catalogue for everything read inside it."""
-        with self.lock, self.conn:
+        with self.explained(), self.lock, self.conn:
             self.conn.execute("BEGIN")
             yield self.conn
 
