@@ -5,6 +5,7 @@ what the gallery does with photos and vectors, never caption wording.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from captioner.gallery import catalogue, indexer, queries
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.gallery import Gallery
+from captioner.images import file_sha256
 from captioner.retrieval import FILE, Embedding, RetrievalConfig, load, save
 from captioner.tags import tag_words
 from conftest import TEST_THREADS, cached_encoder
@@ -511,6 +513,86 @@ def test_search_ranks_a_photo_tagged_with_a_query_word_higher_and_shows_its_tags
     assert all(m.score == pytest.approx(plain[m.path.name], abs=1e-4) for m in found[1:]
                if not any("cat" in tag_words(t) for t in m.tags))
     g.close()
+
+
+def newest(db: Path) -> tuple[int, Path]:
+    """The id and path of the photo with the highest id."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        i, path = conn.execute("SELECT id, path FROM photos ORDER BY id DESC LIMIT 1").fetchone()
+    return i, Path(path)
+
+
+def schema(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT sql FROM sqlite_master WHERE name = 'photos'").fetchone()[0]
+
+
+def make_old(db: Path) -> None:
+    """Make `db` a gallery as captioner wrote them before photo ids were AUTOINCREMENT (ids could come back)."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql = replace(sql, ' AUTOINCREMENT', '') WHERE name = 'photos'")
+        conn.execute("DELETE FROM sqlite_sequence")
+    assert "AUTOINCREMENT" not in schema(db)
+
+
+def test_photo_ids_are_never_reused(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+        last, path = newest(db)
+        path.unlink()
+        g.index([photos], progress=False)
+        Image.fromarray(gradient(30, 30)).save(photos / "new.png")
+        g.index([photos], progress=False)
+        assert rows(db)["new.png"][0] > last  # not the removed photo's id: its old URL finds nothing
+        last = rows(db)["new.png"][0]
+    with Gallery.create(db, captioner=tiny, rebuild=True) as g:
+        g.index([photos], progress=False)
+        assert min(r[0] for r in rows(db).values()) > last
+
+
+def test_an_old_gallery_gets_ids_that_are_never_reused_when_indexed_again(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+    make_old(db)
+    before = rows(db)
+    with Gallery.open(db, captioner=tiny) as reader:  # reading an old gallery changes nothing
+        assert len(reader) == 8
+    assert "AUTOINCREMENT" not in schema(db)
+    with Gallery.create(db, captioner=tiny) as g:  # opened to write: upgraded in place
+        assert "AUTOINCREMENT" in schema(db) and rows(db) == before and len(g) == 8
+        last, path = newest(db)
+        path.unlink()
+        Image.fromarray(gradient(30, 30)).save(photos / "new.png")
+        report = g.index([photos], progress=False)
+        assert (report.removed, report.added, report.unchanged) == (1, 1, 7)
+        new, _, caption, _ = rows(db)["new.png"]
+        assert new > last and len(g) == 8 and new in {m.id for m in g.search(caption, k=8)}
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert triggers == {"photos_written", "photos_removed"} and {"photos_sha256", "photos_generation"} <= indexes
+
+
+def test_the_rerank_cache_never_serves_another_photos_features(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+    make_old(db)
+    cat = rows(db)["tabby_cat.jpg"]
+    with Gallery.open(db, captioner=tiny) as reader:  # a long-lived reader, say the web app
+        reader.search(cat[2], k=8, rerank=True)  # every photo re-encoded and kept for the next queries
+        other = tmp_path / "other.png"
+        Image.fromarray(gradient(90, 90)).save(other)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # an older captioner gave the id to another photo
+            conn.execute("UPDATE photos SET path = ?, sha256 = ? WHERE id = ?", (str(other), file_sha256(other), cat[0]))
+        cached = {m.id: m.why["likelihood"] for m in reader.search(cat[2], k=8, rerank=True)}
+    with Gallery.open(db, captioner=tiny) as fresh:
+        encoded = {m.id: m.why["likelihood"] for m in fresh.search(cat[2], k=8, rerank=True)}
+    assert cached == pytest.approx(encoded, abs=1e-4)
 
 
 def test_an_old_gallery_gets_the_tags_column_when_opened(tiny, photos, tmp_path):

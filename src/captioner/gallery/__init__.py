@@ -50,7 +50,7 @@ class Gallery:
         self.embedding = captioner.embedding  # the photo-text embedding search uses (retrieval.py), or None
         self.vectors = Vectors(Path(f"{catalogue.db}.vectors"), captioner.encoder.spec.dim,
                                DIM * (1 if self.embedding is None else 2))
-        self.grids: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.grids: OrderedDict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # queries.py
         self.grids_lock = threading.Lock()
 
     @property

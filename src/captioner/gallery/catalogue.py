@@ -34,10 +34,10 @@ from ..errors import CaptionerError
 FORMAT = 1
 BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock on the file before giving up
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS photos (
-    id INTEGER PRIMARY KEY,
+# AUTOINCREMENT: a photo's id is never given to another photo, so an old id (a photo's URL, a cached
+# re-ranking) never finds another photo.
+PHOTOS = """(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL UNIQUE,
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -51,7 +51,11 @@ CREATE TABLE IF NOT EXISTS photos (
     text BLOB,
     generation INTEGER NOT NULL DEFAULT 0,
     tags TEXT
-);
+)"""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS photos {PHOTOS};
 CREATE INDEX IF NOT EXISTS photos_sha256 ON photos (sha256);
 CREATE INDEX IF NOT EXISTS photos_generation ON photos (generation);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, generation INTEGER NOT NULL);
@@ -70,6 +74,21 @@ COLUMNS = ("path", "sha256", "size", "mtime_ns", "caption", "alternatives", "sco
 INSERT_PHOTO = f"INSERT INTO photos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 UPGRADES = {"tags": "ALTER TABLE photos ADD COLUMN tags TEXT"}
 """Columns added since format 1 and how to add them: an older gallery is upgraded in place when opened."""
+EVERY_COLUMN = ", ".join(("id", "generation", *COLUMNS))
+NEVER_REUSED_IDS = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE photos_ids {PHOTOS};
+INSERT INTO photos_ids ({EVERY_COLUMN}) SELECT {EVERY_COLUMN} FROM photos;
+DROP TABLE photos;
+ALTER TABLE photos_ids RENAME TO photos;
+DELETE FROM sqlite_sequence WHERE name = 'photos';
+INSERT INTO sqlite_sequence VALUES ('photos', max(coalesce((SELECT max(id) FROM photos), 0),
+                                                 coalesce((SELECT max(id) FROM removed), 0)));
+{SCHEMA}
+COMMIT;
+"""
+"""Galleries written before photo ids were AUTOINCREMENT get it, their rows, ids and generations kept (SQLite
+cannot add it to a table: the table is copied), and their next id above every id they still know."""
 
 
 @dataclass
@@ -80,13 +99,14 @@ class Row:
     path: Path
     caption: str
     tags: list[dict]  # {"label", "p", "word"}, likeliest first
+    sha256: str  # of the photo's content when it was captioned
 
     @classmethod
     def of(cls, r: tuple) -> "Row":
-        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [])
+        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [], r[4])
 
 
-ROW = "SELECT id, path, caption, tags FROM photos"
+ROW = "SELECT id, path, caption, tags, sha256 FROM photos"
 
 
 def blob(v: np.ndarray) -> bytes:
@@ -183,7 +203,7 @@ class Catalogue:
             raise CaptionerError(f"{self.db} was written by the older captioner {meta.get('captioner')} (gallery "
                                  f"format {fmt}): index it again with `captioner index PHOTOS... --db {self.db} "
                                  "--rebuild`")
-        self._upgrade()
+        self._upgrade(writing=create)
         if rebuild:
             with self.write():
                 self.conn.execute("DELETE FROM photos")
@@ -197,13 +217,23 @@ class Catalogue:
             raise CaptionerError(f"{self.db} was indexed with another model ({meta['model_folder']}): "
                                  f"open it with that model (--model), or index it again with this one (--rebuild)")
 
-    def _upgrade(self) -> None:
-        """Add the columns an older gallery lacks (its photos' new fields stay empty until indexed again)."""
+    def _upgrade(self, writing: bool) -> None:
+        """Bring an older gallery up to date in place: add the columns it lacks (its photos' new fields stay empty
+        until indexed again) and, opened to write (the writer lock held: no one else upgrades), make its photo
+        ids never reused. A reader needs no new ids, and may not be allowed to write."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(photos)")}
         for column, statement in UPGRADES.items():
             if column not in have:
                 with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
                     self.conn.execute(statement)
+        photos = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'photos'").fetchone()
+        if writing and "AUTOINCREMENT" not in photos[0].upper():
+            try:
+                self.conn.executescript(NEVER_REUSED_IDS)
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     @contextlib.contextmanager
     def explained(self) -> Iterator[None]:
