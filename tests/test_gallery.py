@@ -247,6 +247,66 @@ def _count(db: Path) -> int:
         return 0
 
 
+class WiderCaptioner(FakeCaptioner):
+    """The fake captioner of another model (its own folder), whose encoder's vectors are twice as long."""
+
+    def __init__(self, model_folder: Path):
+        model_folder.mkdir(exist_ok=True)
+        (model_folder / "model.safetensors").write_bytes(b"another model")
+        super().__init__(model_folder)
+        self.encoder.spec.dim *= 2
+
+    def stream(self, paths, batch_size=16):
+        for c in super().stream(paths, batch_size):
+            c.vector = np.concatenate([c.vector, -c.vector]) / np.sqrt(2)
+            yield c
+
+
+def fake_photos(folder: Path, numbers) -> Path:
+    """Files the fake captioner captions "photo N"."""
+    folder.mkdir()
+    for i in numbers:
+        (folder / f"{i:03d}.jpg").write_bytes(f"photo {i}".encode())
+    return folder
+
+
+def assert_vectors_are_the_catalogues(g: Gallery) -> None:
+    with contextlib.closing(sqlite3.connect(g.db)) as conn:
+        stored = conn.execute("SELECT id, visual FROM photos").fetchall()
+    assert len(g) == len(stored)
+    np.testing.assert_allclose(g.vectors.visual.vectors([i for i, _ in stored]),
+                               np.stack([np.frombuffer(v, np.float16) for _, v in stored]), atol=1e-3)
+
+
+def test_a_rebuild_with_a_model_of_other_vector_sizes_rebuilds_the_vector_indexes(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(indexer, "photo_vectors", fake_text_vectors)
+    folder = fake_photos(tmp_path / "photos", range(12))
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)) as g:
+        g.index([folder], progress=False)  # its vector indexes saved, of 8 numbers per photo
+    wider = WiderCaptioner(tmp_path / "wider")
+    with Gallery.create(db, captioner=wider, rebuild=True) as g:
+        assert g.index([folder], progress=False).encoded == 12
+        assert g.vectors.visual.dim == 16 and g.similar(rows(db)["003.jpg"][0], k=2, by="visual")
+        assert_vectors_are_the_catalogues(g)
+    with Gallery.open(db, captioner=wider) as reader:
+        assert_vectors_are_the_catalogues(reader)
+
+
+def test_vector_indexes_left_by_another_gallery_are_never_used(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(indexer, "photo_vectors", fake_text_vectors)
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)) as g:
+        g.index([fake_photos(tmp_path / "old", range(12))], progress=False)
+    db.unlink()  # the catalogue deleted, its vector indexes (g.db.vectors) left behind
+    monkeypatch.setattr(Gallery, "save_vectors", lambda self: None)  # a new one, killed before it saved its own
+    with Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)) as g:
+        g.index([fake_photos(tmp_path / "new", range(100, 112))], progress=False)
+    with Gallery.open(db, captioner=FakeCaptioner(tiny_model_dir)) as reader:
+        assert_vectors_are_the_catalogues(reader)
+
+
 def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path, monkeypatch):
     db = tmp_path / "g.db"
     writer = Gallery.create(db, captioner=tiny)

@@ -21,6 +21,7 @@ import fcntl
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -192,7 +193,8 @@ class Catalogue:
             with self.write():
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("format", str(FORMAT)), ("captioner", __version__), ("model", model_id),
-                    ("model_folder", model_folder), ("generation", "0"), ("pruned", "0")])
+                    ("model_folder", model_folder), ("generation", "0"), ("pruned", "0"),
+                    ("gallery", uuid.uuid4().hex)])  # its own id: vectors saved beside another never pass
             return
         fmt = int(meta.get("format", "0"))
         if fmt > FORMAT:
@@ -219,15 +221,19 @@ class Catalogue:
 
     def _upgrade(self, writing: bool) -> None:
         """Bring an older gallery up to date in place: add the columns it lacks (its photos' new fields stay empty
-        until indexed again) and, opened to write (the writer lock held: no one else upgrades), make its photo
-        ids never reused. A reader needs no new ids, and may not be allowed to write."""
+        until indexed again) and, opened to write (the writer lock held: no one else upgrades), give it an id
+        and make its photo ids never reused. A reader needs neither, and may not be allowed to write."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(photos)")}
         for column, statement in UPGRADES.items():
             if column not in have:
                 with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
                     self.conn.execute(statement)
+        if not writing:
+            return
+        if self.conn.execute("SELECT 1 FROM meta WHERE key = 'gallery'").fetchone() is None:
+            self.conn.execute("INSERT INTO meta VALUES ('gallery', ?)", (uuid.uuid4().hex,))
         photos = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'photos'").fetchone()
-        if writing and "AUTOINCREMENT" not in photos[0].upper():
+        if "AUTOINCREMENT" not in photos[0].upper():
             try:
                 self.conn.executescript(NEVER_REUSED_IDS)
             except BaseException:
