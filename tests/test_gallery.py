@@ -647,8 +647,9 @@ def test_the_rerank_cache_never_serves_another_photos_features(tiny, photos, tmp
         reader.search(cat[2], k=8, rerank=True)  # every photo re-encoded and kept for the next queries
         other = tmp_path / "other.png"
         Image.fromarray(gradient(90, 90)).save(other)
-        with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # an older captioner gave the id to another photo
-            conn.execute("UPDATE photos SET path = ?, sha256 = ? WHERE id = ?", (str(other), file_sha256(other), cat[0]))
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # an older captioner gave its id to another
+            conn.execute("UPDATE photos SET path = ?, sha256 = ? WHERE id = ?",
+                         (str(other), file_sha256(other), cat[0]))
         cached = {m.id: m.why["likelihood"] for m in reader.search(cat[2], k=8, rerank=True)}
     with Gallery.open(db, captioner=tiny) as fresh:
         encoded = {m.id: m.why["likelihood"] for m in fresh.search(cat[2], k=8, rerank=True)}
