@@ -75,6 +75,19 @@ def test_index_captions_every_photo_and_a_second_run_touches_nothing(tiny, photo
     g.close()
 
 
+def test_paths_starting_with_a_tilde_are_in_the_users_home(tiny, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # photos: ~/photos
+    monkeypatch.chdir(tmp_path / "photos" / "nested")  # not a folder named ~ here
+    with Gallery.create("~/g.db", captioner=tiny) as g:  # the README's example
+        assert g.db == tmp_path / "g.db"
+        assert g.index(["~/photos"], progress=False).added == 8
+        assert g.index([tmp_path / "photos"], progress=False).unchanged == 8  # the same photos
+        assert len(g.similar("~/photos/tabby_cat.jpg", k=3)) == 3
+    with Gallery.open("~/g.db", captioner=tiny) as reader:
+        assert len(reader) == 8
+    assert not (tmp_path / "photos" / "nested" / "~").exists()
+
+
 def test_moved_copied_changed_and_removed_photos(tiny, photos, tmp_path):
     db = tmp_path / "g.db"
     g = Gallery.create(db, captioner=tiny)

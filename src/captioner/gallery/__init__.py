@@ -36,7 +36,7 @@ __all__ = ["BY", "FORMAT", "SCHEMA", "Gallery", "IndexReport", "Match", "default
 def default_db() -> Path:
     """$CAPTIONER_GALLERY, else the gallery in the user's data folder."""
     if os.environ.get("CAPTIONER_GALLERY"):
-        return Path(os.environ["CAPTIONER_GALLERY"])
+        return Path(os.environ["CAPTIONER_GALLERY"]).expanduser()
     data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return data / "captioner" / "gallery.db"
 
@@ -61,7 +61,7 @@ class Gallery:
     def open(cls, db: str | Path | None = None, model: str | Path | None = None,
              captioner: Captioner | None = None) -> "Gallery":
         """An existing gallery, to query."""
-        db = Path(db) if db else default_db()
+        db = Path(db).expanduser() if db else default_db()
         if not db.is_file():
             raise CaptionerError(f"there is no gallery at {db}: build one with `captioner index PHOTOS... --db {db}`")
         return cls._connect(db, model, captioner, create=False)
@@ -70,7 +70,7 @@ class Gallery:
     def create(cls, db: str | Path | None = None, model: str | Path | None = None,
                captioner: Captioner | None = None, rebuild: bool = False) -> "Gallery":
         """A gallery to index into: opened if it exists (emptied first with `rebuild`), else made."""
-        db = Path(db) if db else default_db()
+        db = Path(db).expanduser() if db else default_db()
         db.parent.mkdir(parents=True, exist_ok=True)
         return cls._connect(db, model, captioner, create=True, rebuild=rebuild)
 

@@ -56,8 +56,8 @@ class IndexReport:
 
 
 def absolute(path: str | Path) -> Path:
-    """The path made absolute and normalised, symbolic links kept (not resolved to their targets)."""
-    return Path(os.path.abspath(path))
+    """The path made absolute and normalised (~ the user's home), symbolic links kept (not resolved)."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size: int = 16,
