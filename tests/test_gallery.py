@@ -405,6 +405,16 @@ def test_a_gallery_that_cannot_be_written_says_so(tiny, photos, tmp_path, monkey
     assert len(rows(db)) == 1
 
 
+def test_a_gallery_whose_folder_cannot_be_made_says_which_and_why(tiny_model_dir, photos, tmp_path, reuse_encoders,
+                                                                   capsys):
+    (tmp_path / "notes").write_text("a file, where the gallery's folder would go")
+    db = tmp_path / "notes" / "galleries" / "g.db"
+    assert main(["index", str(photos), "--db", str(db), "--model", str(tiny_model_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"captioner: error: cannot make the folder {db.parent} for the gallery (Not a directory)")
+    assert "--db" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_damaged_gallery_or_a_folder_is_named_for_what_it_is(tiny, photos, tmp_path):
     db = tmp_path / "g.db"
     with Gallery.create(db, captioner=tiny) as g:

@@ -71,7 +71,11 @@ class Gallery:
                captioner: Captioner | None = None, rebuild: bool = False) -> "Gallery":
         """A gallery to index into: opened if it exists (emptied first with `rebuild`), else made."""
         db = Path(db).expanduser() if db else default_db()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CaptionerError(f"cannot make the folder {db.parent} for the gallery ({e.strerror or e}): choose a "
+                                 "--db in a folder you can write") from None
         return cls._connect(db, model, captioner, create=True, rebuild=rebuild)
 
     @classmethod
