@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -226,6 +225,25 @@ def test_an_interrupted_run_keeps_its_batches_and_resumes(tiny, photos, tmp_path
     g.close()
 
 
+SAYS_WHEN_IT_COMMITS = """
+import sys
+from captioner.cli import main
+from captioner.gallery import indexer
+
+commit = indexer._commit
+
+def commit_and_say(g, captions, *rest):
+    commit(g, captions, *rest)
+    if captions:
+        print("committed", flush=True)
+
+indexer.COMMIT_EVERY = 8
+indexer._commit = commit_and_say
+sys.exit(main(sys.argv[1:]))
+"""
+"""`captioner ...` that prints a line each time `index` has committed a batch."""
+
+
 def test_a_kill_at_any_moment_leaves_a_usable_gallery(tiny_model_dir, photos, tmp_path):
     db = tmp_path / "g.db"
     many = tmp_path / "many"
@@ -233,16 +251,14 @@ def test_a_kill_at_any_moment_leaves_a_usable_gallery(tiny_model_dir, photos, tm
     for i in range(60):
         Image.fromarray(np.roll(gradient(80, 60), i * 3, axis=1)).save(many / f"{i:02d}.jpg")
     env = os.environ | {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(TEST_THREADS)}
-    child = subprocess.Popen([sys.executable, "-m", "captioner.cli", "index", str(many), "--db", str(db),
+    child = subprocess.Popen([sys.executable, "-c", SAYS_WHEN_IT_COMMITS, "index", str(many), "--db", str(db),
                               "--model", str(tiny_model_dir), "--batch-size", "4", "--quiet"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        if db.exists() and 0 < _count(db) < 60:
-            break
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "committed\n", child.stderr.read()  # the first batch of 8 is in
+    child.send_signal(signal.SIGKILL)  # while it captions the next ones
     child.wait()
+    child.stdout.close()
+    child.stderr.close()
     done = _count(db)
     assert 0 < done < 60, "the kill should land mid-run"
     g = Gallery.create(db, model=tiny_model_dir)
