@@ -431,6 +431,18 @@ def test_a_gallery_whose_folder_cannot_be_made_says_which_and_why(tiny_model_dir
     assert "--db" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_full_disk_says_so_and_keeps_what_was_committed(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+        pages = g.catalogue.conn.execute("PRAGMA page_count").fetchone()[0]
+        g.catalogue.conn.execute(f"PRAGMA max_page_count = {pages}")  # no room to grow: as on a full disk
+        with pytest.raises(CaptionerError, match=f"^the disk holding {db} is full: free some space"):
+            g.index([photos], progress=False)
+    with Gallery.create(db, captioner=tiny) as g:
+        assert len(g) == 1 and g.index([photos], progress=False).encoded == 7
+
+
 def test_a_damaged_gallery_or_a_folder_is_named_for_what_it_is(tiny, photos, tmp_path):
     db = tmp_path / "g.db"
     with Gallery.create(db, captioner=tiny) as g:
