@@ -60,9 +60,10 @@ class Vectors:
         from, else empty ones; their generation."""
         try:
             with safe_open(str(self.path), "np") as f:
-                saved = int(f.metadata()["generation"])
+                metadata = f.metadata()
+                saved = int(metadata["generation"])
                 if (_meta_int(conn, "pruned") <= saved <= _meta_int(conn, "generation")
-                        and all(f.metadata().get(key) == value for key, value in _identity(conn).items())):
+                        and all(metadata.get(key) == value for key, value in _identity(conn).items())):
                     visual = VectorIndex.from_bytes(f.get_tensor("visual"))
                     text = VectorIndex.from_bytes(f.get_tensor("text"))
                     if (visual.dim, text.dim) == (self.visual_dim, self.text_dim):
