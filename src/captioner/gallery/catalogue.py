@@ -4,10 +4,10 @@ One row per photo (path, content hash, size, modification time, caption, the
 beam's alternatives, score, tags, when indexed, and the error of its last
 failed read, if any: a photo that never got a caption has only that) with a
 float16 copy of its vectors, under an id no other photo ever gets. Every
-writing transaction bumps the
-catalogue's generation first, and each row records the generation that wrote
-it (a trigger logs removed rows the same way), so a reader holding vectors of
-an older generation catches up by reading only what changed.
+writing transaction bumps the catalogue's generation first, and each row
+records the generation that wrote it (a trigger logs removed rows the same
+way), so a reader holding vectors of an older generation catches up by reading
+only what changed.
 
 A `Catalogue` is one connection, used by one thread at a time under its lock;
 `snapshot()` is a read transaction: everything read inside it is one
