@@ -5,6 +5,7 @@ what the gallery does with photos and vectors, never caption wording.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,10 +28,11 @@ from photos import gradient, make_broken_photos
 from PIL import Image
 
 import captioner.captioning
-from captioner.captioning import Captioner
+from captioner.captioning import Caption, Captioner
 from captioner.cli import main
 from captioner.errors import CaptionerError
-from captioner.gallery import Gallery, indexer, queries
+from captioner.data.images import file_sha256
+from captioner.gallery import Gallery, catalogue, indexer, queries
 from captioner.models.embedding import FILE, Embedding, RetrievalConfig, load, save
 from captioner.models.tags import tag_words
 
@@ -74,6 +75,19 @@ def test_index_captions_every_photo_and_a_second_run_touches_nothing(tiny, photo
     g.close()
 
 
+def test_paths_starting_with_a_tilde_are_in_the_users_home(tiny, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # photos: ~/photos
+    monkeypatch.chdir(tmp_path / "photos" / "nested")  # not a folder named ~ here
+    with Gallery.create("~/g.db", captioner=tiny) as g:  # the README's example
+        assert g.db == tmp_path / "g.db"
+        assert g.index(["~/photos"], progress=False).added == 8
+        assert g.index([tmp_path / "photos"], progress=False).unchanged == 8  # the same photos
+        assert len(g.similar("~/photos/tabby_cat.jpg", k=3)) == 3
+    with Gallery.open("~/g.db", captioner=tiny) as reader:
+        assert len(reader) == 8
+    assert not (tmp_path / "photos" / "nested" / "~").exists()
+
+
 def test_moved_copied_changed_and_removed_photos(tiny, photos, tmp_path):
     db = tmp_path / "g.db"
     g = Gallery.create(db, captioner=tiny)
@@ -113,8 +127,76 @@ def test_failed_photos_are_recorded_and_never_stop_the_run(tiny, photos, tmp_pat
     assert {Path(p).name for p, _ in g.failures()} == failed
     assert len(g) == 8 + 1  # the truncated JPEG loads (with a warning) and is captioned
     again = g.index([photos], progress=False)
-    assert again.encoded == 0 and not again.failed  # unchanged failures are not retried
+    assert again.failed.keys() == report.failed.keys() and len(g.failures()) == 4  # failures: listed again,
+    assert (again.retried, again.unchanged, again.encoded) == (4, 9, 0)  # as they are tried again, every run
     assert broken  # the factory ran
+    g.close()
+
+
+def failing_on(captioner: Captioner, name: str, monkeypatch) -> None:
+    """Make `captioner.stream` fail to read the photo called `name`, as a passing read error would."""
+    real_stream = captioner.stream
+
+    def stream(paths, **kw):
+        for c in real_stream(paths, **kw):
+            yield Caption(c.path, error=f"{c.path}: cannot be read (Input/output error; check the file)") \
+                if c.path.name == name else c
+
+    monkeypatch.setattr(captioner, "stream", stream)
+
+
+def test_a_captioned_photo_that_fails_to_read_keeps_its_caption_and_is_retried(tiny, photos, tmp_path,
+                                                                                monkeypatch):
+    db = tmp_path / "g.db"
+    g = Gallery.create(db, captioner=tiny)
+    g.index([photos], progress=False)
+    before = rows(db)["tabby_cat.jpg"]
+    cat = photos / "tabby_cat.jpg"
+    Image.open(cat).rotate(180).save(cat)  # new content: to be captioned again
+    failing_on(tiny, "tabby_cat.jpg", monkeypatch)
+    report = g.index([photos], progress=False)
+    assert list(report.failed) == [str(cat)] and "cannot be read" in report.failed[str(cat)]
+    after = rows(db)["tabby_cat.jpg"]
+    assert after[:3] == before[:3] and "cannot be read" in after[3]  # its row, caption and all, kept
+    assert len(g) == 8 and g.photo(before[0]).caption == before[2]
+    assert g.similar(before[0], k=3, by="visual")  # and its vectors
+    assert g.failures() == [(str(cat), report.failed[str(cat)])]
+    monkeypatch.undo()
+    again = g.index([photos], progress=False)
+    _, sha, caption, error = rows(db)["tabby_cat.jpg"]
+    assert sha != before[1] and caption and error is None and len(g) == 8
+    assert (again.retried, again.encoded, again.failed, g.failures()) == (1, 1, {}, [])
+    g.close()
+
+
+def test_a_linked_photo_whose_target_is_away_keeps_its_caption_and_comes_back(tiny, photos, tmp_path):
+    drive = tmp_path / "drive"  # as if on a drive that is not mounted during the second run
+    drive.mkdir()
+    Image.fromarray(gradient(50, 70)).save(drive / "linked.png")
+    (photos / "linked.png").symlink_to(drive / "linked.png")
+    with Gallery.create(tmp_path / "g.db", captioner=tiny) as g:
+        g.index([photos], progress=False)
+        before = rows(g.db)["linked.png"]
+        drive.rename(tmp_path / "unmounted")
+        away = g.index([photos], progress=False)
+        assert list(away.failed) == [str(photos / "linked.png")] and away.removed == 0
+        assert rows(g.db)["linked.png"][:3] == before[:3] and len(g) == 9  # kept, its failure noted
+        assert [p for p, _ in g.failures()] == [str(photos / "linked.png")]
+        (tmp_path / "unmounted").rename(drive)
+        back = g.index([photos], progress=False)
+        assert (back.retried, back.encoded, back.failed, g.failures()) == (1, 0, {}, [])
+        assert rows(g.db)["linked.png"] == before  # the same row again, nothing redone
+
+
+def test_a_photo_that_failed_is_captioned_on_the_next_run(tiny, photos, tmp_path, monkeypatch):
+    g = Gallery.create(tmp_path / "g.db", captioner=tiny)
+    failing_on(tiny, "gradient.png", monkeypatch)
+    first = g.index([photos], progress=False)
+    assert list(first.failed) == [str(photos / "gradient.png")] and len(g) == 7
+    monkeypatch.undo()
+    again = g.index([photos], progress=False)  # the same file, unchanged, readable now
+    assert rows(g.db)["gradient.png"][2] and g.failures() == [] and len(g) == 8
+    assert (again.retried, again.unchanged, again.encoded, again.failed) == (1, 7, 1, {})
     g.close()
 
 
@@ -144,6 +226,25 @@ def test_an_interrupted_run_keeps_its_batches_and_resumes(tiny, photos, tmp_path
     g.close()
 
 
+SAYS_WHEN_IT_COMMITS = """
+import sys
+from captioner.cli import main
+from captioner.gallery import indexer
+
+commit = indexer._commit
+
+def commit_and_say(g, captions, *rest):
+    commit(g, captions, *rest)
+    if captions:
+        print("committed", flush=True)
+
+indexer.COMMIT_EVERY = 8
+indexer._commit = commit_and_say
+sys.exit(main(sys.argv[1:]))
+"""
+"""`captioner ...` that prints a line each time `index` has committed a batch."""
+
+
 def test_a_kill_at_any_moment_leaves_a_usable_gallery(tiny_model_dir, photos, tmp_path):
     db = tmp_path / "g.db"
     many = tmp_path / "many"
@@ -151,16 +252,14 @@ def test_a_kill_at_any_moment_leaves_a_usable_gallery(tiny_model_dir, photos, tm
     for i in range(60):
         Image.fromarray(np.roll(gradient(80, 60), i * 3, axis=1)).save(many / f"{i:02d}.jpg")
     env = os.environ | {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(TEST_THREADS)}
-    child = subprocess.Popen([sys.executable, "-m", "captioner.cli", "index", str(many), "--db", str(db),
+    child = subprocess.Popen([sys.executable, "-c", SAYS_WHEN_IT_COMMITS, "index", str(many), "--db", str(db),
                               "--model", str(tiny_model_dir), "--batch-size", "4", "--quiet"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        if db.exists() and 0 < _count(db) < 60:
-            break
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "committed\n", child.stderr.read()  # the first batch of 8 is in
+    child.send_signal(signal.SIGKILL)  # while it captions the next ones
     child.wait()
+    child.stdout.close()
+    child.stderr.close()
     done = _count(db)
     assert 0 < done < 60, "the kill should land mid-run"
     g = Gallery.create(db, model=tiny_model_dir)
@@ -176,6 +275,66 @@ def _count(db: Path) -> int:
             return conn.execute("SELECT count(*) FROM photos").fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
+
+
+class WiderCaptioner(FakeCaptioner):
+    """The fake captioner of another model (its own folder), whose encoder's vectors are twice as long."""
+
+    def __init__(self, model_folder: Path):
+        model_folder.mkdir(exist_ok=True)
+        (model_folder / "model.safetensors").write_bytes(b"another model")
+        super().__init__(model_folder)
+        self.encoder.spec.dim *= 2
+
+    def stream(self, paths, batch_size=16):
+        for c in super().stream(paths, batch_size):
+            c.vector = np.concatenate([c.vector, -c.vector]) / np.sqrt(2)
+            yield c
+
+
+def fake_photos(folder: Path, numbers) -> Path:
+    """Files the fake captioner captions "photo N"."""
+    folder.mkdir()
+    for i in numbers:
+        (folder / f"{i:03d}.jpg").write_bytes(f"photo {i}".encode())
+    return folder
+
+
+def assert_vectors_are_the_catalogues(g: Gallery) -> None:
+    with contextlib.closing(sqlite3.connect(g.db)) as conn:
+        stored = conn.execute("SELECT id, visual FROM photos").fetchall()
+    assert len(g) == len(stored)
+    np.testing.assert_allclose(g.vectors.visual.vectors([i for i, _ in stored]),
+                               np.stack([np.frombuffer(v, np.float16) for _, v in stored]), atol=1e-3)
+
+
+def test_a_rebuild_with_a_model_of_other_vector_sizes_rebuilds_the_vector_indexes(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(indexer, "photo_vectors", fake_text_vectors)
+    folder = fake_photos(tmp_path / "photos", range(12))
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)) as g:
+        g.index([folder], progress=False)  # its vector indexes saved, of 8 numbers per photo
+    wider = WiderCaptioner(tmp_path / "wider")
+    with Gallery.create(db, captioner=wider, rebuild=True) as g:
+        assert g.index([folder], progress=False).encoded == 12
+        assert g.vectors.visual.dim == 16 and g.similar(rows(db)["003.jpg"][0], k=2, by="visual")
+        assert_vectors_are_the_catalogues(g)
+    with Gallery.open(db, captioner=wider) as reader:
+        assert_vectors_are_the_catalogues(reader)
+
+
+def test_vector_indexes_left_by_another_gallery_are_never_used(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(indexer, "photo_vectors", fake_text_vectors)
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)) as g:
+        g.index([fake_photos(tmp_path / "old", range(12))], progress=False)
+    db.unlink()  # the catalogue deleted, its vector indexes (g.db.vectors) left behind
+    monkeypatch.setattr(Gallery, "save_vectors", lambda self: None)  # a new one, killed before it saved its own
+    with Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)) as g:
+        g.index([fake_photos(tmp_path / "new", range(100, 112))], progress=False)
+    with Gallery.open(db, captioner=FakeCaptioner(tiny_model_dir)) as reader:
+        assert_vectors_are_the_catalogues(reader)
 
 
 def test_readers_see_what_the_indexer_commits(tiny, photos, tmp_path, monkeypatch):
@@ -229,6 +388,74 @@ def test_galleries_of_other_versions_and_models_say_what_to_do(tiny, photos, tmp
     (tmp_path / "notes.db").write_text("not a database at all, just some text that is long enough" * 20)
     with pytest.raises(CaptionerError, match="not a captioner gallery"):
         Gallery.open(tmp_path / "notes.db", captioner=tiny)
+
+
+def test_a_gallery_another_process_locks_says_so_and_loses_nothing(tiny, photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalogue, "BUSY_SECONDS", 0.05)  # instead of waiting 30 s for the lock
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+        other = sqlite3.connect(db, isolation_level=None)  # say, an sqlite3 shell in the middle of a change
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(CaptionerError, match=f"^{db} is locked by another process: close the program"):
+            g.index([photos], progress=False)
+        other.execute("ROLLBACK")
+        assert len(g) == 1 and g.index([photos], progress=False).encoded == 7
+    other.execute("PRAGMA journal_mode=DELETE")  # the other process takes the whole file for itself
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(CaptionerError, match="is locked by another process"):
+        Gallery.open(db, captioner=tiny)
+    other.close()
+
+
+def test_a_gallery_that_cannot_be_written_says_so(tiny, photos, tmp_path, monkeypatch):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+    connect = sqlite3.connect  # the file read-only to this process (permissions cannot stop root, who runs CI)
+    monkeypatch.setattr(sqlite3, "connect", lambda path, **kw: connect(f"file:{path}?mode=ro", uri=True, **kw))
+    with Gallery.create(db, captioner=tiny) as g:
+        assert len(g) == 1  # reading works
+        with pytest.raises(CaptionerError, match=f"^{db} cannot be written: check the permissions"):
+            g.index([photos], progress=False)
+    monkeypatch.undo()
+    assert len(rows(db)) == 1
+
+
+def test_a_gallery_whose_folder_cannot_be_made_says_which_and_why(tiny_model_dir, photos, tmp_path, reuse_encoders,
+                                                                   capsys):
+    (tmp_path / "notes").write_text("a file, where the gallery's folder would go")
+    db = tmp_path / "notes" / "galleries" / "g.db"
+    assert main(["index", str(photos), "--db", str(db), "--model", str(tiny_model_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"captioner: error: cannot make the folder {db.parent} for the gallery (Not a directory)")
+    assert "--db" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_says_so_and_keeps_what_was_committed(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos / "nested"], progress=False)
+        pages = g.catalogue.conn.execute("PRAGMA page_count").fetchone()[0]
+        g.catalogue.conn.execute(f"PRAGMA max_page_count = {pages}")  # no room to grow: as on a full disk
+        with pytest.raises(CaptionerError, match=f"^the disk holding {db} is full: free some space"):
+            g.index([photos], progress=False)
+    with Gallery.create(db, captioner=tiny) as g:
+        assert len(g) == 1 and g.index([photos], progress=False).encoded == 7
+
+
+def test_a_damaged_gallery_or_a_folder_is_named_for_what_it_is(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+    with open(db, "r+b") as f:  # overwrite every page after the first (the schema) with noise
+        f.seek(4096)
+        f.write(np.random.default_rng(0).integers(0, 256, db.stat().st_size - 4096, np.uint8).tobytes())
+    with pytest.raises(CaptionerError, match=f"^{db} is damaged .*: move it away and index the photos again"):
+        Gallery.open(db, captioner=tiny)
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(CaptionerError, match="folder.db cannot be opened: check that it is a file"):
+        Gallery.create(tmp_path / "folder.db", captioner=tiny)
 
 
 def test_similar_finds_a_near_duplicate_and_leaves_the_photo_out(tiny, photos, tmp_path):
@@ -347,6 +574,9 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out[0] == {"path": str(broken), "error": out[0]["error"]} and "notes.jpg" in out[0]["error"]
     assert out[-1]["added"] == 9 and out[-1]["photos"] == 8
+    assert main(["index", str(photos), "--db", db, "--model", str(tiny_model_dir), "--json", "--quiet"]) == 1
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # the failure, tried and listed again
+    assert again[0]["path"] == str(broken) and (again[-1]["retried"], again[-1]["unchanged"]) == (1, 8)
     assert main(["search", "a man", "-k", "3", "--db", db, "--model", str(tiny_model_dir), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [m["rank"] for m in lines] == [1, 2, 3]
@@ -398,6 +628,87 @@ def test_search_ranks_a_photo_tagged_with_a_query_word_higher_and_shows_its_tags
     assert all(m.score == pytest.approx(plain[m.path.name], abs=1e-4) for m in found[1:]
                if not any("cat" in tag_words(t) for t in m.tags))
     g.close()
+
+
+def newest(db: Path) -> tuple[int, Path]:
+    """The id and path of the photo with the highest id."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        i, path = conn.execute("SELECT id, path FROM photos ORDER BY id DESC LIMIT 1").fetchone()
+    return i, Path(path)
+
+
+def schema(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT sql FROM sqlite_master WHERE name = 'photos'").fetchone()[0]
+
+
+def make_old(db: Path) -> None:
+    """Make `db` a gallery as captioner wrote them before photo ids were AUTOINCREMENT (ids could come back)."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql = replace(sql, ' AUTOINCREMENT', '') WHERE name = 'photos'")
+        conn.execute("DELETE FROM sqlite_sequence")
+    assert "AUTOINCREMENT" not in schema(db)
+
+
+def test_photo_ids_are_never_reused(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+        last, path = newest(db)
+        path.unlink()
+        g.index([photos], progress=False)
+        Image.fromarray(gradient(30, 30)).save(photos / "new.png")
+        g.index([photos], progress=False)
+        assert rows(db)["new.png"][0] > last  # not the removed photo's id: its old URL finds nothing
+        last = rows(db)["new.png"][0]
+    with Gallery.create(db, captioner=tiny, rebuild=True) as g:
+        g.index([photos], progress=False)
+        assert min(r[0] for r in rows(db).values()) > last
+
+
+def test_an_old_gallery_gets_ids_that_are_never_reused_when_indexed_again(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+    make_old(db)
+    before = rows(db)
+    with Gallery.open(db, captioner=tiny) as reader:  # reading an old gallery changes nothing
+        assert len(reader) == 8
+    assert "AUTOINCREMENT" not in schema(db)
+    with Gallery.create(db, captioner=tiny) as g:  # opened to write: upgraded in place
+        assert "AUTOINCREMENT" in schema(db) and rows(db) == before and len(g) == 8
+        last, path = newest(db)
+        path.unlink()
+        Image.fromarray(gradient(30, 30)).save(photos / "new.png")
+        report = g.index([photos], progress=False)
+        assert (report.removed, report.added, report.unchanged) == (1, 1, 7)
+        new, _, caption, _ = rows(db)["new.png"]
+        assert new > last and len(g) == 8 and new in {m.id for m in g.search(caption, k=8)}
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert triggers == {"photos_written", "photos_removed"} and {"photos_sha256", "photos_generation"} <= indexes
+
+
+def test_the_rerank_cache_never_serves_another_photos_features(tiny, photos, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery.create(db, captioner=tiny) as g:
+        g.index([photos], progress=False)
+    make_old(db)
+    cat = rows(db)["tabby_cat.jpg"]
+    with Gallery.open(db, captioner=tiny) as reader:  # a long-lived reader, say the web app
+        reader.search(cat[2], k=8, rerank=True)  # every photo re-encoded and kept for the next queries
+        other = tmp_path / "other.png"
+        Image.fromarray(gradient(90, 90)).save(other)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # an older captioner gave its id to another
+            conn.execute("UPDATE photos SET path = ?, sha256 = ? WHERE id = ?",
+                         (str(other), file_sha256(other), cat[0]))
+        cached = {m.id: m.why["likelihood"] for m in reader.search(cat[2], k=8, rerank=True)}
+    with Gallery.open(db, captioner=tiny) as fresh:
+        encoded = {m.id: m.why["likelihood"] for m in fresh.search(cat[2], k=8, rerank=True)}
+    assert cached == pytest.approx(encoded, abs=1e-4)
 
 
 def test_an_old_gallery_gets_the_tags_column_when_opened(tiny, photos, tmp_path):

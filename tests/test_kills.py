@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors import safe_open
 
 from captioner.training.config import config_from_dict
@@ -30,16 +29,17 @@ PHOTOS = 300
 
 
 def run_index(db: Path, folder: Path, model_dir: Path, kill_after: float | None) -> float:
-    """One `index` run of the fake captioner, SIGKILLed `kill_after` seconds after it starts indexing
-    (None: never); the seconds it indexed."""
+    """One `index` run of the fake captioner, SIGKILLed `kill_after` seconds after it starts indexing unless it
+    has ended by then (None: never); the seconds it indexed."""
     child = subprocess.Popen([sys.executable, str(TESTS / "fakes.py"), "index", str(db), str(folder),
                               str(model_dir)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout.readline() == "ready\n", child.stderr.read()
     started = time.monotonic()
-    if kill_after is None:
-        assert child.wait(timeout=300) == 0, child.stderr.read()
-    else:
-        time.sleep(kill_after)
+    try:
+        assert child.wait(timeout=300 if kill_after is None else kill_after) == 0, child.stderr.read()
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
         child.send_signal(signal.SIGKILL)
         child.wait()
     child.stdout.close()
@@ -102,15 +102,15 @@ def test_train_killed_mid_epoch_resumes_to_the_same_weights(mini_corpus, tmp_pat
     config = tmp_path / "killed.toml"
     config.write_text(toml(values))
     command = [sys.executable, "-m", "captioner.cli", "train", str(config)]
-    child = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (log.exists() and log.read_text().count("\n") >= 1) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    child = subprocess.Popen(command, env=ENV | {"PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    seen = []  # read as it comes (progress bars included), so the pipe never fills
+    said = next((line for line in child.stderr if seen.append(line) or "epoch 1:" in line), "")  # after its checkpoint
     child.send_signal(signal.SIGKILL)  # epoch 1 is checkpointed: epoch 2 is under way
     child.wait()
     child.stderr.close()
-    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert said, "".join(seen)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs and epochs[-1] < 4, "the kill should land before the last epoch"
     resumed = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -119,7 +119,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     out: list[Path] = []
     seen: set[Path] = set()
     for given in paths:
-        path = Path(given)
+        path = Path(given).expanduser()
         found = (_photos_in(path) or [path]) if path.is_dir() else [path]
         for photo in found:
             if photo not in seen:

@@ -36,7 +36,7 @@ __all__ = ["BY", "FORMAT", "SCHEMA", "Gallery", "IndexReport", "Match", "default
 def default_db() -> Path:
     """$CAPTIONER_GALLERY, else the gallery in the user's data folder."""
     if os.environ.get("CAPTIONER_GALLERY"):
-        return Path(os.environ["CAPTIONER_GALLERY"])
+        return Path(os.environ["CAPTIONER_GALLERY"]).expanduser()
     data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return data / "captioner" / "gallery.db"
 
@@ -51,7 +51,7 @@ class Gallery:
         self.embedding = captioner.embedding  # the photo-text embedding search uses (models/embedding.py), or None
         self.vectors = Vectors(Path(f"{catalogue.db}.vectors"), captioner.encoder.spec.dim,
                                DIM * (1 if self.embedding is None else 2))
-        self.grids: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.grids: OrderedDict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # queries.py
         self.grids_lock = threading.Lock()
 
     @property
@@ -62,7 +62,7 @@ class Gallery:
     def open(cls, db: str | Path | None = None, model: str | Path | None = None,
              captioner: Captioner | None = None) -> "Gallery":
         """An existing gallery, to query."""
-        db = Path(db) if db else default_db()
+        db = Path(db).expanduser() if db else default_db()
         if not db.is_file():
             raise CaptionerError(f"there is no gallery at {db}: build one with `captioner index PHOTOS... --db {db}`")
         return cls._connect(db, model, captioner, create=False)
@@ -71,8 +71,12 @@ class Gallery:
     def create(cls, db: str | Path | None = None, model: str | Path | None = None,
                captioner: Captioner | None = None, rebuild: bool = False) -> "Gallery":
         """A gallery to index into: opened if it exists (emptied first with `rebuild`), else made."""
-        db = Path(db) if db else default_db()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        db = Path(db).expanduser() if db else default_db()
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CaptionerError(f"cannot make the folder {db.parent} for the gallery ({e.strerror or e}): choose a "
+                                 "--db in a folder you can write") from None
         return cls._connect(db, model, captioner, create=True, rebuild=rebuild)
 
     @classmethod
@@ -102,7 +106,7 @@ class Gallery:
 
     def save_vectors(self) -> None:
         """Save the (writer's) vector indexes beside the catalogue."""
-        with self.catalogue.lock:
+        with self.catalogue.explained(), self.catalogue.lock:
             self.vectors.save(self.catalogue.conn)
 
     def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16,

@@ -1,15 +1,20 @@
 """The catalogue: the gallery's SQLite database, the truth every other part is derived from.
 
 One row per photo (path, content hash, size, modification time, caption, the
-beam's alternatives, score, tags, when indexed, or the error that stopped it)
-with a float16 copy of its vectors. Every writing transaction bumps the
-catalogue's generation first, and each row records the generation that wrote
-it (a trigger logs removed rows the same way), so a reader holding vectors of
-an older generation catches up by reading only what changed.
+beam's alternatives, score, tags, when indexed, and the error of its last
+failed read, if any: a photo that never got a caption has only that) with a
+float16 copy of its vectors, under an id no other photo ever gets. Every
+writing transaction bumps the catalogue's generation first, and each row
+records the generation that wrote it (a trigger logs removed rows the same
+way), so a reader holding vectors of an older generation catches up by reading
+only what changed.
 
 A `Catalogue` is one connection, used by one thread at a time under its lock;
 `snapshot()` is a read transaction: everything read inside it is one
-committed state, whatever a writer commits meanwhile.
+committed state, whatever a writer commits meanwhile. SQLite's errors a user
+can cause (another process holding the file, no permission to write, a full
+or failing disk, a damaged file, a file that is no database) are raised as
+one sentence each, naming the gallery.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import fcntl
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,11 +35,12 @@ from ..errors import CaptionerError
 from ..version import __version__
 
 FORMAT = 1
+BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock on the file before giving up
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS photos (
-    id INTEGER PRIMARY KEY,
+# AUTOINCREMENT: a photo's id is never given to another photo, so an old id (a photo's URL, a cached
+# re-ranking) never finds another photo.
+PHOTOS = """(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL UNIQUE,
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -47,7 +54,11 @@ CREATE TABLE IF NOT EXISTS photos (
     text BLOB,
     generation INTEGER NOT NULL DEFAULT 0,
     tags TEXT
-);
+)"""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS photos {PHOTOS};
 CREATE INDEX IF NOT EXISTS photos_sha256 ON photos (sha256);
 CREATE INDEX IF NOT EXISTS photos_generation ON photos (generation);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, generation INTEGER NOT NULL);
@@ -66,6 +77,21 @@ COLUMNS = ("path", "sha256", "size", "mtime_ns", "caption", "alternatives", "sco
 INSERT_PHOTO = f"INSERT INTO photos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 UPGRADES = {"tags": "ALTER TABLE photos ADD COLUMN tags TEXT"}
 """Columns added since format 1 and how to add them: an older gallery is upgraded in place when opened."""
+EVERY_COLUMN = ", ".join(("id", "generation", *COLUMNS))
+NEVER_REUSED_IDS = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE photos_ids {PHOTOS};
+INSERT INTO photos_ids ({EVERY_COLUMN}) SELECT {EVERY_COLUMN} FROM photos;
+DROP TABLE photos;
+ALTER TABLE photos_ids RENAME TO photos;
+DELETE FROM sqlite_sequence WHERE name = 'photos';
+INSERT INTO sqlite_sequence VALUES ('photos', max(coalesce((SELECT max(id) FROM photos), 0),
+                                                 coalesce((SELECT max(id) FROM removed), 0)));
+{SCHEMA}
+COMMIT;
+"""
+"""Galleries written before photo ids were AUTOINCREMENT get it, their rows, ids and generations kept (SQLite
+cannot add it to a table: the table is copied), and their next id above every id they still know."""
 
 
 @dataclass
@@ -76,13 +102,14 @@ class Row:
     path: Path
     caption: str
     tags: list[dict]  # {"label", "p", "word"}, likeliest first
+    sha256: str  # of the photo's content when it was captioned
 
     @classmethod
     def of(cls, r: tuple) -> "Row":
-        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [])
+        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [], r[4])
 
 
-ROW = "SELECT id, path, caption, tags FROM photos"
+ROW = "SELECT id, path, caption, tags, sha256 FROM photos"
 
 
 def blob(v: np.ndarray) -> bytes:
@@ -97,6 +124,26 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def database_error(db: Path, e: sqlite3.Error) -> CaptionerError | None:
+    """The one sentence for an SQLite error a user can cause on the gallery `db` (None: not one of those)."""
+    locked = f"{db} is locked by another process: close the program that uses it, or try again when it is done"
+    unwritable = f"{db} cannot be written: check the permissions of the file and its folder, or choose another --db"
+    sentence = {
+        sqlite3.SQLITE_BUSY: locked,
+        sqlite3.SQLITE_LOCKED: locked,
+        sqlite3.SQLITE_READONLY: unwritable,
+        sqlite3.SQLITE_PERM: unwritable,
+        sqlite3.SQLITE_CANTOPEN: f"{db} cannot be opened: check that it is a file (not a folder) that you may read "
+                                 "and write, in a folder that you may write",
+        sqlite3.SQLITE_IOERR: f"{db} could not be read or written because of a disk error ({e}): check the disk, then "
+                              "try again",
+        sqlite3.SQLITE_FULL: f"the disk holding {db} is full: free some space, then try again",
+        sqlite3.SQLITE_CORRUPT: f"{db} is damaged ({e}): move it away and index the photos again",
+        sqlite3.SQLITE_NOTADB: f"{db} is not a captioner gallery (not an SQLite database): choose another --db",
+    }.get(getattr(e, "sqlite_errorcode", 0) & 0xFF)  # the primary code of an extended one
+    return CaptionerError(sentence) if sentence else None
+
+
 class Catalogue:
     def __init__(self, db: Path, conn: sqlite3.Connection):
         self.db = db
@@ -107,7 +154,11 @@ class Catalogue:
     @classmethod
     def connect(cls, db: Path, model_id: str, model_folder: str, create: bool, rebuild: bool) -> "Catalogue":
         """The catalogue at `db`, checked against the model (made, with `create`, if new; emptied with `rebuild`)."""
-        catalogue = cls(db, sqlite3.connect(db, timeout=30, check_same_thread=False, isolation_level=None))
+        try:
+            conn = sqlite3.connect(db, timeout=BUSY_SECONDS, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise database_error(db, e) or CaptionerError(f"{db} cannot be opened ({e})") from None
+        catalogue = cls(db, conn)
         try:
             catalogue.conn.execute("PRAGMA journal_mode=WAL")
             catalogue.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
@@ -117,7 +168,7 @@ class Catalogue:
         except BaseException as e:
             catalogue.close()
             if isinstance(e, sqlite3.DatabaseError):
-                raise CaptionerError(f"{db} is not a captioner gallery ({e})") from None
+                raise database_error(db, e) or CaptionerError(f"{db} is not a captioner gallery ({e})") from None
             raise
         return catalogue
 
@@ -144,7 +195,8 @@ class Catalogue:
             with self.write():
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("format", str(FORMAT)), ("captioner", __version__), ("model", model_id),
-                    ("model_folder", model_folder), ("generation", "0"), ("pruned", "0")])
+                    ("model_folder", model_folder), ("generation", "0"), ("pruned", "0"),
+                    ("gallery", uuid.uuid4().hex)])  # its own id: vectors saved beside another never pass
             return
         fmt = int(meta.get("format", "0"))
         if fmt > FORMAT:
@@ -155,7 +207,7 @@ class Catalogue:
             raise CaptionerError(f"{self.db} was written by the older captioner {meta.get('captioner')} (gallery "
                                  f"format {fmt}): index it again with `captioner index PHOTOS... --db {self.db} "
                                  "--rebuild`")
-        self._upgrade()
+        self._upgrade(writing=create)
         if rebuild:
             with self.write():
                 self.conn.execute("DELETE FROM photos")
@@ -169,18 +221,42 @@ class Catalogue:
             raise CaptionerError(f"{self.db} was indexed with another model ({meta['model_folder']}): "
                                  f"open it with that model (--model), or index it again with this one (--rebuild)")
 
-    def _upgrade(self) -> None:
-        """Add the columns an older gallery lacks (its photos' new fields stay empty until indexed again)."""
+    def _upgrade(self, writing: bool) -> None:
+        """Bring an older gallery up to date in place: add the columns it lacks (its photos' new fields stay empty
+        until indexed again) and, opened to write (the writer lock held: no one else upgrades), give it an id
+        and make its photo ids never reused. A reader needs neither, and may not be allowed to write."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(photos)")}
         for column, statement in UPGRADES.items():
             if column not in have:
                 with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
                     self.conn.execute(statement)
+        if not writing:
+            return
+        if self.conn.execute("SELECT 1 FROM meta WHERE key = 'gallery'").fetchone() is None:
+            self.conn.execute("INSERT INTO meta VALUES ('gallery', ?)", (uuid.uuid4().hex,))
+        photos = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'photos'").fetchone()
+        if "AUTOINCREMENT" not in photos[0].upper():
+            try:
+                self.conn.executescript(NEVER_REUSED_IDS)
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """SQLite's errors a user can cause, raised inside, as their one sentence (see `database_error`)."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if (explained := database_error(self.db, e)) is None:
+                raise
+            raise explained from None
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A writing transaction that starts a new generation, so its rows carry it; committed at the end."""
-        with self.lock, self.conn:
+        with self.explained(), self.lock, self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             yield self.conn
@@ -188,7 +264,7 @@ class Catalogue:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one committed state of the catalogue for everything read inside it."""
-        with self.lock, self.conn:
+        with self.explained(), self.lock, self.conn:
             self.conn.execute("BEGIN")
             yield self.conn
 

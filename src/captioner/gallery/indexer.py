@@ -3,7 +3,9 @@
 New and changed photos are captioned and embedded; a photo whose content the
 gallery already knows (a moved or copied file) reuses that work; photos gone
 from under the folders leave the gallery. Photos that fail are recorded with
-their reason and reported; they never stop the run. A photo is known by the
+their reason, reported, and tried again by every run; they never stop the
+run, and a photo captioned before keeps its caption and vectors when a later
+read of it fails. A photo is known by the
 path it was found at (a symbolic link by its own path, not its target's), so
 removing a link removes its photo.
 """
@@ -40,6 +42,7 @@ class IndexReport:
     moved: int = 0
     removed: int = 0
     unchanged: int = 0
+    retried: int = 0  # photos that had failed before, tried again
     encoded: int = 0  # photos run through the captioner (the others reused a known photo's work)
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason, this run
     seconds: float = 0.0
@@ -48,13 +51,13 @@ class IndexReport:
     def summary(self) -> str:
         rate = f" ({self.encoded / self.seconds:.1f} photos/s)" if self.encoded and self.seconds else ""
         return (f"{self.added} added, {self.changed} changed, {self.moved} moved, {self.removed} removed, "
-                f"{self.unchanged} unchanged, {len(self.failed)} failed; {self.encoded} captioned in "
-                f"{self.seconds:.1f} s{rate}; the gallery holds {self.photos} photos")
+                f"{self.unchanged} unchanged, {self.retried} retried, {len(self.failed)} failed; "
+                f"{self.encoded} captioned in {self.seconds:.1f} s{rate}; the gallery holds {self.photos} photos")
 
 
 def absolute(path: str | Path) -> Path:
-    """The path made absolute and normalised, symbolic links kept (not resolved to their targets)."""
-    return Path(os.path.abspath(path))
+    """The path made absolute and normalised (~ the user's home), symbolic links kept (not resolved)."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size: int = 16,
@@ -70,7 +73,8 @@ def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size
         raise CaptionerError(f"no such file or folder: {missing[0]}")
     paths = [absolute(p) for p in expand_paths(roots)]
     with g.catalogue.lock:
-        known = {r[1]: r for r in g.catalogue.conn.execute("SELECT id, path, sha256, size, mtime_ns, error FROM photos")}
+        known = {r[1]: r for r in g.catalogue.conn.execute(
+            "SELECT id, path, sha256, size, mtime_ns, error, caption IS NOT NULL FROM photos")}
     todo, stats, seen = [], {}, set()
     for p in paths:
         seen.add(str(p))
@@ -81,33 +85,39 @@ def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size
             continue
         stats[str(p)] = (st.st_size, st.st_mtime_ns)
         row = known.get(str(p))
-        if row and (row[3], row[4]) == stats[str(p)]:
+        if row and row[5] is None and (row[3], row[4]) == stats[str(p)]:
             report.unchanged += 1
-        else:
+        else:  # new, changed, or failed before
             todo.append(p)
     gone = {path: row for path, row in known.items()
             if path not in seen and any(Path(path).is_relative_to(r) for r in roots)}
     failed_hash: dict[Path, str] = {}
     hashes = hash_photos(todo, failed=failed_hash)
     report.failed.update({str(p): reason for p, reason in failed_hash.items()})
-    done = {row[2]: row[0] for row in known.values() if row[5] is None}  # captioned: no error, vectors stored
-    gone_by_hash = {row[2]: row for row in gone.values() if row[5] is None}
+    done = {row[2]: row[0] for row in known.values() if row[6]}  # captioned: vectors stored
+    gone_by_hash = {row[2]: row for row in gone.values() if row[6]}
     encode: list[tuple[Path, str]] = []
     with g.catalogue.write() as conn:
+        for path, reason in report.failed.items():  # unreadable before captioning
+            _record_failure(conn, path, reason)
         for p, h in zip(todo, hashes):
             if h is None:
                 continue
             size, mtime = stats[str(p)]
             existing = known.get(str(p))
-            report.changed += existing is not None
+            report.retried += bool(existing and existing[5])
+            report.changed += bool(existing and not existing[5])
             report.added += existing is None
             if h in gone_by_hash and existing is None:  # moved here: same content, old path gone
                 row = gone_by_hash.pop(h)
                 del gone[row[1]]
-                conn.execute("UPDATE photos SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+                conn.execute("UPDATE photos SET path = ?, size = ?, mtime_ns = ?, error = NULL WHERE id = ?",
                              (str(p), size, mtime, row[0]))
                 report.moved += 1
                 report.added -= 1
+            elif existing and existing[6] and existing[2] == h:  # its own content again: only the stats changed
+                conn.execute("UPDATE photos SET size = ?, mtime_ns = ?, error = NULL WHERE id = ?",
+                             (size, mtime, existing[0]))
             elif h in done:  # a copy of a photo the gallery knows
                 _copy_row(conn, done[h], p, h, size, mtime, existing)
             else:
@@ -154,15 +164,12 @@ def _encode(g: Gallery, todo: list[tuple[Path, str]], stats: dict, report: Index
 
 
 def _commit(g: Gallery, captions: list[Caption], sha: dict[Path, str], stats: dict, report: IndexReport) -> None:
-    """One transaction: the captions' rows (failed photos with their reason) replace those at their paths."""
+    """One transaction: the captions' rows replace those at their paths, and the failures are recorded."""
     if not captions:
         return
     ok = [c for c in captions if not c.error]
+    failed = [c for c in captions if c.error]
     rows = []
-    for c in captions:
-        if c.error:
-            report.failed[str(c.path)] = c.error
-            rows.append(_row(c, sha, stats, (None, None, None, c.error, now(), None, None, None)))
     if ok:
         pooled = np.stack([c.vector for c in ok])
         images = np.stack([c.embedding for c in ok]) if g.embedding is not None else None
@@ -172,10 +179,25 @@ def _commit(g: Gallery, captions: list[Caption], sha: dict[Path, str], stats: di
             rows.append(_row(c, sha, stats, (c.text, json.dumps(c.alternatives), c.score, None, now(), blob(v),
                                              blob(t), json.dumps([tag.to_json() for tag in c.tags]))))
     report.encoded += len(ok)
+    report.failed.update({str(c.path): c.error for c in failed})
     with g.catalogue.write() as conn:
         conn.executemany("DELETE FROM photos WHERE path = ?", [(r[0],) for r in rows])
         conn.executemany(INSERT_PHOTO, rows)
+        for c in failed:
+            _record_failure(conn, str(c.path), c.error,
+                            _row(c, sha, stats, (None, None, None, c.error, now(), None, None, None)))
     g.refresh()
+
+
+def _record_failure(conn, path: str, reason: str, row: tuple | None = None) -> None:
+    """Record why the photo at `path` failed, so it is listed and tried again. A photo captioned before keeps
+    its caption and vectors (a passing read error must not lose them); any other is replaced by `row`, its
+    error row, when given (a photo that could not even be hashed has none)."""
+    if conn.execute("UPDATE photos SET error = ? WHERE path = ? AND caption IS NOT NULL", (reason, path)).rowcount:
+        return
+    if row is not None:
+        conn.execute("DELETE FROM photos WHERE path = ?", (path,))
+        conn.execute(INSERT_PHOTO, row)
 
 
 def _row(c: Caption, sha: dict[Path, str], stats: dict, fields: tuple) -> tuple:

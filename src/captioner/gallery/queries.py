@@ -120,19 +120,23 @@ def _rerank(g: Gallery, text: str, scored: list[tuple[Row, dict]], weight: float
 
 
 def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Each photo's (pooled, grid) features: encoded from its file, kept for the next queries."""
+    """Each photo's (pooled, grid) features: encoded from its file, kept for the next queries.
+
+    Kept by id and content hash, so a kept entry is only ever served for the photo it was encoded from, even
+    where an id came back for another photo (galleries an older captioner wrote).
+    """
     with g.grids_lock:
-        todo = [r for r in rows if r.id not in g.grids]
+        todo = [r for r in rows if (r.id, r.sha256) not in g.grids]
     if todo:
         for ok, pooled, grid, _, _ in encode_photos(g.captioner.encoder, [r.path for r in todo], batch_size=16,
                                                     progress=False):
             with g.grids_lock:
                 for j, p, gr in zip(ok, pooled, grid):
-                    g.grids[todo[j].id] = (p, gr)
+                    g.grids[todo[j].id, todo[j].sha256] = (p, gr)
                     while len(g.grids) > GRIDS_KEPT:
                         g.grids.popitem(last=False)
     with g.grids_lock:
-        return {r.id: g.grids[r.id] for r in rows if r.id in g.grids}
+        return {r.id: g.grids[r.id, r.sha256] for r in rows if (r.id, r.sha256) in g.grids}
 
 
 def similar(g: Gallery, photo: str | Path | Caption | int, k: int = 8, by: str = "both",

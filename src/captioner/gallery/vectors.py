@@ -1,9 +1,10 @@
 """The gallery's vector indexes (image vectors and text vectors), kept in step with the catalogue.
 
 They are saved beside the catalogue (`DB.vectors`, tagged with the catalogue
-generation they reflect) and caught up by reading the rows written or removed
-since; after a save the removal log before it is pruned. Vectors that are
-missing, partial or too old to catch up from are rebuilt from the catalogue,
+generation they reflect, the catalogue's id and its model) and caught up by
+reading the rows written or removed since; after a save the removal log before
+it is pruned. Vectors that are missing, partial, too old to catch up from, of
+another catalogue or model, or of other sizes are rebuilt from the catalogue,
 which holds a copy of every vector.
 
 `catch_up` must run inside a catalogue snapshot, and searches of the same
@@ -55,14 +56,19 @@ class Vectors:
         self.generation = generation
 
     def _load(self, conn: sqlite3.Connection) -> int:
-        """The saved indexes if recent enough to catch up from, else empty ones; their generation."""
+        """The saved indexes if this catalogue's, of this model and these sizes, and recent enough to catch up
+        from, else empty ones; their generation."""
         try:
             with safe_open(str(self.path), "np") as f:
-                saved = int(f.metadata()["generation"])
-                if _meta_int(conn, "pruned") <= saved <= _meta_int(conn, "generation"):
-                    self.visual = VectorIndex.from_bytes(f.get_tensor("visual"))
-                    self.text = VectorIndex.from_bytes(f.get_tensor("text"))
-                    return saved
+                metadata = f.metadata()
+                saved = int(metadata["generation"])
+                if (_meta_int(conn, "pruned") <= saved <= _meta_int(conn, "generation")
+                        and all(metadata.get(key) == value for key, value in _identity(conn).items())):
+                    visual = VectorIndex.from_bytes(f.get_tensor("visual"))
+                    text = VectorIndex.from_bytes(f.get_tensor("text"))
+                    if (visual.dim, text.dim) == (self.visual_dim, self.text_dim):
+                        self.visual, self.text = visual, text
+                        return saved
         except Exception:  # missing, partial or foreign: the catalogue has everything to rebuild them
             pass
         self.visual = VectorIndex(self.visual_dim)
@@ -76,7 +82,7 @@ class Vectors:
         """
         with atomic_path(self.path) as tmp:
             save_file({"visual": self.visual.to_bytes(), "text": self.text.to_bytes()}, str(tmp),
-                      metadata={"generation": str(self.generation)})
+                      metadata={"generation": str(self.generation)} | _identity(conn))
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM removed WHERE generation <= ?", (self.generation,))
@@ -85,3 +91,8 @@ class Vectors:
 
 def _meta_int(conn: sqlite3.Connection, key: str) -> int:
     return int(conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+
+def _identity(conn: sqlite3.Connection) -> dict[str, str]:
+    """What saved vectors must have been made for: this catalogue (its id) and the model that indexed it."""
+    return dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery', 'model')"))
