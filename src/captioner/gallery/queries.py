@@ -174,7 +174,7 @@ def _photo_vectors(g: Gallery, photo: str | Path | Caption) -> tuple[np.ndarray,
             raise CaptionerError(photo.error)
     visual = photo.vector / max(float(np.linalg.norm(photo.vector)), 1e-8)
     text = photo_vectors(g.embedding, None if photo.embedding is None else photo.embedding[None],
-                         [[photo.text] + [a for a, _ in photo.alternatives]])[0]
+                         [photo.beam_texts])[0]
     return visual, text, file_sha256(photo.path) if Path(photo.path).is_file() else None
 
 
