@@ -15,6 +15,7 @@ from tqdm import tqdm
 from ..data.text import END_ID, PAD_ID, START_ID, Vocab
 from ..errors import CaptionerError
 from ..evaluation.metrics import dev_cider
+from ..extras import require
 from ..features.splits import Split, load_training
 from ..files import atomic_path, write_atomic
 from ..models import confidence
@@ -28,6 +29,8 @@ from ..models.tags import class_words, probabilities
 from .cider import CiderD
 from .config import Config, TrainConfig
 from .parallel import Workers
+
+require("train", "matplotlib")  # for curve.png: checked before training, not after its first epoch
 
 CHECKPOINT = "checkpoint.safetensors"
 
