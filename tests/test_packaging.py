@@ -61,7 +61,7 @@ def test_the_core_installs_none_of_the_heavy_packages():
 def test_the_core_declares_ranges_so_a_torch_already_installed_is_kept():
     core = requirements(PROJECT["dependencies"])
     pinned = [name for name, r in core.items() if any(s.operator in ("==", "===") for s in r.specifier)]
-    # Only the encoder weights the shipped model was trained on are exact: nothing else depends on them.
+    # Only encoder weights are exact: model folders read their numbers, and nothing else depends on them.
     assert all(name.endswith("-pytorch-model") for name in pinned), pinned
     assert core["torch"].specifier.contains("2.13.0") and core["torch"].specifier.contains("2.6.0")
 
@@ -106,9 +106,9 @@ def test_require_names_the_extra_and_the_command_that_installs_it(extra):
     require(extra, "json")  # present: nothing raised
 
 
-def forget(monkeypatch, package: str) -> None:
-    """Make the next import of `package` (and its modules) run their code again; undone after the test."""
-    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+def forget(monkeypatch, module: str) -> None:
+    """Make the next import of `module` (and of its submodules) run its code again; undone after the test."""
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
         monkeypatch.delitem(sys.modules, name)
 
 
@@ -123,11 +123,11 @@ GUARDED = [
 ]
 
 
-@pytest.mark.parametrize("module, package, missing, extra", GUARDED)
-def test_importing_a_feature_without_its_extra_is_one_sentence_naming_it(monkeypatch, module, package,
+@pytest.mark.parametrize("module, checker, missing, extra", GUARDED)
+def test_importing_a_feature_without_its_extra_is_one_sentence_naming_it(monkeypatch, module, checker,
                                                                           missing, extra):
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: its import fails
-    forget(monkeypatch, package)
+    forget(monkeypatch, checker)
     with pytest.raises(CaptionerError, match=rf"needs the \[{extra}\] extra.*pip install 'captioner\[{extra}\]'"):
         importlib.import_module(module)
 
@@ -152,16 +152,16 @@ def test_glove_without_the_train_extra_says_so(monkeypatch):
         glove_vectors(["dog"])
 
 
-@pytest.mark.parametrize("argv, package, missing, extra", [
+@pytest.mark.parametrize("argv, checker, missing, extra", [
     (["serve"], "captioner.web", "fastapi", "web"),
     (["search", "a dog on the grass"], "captioner.gallery", "faiss", "gallery"),
     (["evaluate", "--split", "test"], "captioner.evaluation", "pycocoevalcap", "train"),
     (["train", "flickr8k-attention"], "captioner.training.train", "matplotlib", "train"),
 ])
-def test_a_command_whose_extra_is_missing_says_in_one_line_what_to_install(monkeypatch, capsys, argv, package,
+def test_a_command_whose_extra_is_missing_says_in_one_line_what_to_install(monkeypatch, capsys, argv, checker,
                                                                           missing, extra):
     monkeypatch.setitem(sys.modules, missing, None)
-    forget(monkeypatch, package)
+    forget(monkeypatch, checker)
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"pip install 'captioner[{extra}]'" in err and "Traceback" not in err, err
