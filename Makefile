@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: run test clean
 
-$(BIN)/captioner: pyproject.toml
+# Every extra and the test tools, at the exact versions of constraints.txt (pyproject.toml has the ranges).
+$(BIN)/captioner: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 run: $(BIN)/captioner

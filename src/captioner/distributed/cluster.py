@@ -10,19 +10,14 @@ import os
 
 import torch
 
-from ..errors import CaptionerError
-
-INSTALL = "pip install 'captioner[ray]'"
+from ..extras import require
 
 
 def require_ray():
     """The `ray` module, or a CaptionerError saying what to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the extras, not only the core)
-        import ray.train.torch  # noqa: F401
-    except ImportError:
-        raise CaptionerError(f"--ray and --ray-workers need Ray, which is not installed: {INSTALL}") from None
+    require("ray", "ray", "ray.data", "ray.train.torch")  # Ray's Data and Train parts, not only its core
+    import ray
+
     return ray
 
 

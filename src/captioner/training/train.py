@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..data.text import END_ID, PAD_ID, Vocab
 from ..errors import CaptionerError
 from ..evaluation.metrics import dev_cider
+from ..extras import require
 from ..features.splits import Split, TrainingData, load_training
 from ..files import atomic_path, write_atomic
 from ..models import confidence
@@ -33,6 +34,8 @@ from .parallel import Workers
 from .scst import check_scst, scst_loss
 
 log = logging.getLogger(__name__)
+
+require("train", "matplotlib")  # for curve.png: checked before training, not after its first epoch
 
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "metrics.jsonl"
