@@ -247,8 +247,8 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
 
 def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     from captioner.cli import main
-    from captioner.models.embedding import FILE, load
-    from captioner.training.align import choose_rerank
+    from captioner.models.embedding import FILE, load, record, save
+    from captioner.training.align import choose_rerank, retune
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
@@ -264,6 +264,17 @@ def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     assert embedding.cfg.tag_weight in {t["tag_weight"] for t in first_stage}
     assert (embedding.cfg.rerank_pool, embedding.cfg.rerank_weight) == choose_rerank(trials)
     assert -1 <= embedding.cfg.weak_score <= 1
+
+    # Retuning keeps the towers and chooses the settings again from the same grid
+    embedding.cfg.blend, embedding.cfg.weak_score = 0.123, 0.9
+    save(model_dir, embedding, record(model_dir))
+    again = retune(model_dir, [mini_corpus], progress=False)
+    retuned = load(model_dir)
+    assert again["before"]["blend"] == 0.123 and retuned.cfg.blend in {t["blend"] for t in first_stage}
+    assert vars(retuned.cfg) == again["config"] and -1 <= retuned.cfg.weak_score < 0.9
+    assert all(torch.equal(a, b) for a, b in zip(retuned.photo.state_dict().values(),
+                                                 embedding.photo.state_dict().values()))
+    assert record(model_dir)["retuned_on"] == [f"{mini_corpus.name} dev"] and record(model_dir)["epochs"]
 
 
 def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():

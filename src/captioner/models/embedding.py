@@ -150,6 +150,12 @@ def load(model_dir: Path | None) -> Embedding | None:
     return embedding.eval()
 
 
+def record(model_dir: str | Path) -> dict:
+    """How the model's embedding was trained, as `save` recorded it."""
+    with safe_open(str(Path(model_dir) / FILE), "pt") as f:
+        return json.loads((f.metadata() or {}).get("record", "{}"))
+
+
 def save(model_dir: Path, embedding: Embedding, record: dict | None = None) -> None:
     state = {k: v.detach().half().contiguous() if k not in ("photo.mean", "photo.std") else v.detach().contiguous()
              for k, v in embedding.state_dict().items()}

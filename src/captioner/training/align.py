@@ -25,7 +25,8 @@ from ..captioning import Captioner
 from ..data.corpus import load_prepared
 from ..data.text import clean
 from ..errors import CaptionerError
-from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, save, text_logprob
+from ..features.splits import load_features
+from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, record, save, text_logprob
 from ..models.sentences import DIM
 from ..models.tags import tag_bonus
 
@@ -56,13 +57,15 @@ class Pairs:
     name: str = ""
     states: torch.Tensor = field(default=None, repr=False)  # [m, T, 384] float16: each caption after the frozen layers
     keep: torch.Tensor = field(default=None, repr=False)  # [m, T]
-    owner: torch.Tensor = field(default=None, repr=False)  # [m]: the photo of each caption
+    owner: torch.Tensor = field(init=False, repr=False)  # [m]: the photo of each caption
+
+    def __post_init__(self) -> None:
+        self.owner = torch.repeat_interleave(torch.arange(len(self.captions)),
+                                             torch.tensor([len(g) for g in self.captions]))
 
     def encode_text(self, embedding: Embedding, progress: bool) -> None:
         """Run every caption through the frozen layers once (training then runs only the tuned ones)."""
         flat = [c for group in self.captions for c in group]
-        self.owner = torch.repeat_interleave(torch.arange(len(self.captions)),
-                                             torch.tensor([len(g) for g in self.captions]))
         batches = list(embedding.base.batches(flat, 256))
         longest = max(ids.shape[1] for _, ids, _ in batches)
         self.states = torch.zeros(len(flat), longest, DIM, dtype=torch.float16)
@@ -271,17 +274,11 @@ def _rsum(trial: dict) -> float:
 def load_pairs(model, data: list[str | Path], split: str, cache: str | Path | None,
                progress: bool) -> list[Pairs]:
     """The photos of `split` in each prepared corpus that has any, with their features and captions."""
-    from ..features.splits import ensure_features, load_split
-
     out = []
     for folder in data:
-        prepared = load_prepared(folder)
-        if not any(im["split"] == split for im in prepared.images):
-            continue
-        features, hashes = ensure_features(prepared, model.encoder, model.input_size,
-                                           cache or Path(folder) / "features", (split,), progress)
-        s = load_split(prepared, features, hashes, split)
-        out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}"))
+        if any(im["split"] == split for im in load_prepared(folder).images):
+            s = load_features(folder, model.encoder, model.input_size, split, cache, progress)
+            out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}"))
     return out
 
 
@@ -290,7 +287,6 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
           progress: bool = True) -> dict:
     """Train the model's embedding on the train splits of `data`, choose it and tune search on their dev
     splits, save it beside the model."""
-
     captioner = Captioner.load(model_dir)
     model = captioner.model
     train, dev = (load_pairs(model, data, split, cache, progress) for split in ("train", "dev"))
@@ -302,3 +298,23 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
     record = {"train": {p.name: len(p.captions) for p in train}, "train_config": asdict(tc), "epochs": history}
     save(Path(model_dir), embedding, record)
     return {"config": asdict(embedding.cfg), "train_config": asdict(tc), "epochs": history, "dev_trials": trials}
+
+
+def retune(model_dir: str | Path, data: list[str | Path], cache: str | Path | None = None, rerank: bool = True,
+           progress: bool = True) -> dict:
+    """Choose the search settings of the model's trained embedding again on the dev splits of `data`, its towers
+    unchanged (after the captioner's decoding changed, say); saves them if they changed. Returns the settings
+    before and after, and every trial."""
+    captioner = Captioner.load(model_dir)
+    embedding = captioner.embedding
+    if embedding is None:
+        raise CaptionerError(f"{model_dir} has no search embedding to tune: train one with `captioner align "
+                             f"--model {model_dir}`")
+    dev = load_pairs(captioner.model, data, "dev", cache, progress)
+    if not dev:
+        raise CaptionerError("retuning needs a corpus with a dev split")
+    before = asdict(embedding.cfg)
+    trials = tune(captioner, embedding, dev, rerank, progress)
+    if asdict(embedding.cfg) != before:
+        save(Path(model_dir), embedding, record(model_dir) | {"retuned_on": [p.name for p in dev]})
+    return {"before": before, "config": asdict(embedding.cfg), "dev_trials": trials}
