@@ -1,0 +1,96 @@
+"""The command line's edges: every error a user can cause is one sentence and an exit status, never a traceback.
+
+Exit status 2 is a usage error (argparse prints the usage and the sentence), 1
+failed work, 130 Ctrl+C; `--debug` or CAPTIONER_DEBUG=1 shows the traceback
+instead. Most tests run `cli.main` in-process; a subprocess only where the
+process itself is the point (python -m, --version, a closed stdout).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner import cli
+from captioner.cli import build_parser, main
+from conftest import TEST_THREADS
+from fakes import FakeCaptioner
+from test_corpus import GOOD, make_flickr8k, make_images, write_lines
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def assert_one_sentence(err: str) -> None:
+    """stderr holds exactly one line, the error's sentence, and no trace of an exception."""
+    assert err.count("\n") == 1 and err.startswith("captioner: "), err
+    assert "Traceback" not in err and 'File "' not in err and "Error:" not in err, err
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`captioner ARGV...` in-process: (exit status, stdout, stderr), a usage error's SystemExit included."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (it was free a moment ago): connecting to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": str(TEST_THREADS)}
+
+
+# --- Ray: an unreachable cluster is one sentence, at once ------------------------------------------------
+
+@pytest.mark.parametrize("where", ["RAY_ADDRESS", "--ray-address"])
+def test_an_unreachable_ray_cluster_is_one_sentence_within_seconds(where, tiny_model_dir, photo, monkeypatch,
+                                                                   capsys):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.train.torch")  # imported before the clock starts: importing is not connecting
+    address = f"127.0.0.1:{closed_port()}"
+    argv = ["caption", "--model", str(tiny_model_dir), str(photo), "--ray"]
+    if where == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        argv += ["--ray-address", address]
+    ray.shutdown()
+    started = time.monotonic()
+    code, out, err = run(argv, capsys)
+    assert time.monotonic() - started < 15
+    assert code == 1 and out == ""
+    assert_one_sentence(err)
+    assert address.rsplit(":", 1)[1] in err and "Ray cluster" in err and "--ray-address" in err
+    assert not ray.is_initialized()
+
+
+def test_a_ray_address_that_is_not_one_is_one_sentence(tiny_model_dir, photo, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, out, err = run(["caption", "--model", str(tiny_model_dir), str(photo), "--ray-address", "head-node"],
+                         capsys)
+    assert code == 1
+    assert_one_sentence(err)
+    assert "head-node" in err and "HOST:PORT" in err
