@@ -94,3 +94,47 @@ def test_a_ray_address_that_is_not_one_is_one_sentence(tiny_model_dir, photo, mo
     assert code == 1
     assert_one_sentence(err)
     assert "head-node" in err and "HOST:PORT" in err
+
+
+# --- prepare: the default --out depends on the corpus, and a different corpus is not overwritten -----------
+
+@pytest.fixture
+def corpora(tmp_path, monkeypatch) -> dict[str, Path]:
+    """A tiny Flickr8k folder and a tiny Kaggle captions.txt; the working folder is empty (data/ goes there)."""
+    flickr = make_flickr8k(tmp_path / "Flickr8k", GOOD["flickr8k"])
+    make_images(tmp_path / "kaggle" / "Images")
+    kaggle = write_lines(tmp_path / "kaggle" / "captions.txt", GOOD["csv"])
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return {"flickr8k": flickr, "csv": kaggle, "work": work}
+
+
+def prepared_source(folder: Path) -> str:
+    return json.loads((folder / "captions.json").read_text(encoding="utf-8"))["source"]
+
+
+def test_prepare_csv_does_not_overwrite_the_prepared_flickr8k(corpora, capsys):
+    assert main(["prepare", "flickr8k", str(corpora["flickr8k"])]) == 0
+    flickr = corpora["work"] / "data" / "flickr8k"
+    before = (flickr / "captions.json").read_bytes()
+    assert main(["prepare", "csv", str(corpora["csv"])]) == 0
+    assert (flickr / "captions.json").read_bytes() == before
+    assert prepared_source(corpora["work"] / "data" / "csv") == "csv"
+    assert "data/csv/captions.json" in capsys.readouterr().out
+
+
+def test_prepare_refuses_to_replace_another_corpus_unless_forced(corpora, capsys):
+    out = corpora["work"] / "data" / "flickr8k"
+    assert main(["prepare", "flickr8k", str(corpora["flickr8k"]), "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = (out / "captions.json").read_bytes()
+    code, stdout, err = run(["prepare", "csv", str(corpora["csv"]), "--out", str(out)], capsys)
+    assert code == 1 and stdout == ""
+    assert_one_sentence(err)
+    assert str(out) in err and "flickr8k" in err and "--force" in err
+    assert (out / "captions.json").read_bytes() == before
+    assert main(["prepare", "csv", str(corpora["csv"]), "--out", str(out), "--force"]) == 0
+    assert prepared_source(out) == "csv"
+    # The same corpus again (say with other settings) needs no --force.
+    assert main(["prepare", "csv", str(corpora["csv"]), "--out", str(out), "--min-count", "1"]) == 0

@@ -103,9 +103,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .corpus import prepare
 
     report = prepare(args.kind, args.source, args.out, image_root=args.images, min_count=args.min_count,
-                     max_len=args.max_len, strict=args.strict)
+                     max_len=args.max_len, strict=args.strict, force=args.force)
     print(report.summary())
-    print(f"wrote {args.out}/captions.json, vocab.json and report.json")
+    print(f"wrote {report.out_dir}/captions.json, vocab.json and report.json")
     return 0
 
 
@@ -309,10 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the corpus folder (flickr8k, img2dataset) or file (the others)")
     p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source); for "
                    "img2dataset .tar shards, where their photos are extracted (default: OUT/images)")
-    p.add_argument("--out", default=DEFAULT_DATA, help=f"where to write the prepared corpus (default {DEFAULT_DATA})")
-    p.add_argument("--min-count", type=int, default=5, help="keep words seen at least this often in train (default 5)")
-    p.add_argument("--max-len", type=int, default=30, help="longest caption in words used for training (default 30)")
+    p.add_argument("--out", help="where to write the prepared corpus (default data/KIND, e.g. data/flickr8k)")
+    p.add_argument("--min-count", type=positive_int, default=5,
+                   help="keep words seen at least this often in train (default 5)")
+    p.add_argument("--max-len", type=positive_int, default=30,
+                   help="longest caption in words used for training (default 30)")
     p.add_argument("--strict", action="store_true", help="stop at the first flawed line instead of skipping it")
+    p.add_argument("--force", action="store_true", help="replace a corpus prepared in OUT from another source")
     p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("features", help="encode every corpus photo once, cached on disk",
