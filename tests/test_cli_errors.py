@@ -62,6 +62,111 @@ def subprocess_env() -> dict[str, str]:
             "OMP_NUM_THREADS": str(TEST_THREADS)}
 
 
+# --- numbers and usage: exit status 2 at parse time -------------------------------------------------------
+
+@pytest.mark.parametrize("argv, flag", [
+    (["serve", "--port", "70000"], "--port"),
+    (["serve", "--port", "0"], "--port"),
+    (["serve", "--port", "http"], "--port"),
+    (["evaluate", "--beam", "0"], "--beam"),
+    (["train", "c.toml", "--stop-after", "0"], "--stop-after"),
+    (["prepare", "csv", "x.csv", "--min-count", "0"], "--min-count"),
+    (["prepare", "csv", "x.csv", "--max-len", "-3"], "--max-len"),
+    (["features", "--input-size", "0"], "--input-size"),
+    (["similar", "photo.jpg", "-k", "0"], "-k"),
+], ids=["port-too-big", "port-0", "port-word", "evaluate-beam-0", "stop-after-0", "min-count-0", "max-len-negative",
+        "input-size-0", "k-0"])
+def test_a_number_out_of_range_is_a_usage_error_naming_the_flag_and_the_range(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: captioner" in err and "Traceback" not in err
+    sentence = err.strip().splitlines()[-1]
+    assert f"argument {flag}" in sentence and ("at least 1" in sentence or "1 to 65535" in sentence
+                                               or "whole number" in sentence), sentence
+
+
+def test_a_port_in_range_is_accepted():
+    assert build_parser().parse_args(["serve", "--port", "65535"]).port == 65535
+
+
+@pytest.mark.parametrize("argv", [["search"], ["search", "a dog", "--queries", "q.txt"]], ids=["neither", "both"])
+def test_search_needs_exactly_one_of_text_or_queries_a_usage_error(argv, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    assert "usage: captioner search" in err and "TEXT" in err.splitlines()[-1] and "--queries" in err.splitlines()[-1]
+
+
+# --- paths: exit status 1, one sentence ------------------------------------------------------------------
+
+def test_search_with_a_missing_queries_file_names_it(tiny_model_dir, tmp_path, capsys):
+    from captioner.gallery import Gallery
+
+    db = tmp_path / "g.db"
+    Gallery.create(db, captioner=FakeCaptioner(tiny_model_dir)).close()  # an empty gallery of the tiny model
+    missing = tmp_path / "missing.txt"
+    code, out, err = run(["search", "--queries", str(missing), "--db", str(db), "--model", str(tiny_model_dir)],
+                         capsys)
+    assert code == 1 and out == ""
+    assert_one_sentence(err)
+    assert str(missing) in err and "--queries" in err
+
+
+def test_attention_into_a_folder_that_cannot_be_made_names_it(tiny_model_dir, reuse_encoders, photo, tmp_path,
+                                                             capsys):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    maps = blocker / "maps"
+    code, out, err = run(["caption", "--model", str(tiny_model_dir), "--attention", str(maps), str(photo)], capsys)
+    assert code == 1 and out == ""
+    assert_one_sentence(err)
+    assert str(maps) in err and "--attention" in err
+    assert blocker.read_text() == "not a folder"
+
+
+# --- serve: --db like the other commands, the default gallery, the port -----------------------------------
+
+@pytest.fixture
+def served(monkeypatch):
+    """Replace the web server by a recorder of what `captioner serve` would serve: a list of (model, gallery)."""
+    import captioner.web.app
+
+    calls = []
+    monkeypatch.setattr(captioner.web.app, "serve", lambda model, gallery, *rest: calls.append((model, gallery)))
+    return calls
+
+
+@pytest.mark.parametrize("option", ["--db", "--gallery"])
+def test_serve_takes_db_like_index_and_search_and_still_gallery(option, served, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_GALLERY", str(tmp_path / "default.db"))
+    assert main(["serve", "--port", str(closed_port()), option, str(tmp_path / "g.db")]) == 0
+    assert [(model, Path(db)) for model, db in served] == [(None, tmp_path / "g.db")]
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_serve_without_db_serves_the_default_gallery_when_there_is_one(exists, served, tmp_path, monkeypatch,
+                                                                       capsys):
+    default = tmp_path / "default.db"
+    if exists:
+        default.write_bytes(b"")
+    monkeypatch.setenv("CAPTIONER_GALLERY", str(default))
+    assert main(["serve", "--port", str(closed_port())]) == 0
+    assert served == [(None, default if exists else None)]
+    assert (str(default) in capsys.readouterr().err) == exists  # says which gallery it serves
+
+
+def test_serve_on_a_port_in_use_is_one_sentence_before_loading_anything(served, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run(["serve", "--port", str(port)], capsys)
+    assert code == 1 and served == []
+    assert_one_sentence(err)
+    assert str(port) in err and "in use" in err and "--port" in err
+
+
 # --- Ray: an unreachable cluster is one sentence, at once ------------------------------------------------
 
 @pytest.mark.parametrize("where", ["RAY_ADDRESS", "--ray-address"])

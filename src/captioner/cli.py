@@ -3,16 +3,22 @@ serve."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import select
+import socket
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-from .corpus import KINDS
+from . import __version__
+from .corpus import KINDS, default_out
 from .errors import CaptionerError
 
-DEFAULT_DATA = "data/flickr8k"
+DEFAULT_DATA = str(default_out("flickr8k"))
+DEFAULT_DB = "$CAPTIONER_GALLERY, else ~/.local/share/captioner/gallery.db"
 
 EXAMPLES = """\
 examples:
@@ -25,19 +31,27 @@ examples:
   captioner index ~/Pictures                      caption and embed a collection into the gallery
   captioner search "a dog catching a frisbee"     find gallery photos by description
   captioner similar photo.jpg -k 5                gallery photos most like this one
-  captioner serve --gallery ~/.local/share/captioner/gallery.db   the web app on http://127.0.0.1:8000/
+  captioner serve                                 the web app on http://127.0.0.1:8000/, with the gallery
 """
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (else a usage error, exit status 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `high`), else a usage error (exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+port_number = whole_number(1, 65535)
 
 
 def ray_wanted(args: argparse.Namespace) -> bool:
@@ -70,7 +84,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             raise CaptionerError(f"--attention needs a model that attends to parts of the photo, and this one's "
                                  f"decoder is {kind}: use a model of kind {' or '.join(sorted(ATTENDING))} "
                                  "(the shipped default is one)")
-        Path(args.attention).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(args.attention).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CaptionerError(f"cannot make the --attention folder {args.attention} ({e.strerror}): give a "
+                                 "folder you may write to") from None
     pictures: set[str] = set()  # attention picture names written so far: photos may share a name
     failed = 0
     for c in stream(args.photos, beam=args.beam, batch_size=args.batch_size):
@@ -229,31 +247,75 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_queries(path: str) -> list[str]:
+    """The descriptions in a --queries file, one a line (blank lines skipped), read before the gallery is opened."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        raise CaptionerError(f"cannot read the --queries file {path} ({why}): give a text file with one "
+                             "description per line") from None
+    return [query for query in (line.strip() for line in text.splitlines()) if query]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .gallery import Gallery
 
-    if (args.text is None) == (args.queries is None):
-        raise CaptionerError("give either a search TEXT or --queries FILE")
+    queries = read_queries(args.queries) if args.queries is not None else None
     with Gallery.open(args.db, model=args.model) as gallery:
-        if args.text is not None:
+        if queries is None:
             _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
             return 0
-        with open(args.queries, encoding="utf-8") as f:
-            for query in (line.strip() for line in f):
-                if query:
-                    found = gallery.search(query, args.k, args.rerank)
-                    print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
-                                      "scores": [round(m.score, 4) for m in found],
-                                      "weak": [m.weak for m in found]}, ensure_ascii=False), flush=True)
+        for query in queries:
+            found = gallery.search(query, args.k, args.rerank)
+            print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
+                              "scores": [round(m.score, 4) for m in found],
+                              "weak": [m.weak for m in found]}, ensure_ascii=False), flush=True)
     return 0
+
+
+def served_gallery(db: str | None) -> Path | None:
+    """--db, else the default gallery the other commands use when it exists (serve then says so), else none."""
+    from .gallery import default_db
+
+    if db:
+        return Path(db)
+    default = default_db()
+    if not default.is_file():
+        return None
+    print(f"captioner: with the gallery {default} (another with --db)", file=sys.stderr)
+    return default
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail at once, in one sentence, when the server could not listen on `port` of `host` (taken, or not allowed).
+
+    An address that is not this machine's is left to `serve`, which checks first that it may serve the network.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind(address)
+    except socket.gaierror as e:
+        raise CaptionerError(f"--host {host} is not a name or address this machine knows ({e.strerror}): give "
+                             "an address such as 127.0.0.1 or 0.0.0.0") from None
+    except PermissionError:
+        raise CaptionerError(f"this user may not listen on port {port}: choose a port above 1023 with --port") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise CaptionerError(f"port {port} on {host} is in use (another server?): stop it, or choose another "
+                                 "with --port") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web.app import serve
 
+    check_port(args.host, args.port)
     token = args.token or os.environ.get("CAPTIONER_TOKEN") or None
-    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20, args.max_queue, token,
-          args.public, args.allowed_host)
+    serve(args.model, served_gallery(args.db), args.host, args.port, args.max_upload_mb * 2**20, args.max_queue,
+          token, args.public, args.allowed_host)
     return 0
 
 
@@ -268,8 +330,7 @@ def ray_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def gallery_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="the gallery database (default: $CAPTIONER_GALLERY, else "
-                   "~/.local/share/captioner/gallery.db)")
+    p.add_argument("--db", help=f"the gallery database (default: {DEFAULT_DB})")
     p.add_argument("--model", help="the model folder that indexed the gallery (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -325,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="efficientnet-lite2",
                    help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2 (default), or dinov2-vits14 "
                    "(pip install 'captioner[dinov2]'; input size a multiple of 14)")
-    p.add_argument("--input-size", type=int, default=224, help="photos are squashed to this square (default 224)")
+    p.add_argument("--input-size", type=positive_int, default=224,
+                   help="photos are squashed to this square (default 224)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     ray_options(p, "encode")
     p.set_defaults(run=cmd_features)
@@ -337,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--resume continues a stopped run exactly.")
     p.add_argument("config", help="a TOML config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder")
-    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (continue later with --resume)")
+    p.add_argument("--stop-after", type=positive_int, metavar="N",
+                   help="stop after N epochs (continue later with --resume)")
     p.add_argument("--ray-workers", type=positive_int, metavar="N", help="train in N data-parallel workers of 1 CPU "
                    "on a Ray cluster (pip install 'captioner[ray]'): each holds a shard of the features and trains "
                    "on its part of every batch; the files written are the same as a local run's (docs/scaling.md)")
@@ -351,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model folder (default: the shipped model)")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="default test")
-    p.add_argument("--beam", type=int, help="beam width (default: the model's)")
+    p.add_argument("--beam", type=positive_int, help="beam width (default: the model's)")
     p.add_argument("--out", help="report folder (default: MODEL/eval-SPLIT)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
@@ -418,20 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "result) name a word of the description ranks higher. Each result says which part counted "
                        "most (caption, photo or tags) and, when it scores below what only the worst 5% of dev "
                        "captions score with their own photo, that it is weak; --json gives every part (why).")
-    p.add_argument("text", nargs="?", metavar="TEXT", help="the description")
+    asked = p.add_mutually_exclusive_group(required=True)
+    asked.add_argument("text", nargs="?", metavar="TEXT", help="the description")
+    asked.add_argument("--queries", metavar="FILE", help="one description per line, answered in one process; "
+                       'prints one JSON object per query: {"query", "paths", "scores", "weak"}')
     p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
     p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
                    "captioner finds TEXT as their caption (slower, usually better)")
-    p.add_argument("--queries", metavar="FILE", help="one description per line, answered in one process; "
-                   'prints one JSON object per query: {"query", "paths", "scores", "weak"}')
     gallery_options(p)
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("serve", help="the web app: caption, hear, explore and search photos in the browser",
                        description="Serve the web page and its JSON API (OpenAPI docs at /docs). The model (and "
                        "the gallery) is loaded once and shared by all requests.")
-    p.add_argument("--gallery", metavar="DB", help="a gallery made by `captioner index`: adds similar photos and "
-                   "search")
+    p.add_argument("--db", "--gallery", metavar="DB", help="a gallery made by `captioner index`: adds similar "
+                   f"photos and search (default: {DEFAULT_DB}, when it exists; --gallery is the old name)")
     p.add_argument("--model", help="the model folder (default: the shipped model; must be the gallery's)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
                    "machine only). Any other address needs an access token, or --public")
@@ -444,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a host name the server answers to besides localhost and --host (e.g. the machine's "
                    "name on the network); repeat for more, '*' for any. Other names are refused, so a web page "
                    "elsewhere cannot reach the server by DNS rebinding")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=port_number, default=8000, help="the port to listen on, 1 to 65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
                    "(default 20)")
     p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
