@@ -243,3 +243,84 @@ def test_prepare_refuses_to_replace_another_corpus_unless_forced(corpora, capsys
     assert prepared_source(out) == "csv"
     # The same corpus again (say with other settings) needs no --force.
     assert main(["prepare", "csv", str(corpora["csv"]), "--out", str(out), "--min-count", "1"]) == 0
+
+
+# --- the one place that maps exceptions: unexpected ones, --debug, Ctrl+C ---------------------------------
+
+def failing_prepare(error: BaseException):
+    def run_prepare(args):
+        raise error
+    return run_prepare
+
+
+def test_an_unexpected_exception_is_one_sentence_pointing_to_debug(monkeypatch, capsys):
+    monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(RuntimeError("the disk said no\nand more")))
+    code, out, err = run(["prepare", "csv", "x.csv"], capsys)
+    assert code == 1
+    assert_one_sentence(err)
+    assert "prepare" in err and "RuntimeError" in err and "the disk said no" in err
+    assert err.rstrip().endswith("run with --debug for the traceback")
+
+
+def test_a_file_the_command_cannot_use_is_named(monkeypatch, capsys):
+    monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
+    denied = PermissionError(13, "Permission denied", "/srv/corpora/out")
+    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(denied))
+    code, out, err = run(["prepare", "csv", "x.csv"], capsys)
+    assert code == 1
+    assert_one_sentence(err)
+    assert "/srv/corpora/out (permission denied)" in err and "check the path" in err
+
+
+@pytest.mark.parametrize("how", ["--debug first", "--debug last", "CAPTIONER_DEBUG=1"])
+def test_debug_shows_the_traceback_instead(how, monkeypatch):
+    monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(RuntimeError("the disk said no")))
+    argv = ["prepare", "csv", "x.csv"]
+    if how == "CAPTIONER_DEBUG=1":
+        monkeypatch.setenv("CAPTIONER_DEBUG", "1")
+    if how.startswith("--debug"):
+        argv = ["--debug", *argv] if how == "--debug first" else [*argv, "--debug"]
+    with pytest.raises(RuntimeError, match="the disk said no"):
+        main(argv)
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_said(monkeypatch, capsys):
+    monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(BrokenPipeError(32, "Broken pipe")))
+    code, out, err = run(["prepare", "csv", "x.csv"], capsys)  # stdout is fine: some other pipe broke
+    assert code == 1
+    assert_one_sentence(err)
+    assert "BrokenPipeError" in err
+
+
+def test_ctrl_c_is_130(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(KeyboardInterrupt()))
+    code, out, err = run(["prepare", "csv", "x.csv"], capsys)
+    assert code == 130 and err == "captioner: interrupted\n"
+
+
+# --- the process: python -m captioner, --version, a closed stdout -----------------------------------------
+
+def test_python_m_captioner_runs_the_command_and_says_its_version():
+    from captioner import __version__
+
+    done = subprocess.run([sys.executable, "-m", "captioner", "--version"], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"captioner {__version__}\n"
+
+
+def test_a_closed_stdout_ends_quietly(tiny_model_dir, photo):
+    """`captioner caption ... | head -1`: the reader went away; no BrokenPipeError, no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "captioner.cli", "caption", "--model", str(tiny_model_dir),
+                               str(photo), str(photo)], stdout=write, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env(), timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert done.stderr == ""

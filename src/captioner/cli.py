@@ -1,5 +1,10 @@
 """The `captioner` command: caption, prepare, features, train, evaluate, calibrate, align, index, similar, search,
-serve."""
+serve.
+
+Exit status: 0 done, 1 failed work, 2 a usage error (argparse), 130 Ctrl+C. Every error ends in one sentence
+on stderr (`main` is the one place that turns exceptions into sentences); `--debug` or CAPTIONER_DEBUG=1 shows
+the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -335,10 +340,15 @@ def gallery_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
+DEBUG_HELP = "on an error, show the traceback instead of one sentence (also: CAPTIONER_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Describe photos in English sentences; "
                                      "train and evaluate captioners.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("caption", help="caption photos (default: with the shipped model)",
@@ -515,20 +525,55 @@ def build_parser() -> argparse.ArgumentParser:
                    "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "
                    "(default 64)")
     p.set_defaults(run=cmd_serve)
+    for command in sub.choices.values():  # also after the command; unset there unless given
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`captioner ... | head -1`), rather than another pipe broken."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), or a stdout that is no file
+        return False
+
+
+def sentence(error: Exception, command: str) -> str:
+    """What went wrong, in one sentence naming the thing and the fix."""
+    if isinstance(error, CaptionerError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        why = (error.strerror or str(error)).lower()
+        return f"cannot use {error.filename} ({why}): check the path and that you may read or write there"
+    what = (str(error).strip().splitlines() or [""])[0]
+    return (f"captioner {command} failed unexpectedly: {what} ({type(error).__name__}); run with --debug for the "
+            "traceback")
+
+
+def report(error: Exception, command: str) -> int:
+    """Say what went wrong on stderr, in one sentence, and return the exit status of failed work."""
+    if isinstance(error, BrokenPipeError) and stdout_gone():  # `| head -1` has read enough: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and let exiting flush into nothing
+    else:
+        print(f"captioner: error: {sentence(error, command)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status: 0 done, 1 failed work, 130 Ctrl+C (usage errors exit 2 early)."""
     args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)
     try:
         return args.run(args)
-    except CaptionerError as e:
-        print(f"captioner: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug or os.environ.get("CAPTIONER_DEBUG", "") not in ("", "0"):
+            raise
+        return report(e, args.command)
 
 
 if __name__ == "__main__":
