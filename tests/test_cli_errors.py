@@ -255,7 +255,7 @@ def failing_prepare(error: BaseException):
 
 def test_an_unexpected_exception_is_one_sentence_pointing_to_debug(monkeypatch, capsys):
     monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(RuntimeError("the disk said no\nand more")))
+    monkeypatch.setattr(cli.corpus, "cmd_prepare", failing_prepare(RuntimeError("the disk said no\nand more")))
     code, out, err = run(["prepare", "csv", "x.csv"], capsys)
     assert code == 1
     assert_one_sentence(err)
@@ -266,7 +266,7 @@ def test_an_unexpected_exception_is_one_sentence_pointing_to_debug(monkeypatch, 
 def test_a_file_the_command_cannot_use_is_named(monkeypatch, capsys):
     monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
     denied = PermissionError(13, "Permission denied", "/srv/corpora/out")
-    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(denied))
+    monkeypatch.setattr(cli.corpus, "cmd_prepare", failing_prepare(denied))
     code, out, err = run(["prepare", "csv", "x.csv"], capsys)
     assert code == 1
     assert_one_sentence(err)
@@ -276,7 +276,7 @@ def test_a_file_the_command_cannot_use_is_named(monkeypatch, capsys):
 @pytest.mark.parametrize("how", ["--debug first", "--debug last", "CAPTIONER_DEBUG=1"])
 def test_debug_shows_the_traceback_instead(how, monkeypatch):
     monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(RuntimeError("the disk said no")))
+    monkeypatch.setattr(cli.corpus, "cmd_prepare", failing_prepare(RuntimeError("the disk said no")))
     argv = ["prepare", "csv", "x.csv"]
     if how == "CAPTIONER_DEBUG=1":
         monkeypatch.setenv("CAPTIONER_DEBUG", "1")
@@ -288,7 +288,7 @@ def test_debug_shows_the_traceback_instead(how, monkeypatch):
 
 def test_a_broken_pipe_that_is_not_stdout_is_still_said(monkeypatch, capsys):
     monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(BrokenPipeError(32, "Broken pipe")))
+    monkeypatch.setattr(cli.corpus, "cmd_prepare", failing_prepare(BrokenPipeError(32, "Broken pipe")))
     code, out, err = run(["prepare", "csv", "x.csv"], capsys)  # stdout is fine: some other pipe broke
     assert code == 1
     assert_one_sentence(err)
@@ -296,7 +296,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_said(monkeypatch, capsys):
 
 
 def test_ctrl_c_is_130(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "cmd_prepare", failing_prepare(KeyboardInterrupt()))
+    monkeypatch.setattr(cli.corpus, "cmd_prepare", failing_prepare(KeyboardInterrupt()))
     code, out, err = run(["prepare", "csv", "x.csv"], capsys)
     assert code == 130 and err == "captioner: interrupted\n"
 

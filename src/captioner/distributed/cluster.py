@@ -33,8 +33,10 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         address = address or os.environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stray one
         if address != "local":
             check_reachable(address)
+        chatty = logging.getLogger("ray").isEnabledFor(logging.INFO)  # Ray's own lines: only with `captioner -v`
         ray.init(address=address, num_cpus=num_cpus if address == "local" else None, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+                 logging_level=logging.INFO if chatty else logging.ERROR, log_to_driver=chatty,
+                 configure_logging=True)
     return ray
 
 
