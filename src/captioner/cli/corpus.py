@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.corpus import KINDS
+from ..data.readers import READERS
 from .options import DEFAULT_DATA, positive_int, ray_options, ray_wanted
 
 
@@ -13,11 +13,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="read a corpus, clean captions, build the vocabulary",
                        description="Read a caption corpus, clean its captions and build the vocabulary from "
                        "the train split. Flawed lines are skipped and reported (the first few with file:line).")
-    p.add_argument("kind", choices=KINDS,
-                   help="flickr8k: a folder with Flickr8k.token.txt, the split files and Images/; csv: a "
-                   "captions.txt with image,caption; karpathy: dataset_*.json; coco: captions_*.json; "
-                   "table: a CSV or JSONL of image, caption[, split]; img2dataset: an img2dataset or webdataset "
-                   "output folder (shard folders of KEY.jpg + KEY.txt, or .tar shards)")
+    p.add_argument("kind", choices=sorted(READERS), help="; ".join(f"{name}: {READERS[name].source}"
+                                                                 for name in sorted(READERS)))
     p.add_argument("source", help="the corpus folder (flickr8k, img2dataset) or file (the others)")
     p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source); for "
                    "img2dataset .tar shards, where their photos are extracted (default: OUT/images)")
