@@ -293,6 +293,30 @@ def test_a_full_queue_refuses_with_a_retry_time_and_takes_photos_again_once_it_d
     worker.close()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is on purpose
+def test_closing_a_worker_that_died_with_a_full_queue_returns_and_fails_what_waited(monkeypatch):
+    captioner = GatedCaptioner()
+    worker = CaptionWorker(captioner, max_batch=1, max_queue=2)
+    worker.submit(Path("0.jpg"))
+    assert captioner.entered.wait(timeout=10)
+    waiting = [worker.submit(Path("1.jpg")), worker.submit(Path("2.jpg"))]  # the queue is full
+
+    def dies() -> None:
+        raise SystemExit  # a thread's way out that nothing catches
+
+    monkeypatch.setattr(worker, "_next_batch", dies)  # the thread dies when it next looks at the queue
+    captioner.gate.set()
+    worker._thread.join(timeout=10)
+    assert not worker.health()["alive"]
+    closing = threading.Thread(target=worker.close, daemon=True)
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive()
+    for future in waiting:
+        with pytest.raises(RuntimeError, match="the captioning worker has stopped"):
+            future.result(timeout=1)
+
+
 def test_a_live_server_answers_503_with_retry_after_when_its_queue_is_full_then_serves_again():
     captioner = GatedCaptioner()
     with LiveServer(create_app(captioner, max_batch=1, max_queue=1)) as url, ThreadPoolExecutor(2) as pool:
