@@ -101,7 +101,7 @@ def test_a_file_of_another_type_is_415_naming_it(client, name, media):
 
 
 @pytest.mark.parametrize("data, phrase", [
-    (b"these are my holiday notes, not a photo\n", "notes.jpg: is not a photo Pillow can read"),
+    (b"these are my holiday notes, not a photo\n", "notes.jpg: is not a photo in a format captioner reads"),
     (b"", "notes.jpg: is empty"),
     (bomb_png_bytes(), "notes.jpg: declares 3,600 megapixels, more than the 179-megapixel limit"),
 ])
@@ -111,6 +111,26 @@ def test_a_file_that_is_not_a_readable_photo_is_422_with_the_captioners_reason(c
     detail = r.json()["detail"]
     assert detail.startswith(phrase)
     assert "upload-" not in detail and "/tmp" not in detail  # the server's temporary file is never named
+
+
+def ppm_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(gradient(40, 30)).save(out, "PPM")
+    return out.getvalue()
+
+
+def test_only_photo_formats_are_decoded_from_an_upload_or_the_command_line(client, captioner, tmp_path):
+    """Pillow reads dozens of formats (EPS through Ghostscript); a photo is opened with its photo decoders only."""
+    refused = "is not a photo in a format captioner reads (a JPEG, PNG, WebP, GIF, BMP or TIFF)"
+    untyped = post_photo(client, ppm_bytes(), "scan.jpg", "application/octet-stream")
+    assert untyped.status_code == 422 and untyped.json()["detail"] == f"scan.jpg: {refused}"
+    typed = post_photo(client, ppm_bytes(), "scan.ppm", Image.MIME["PPM"])
+    assert typed.status_code == 415
+    assert typed.json()["detail"] == f"scan.ppm is {Image.MIME['PPM']}, not a photo; send a JPEG, PNG, WebP, GIF, " \
+                                     "BMP or TIFF."
+    (tmp_path / "scan.ppm").write_bytes(ppm_bytes())
+    [c] = captioner.caption([tmp_path / "scan.ppm"])  # what `captioner caption` and the gallery read through
+    assert c.error == f"{tmp_path / 'scan.ppm'}: {refused}" and c.text == ""
 
 
 def test_a_truncated_photo_is_captioned_with_a_warning_naming_the_upload(client):

@@ -247,7 +247,7 @@ def test_everything_works_by_keyboard_with_a_visible_focus(page):
 
 @pytest.mark.parametrize("name, media, data, message", [
     ("notes.txt", "text/plain", b"holiday notes", "notes.txt is text/plain, not a photo; send a JPEG"),
-    ("notes.jpg", "image/jpeg", b"holiday notes", "notes.jpg: is not a photo Pillow can read (is it an image file?)"),
+    ("notes.jpg", "image/jpeg", b"holiday notes", "notes.jpg: is not a photo in a format captioner reads (a JPEG"),
     ("bomb.png", "image/png", bomb_png_bytes(), "bomb.png: declares 3,600 megapixels, more than the 179-megapixel"),
     ("huge.bmp", "image/bmp", bytes(300 * 1024), "The photo is 0.293 MB, more than the 0.195 MB limit"),
 ])

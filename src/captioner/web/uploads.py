@@ -11,14 +11,16 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from captioner.images import PHOTO_FORMATS
+
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 CHUNK = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the photo itself (boundaries and part headers)."""
 
 Image.init()
-PHOTO_TYPES: frozenset[str] = frozenset(t for t in Image.MIME.values() if t.startswith("image/"))
-"""The media types of the image formats Pillow reads."""
+PHOTO_TYPES: frozenset[str] = frozenset(Image.MIME[f] for f in PHOTO_FORMATS)
+"""The media types of the photo formats captioner reads."""
 UNKNOWN_TYPES = frozenset({"", "application/octet-stream"})
 """Types that say nothing (a browser's guess for an unknown suffix): the photo's bytes decide."""
 
@@ -34,7 +36,7 @@ def too_large(limit: int, size: int | None = None) -> HTTPException:
 
 
 def check_type(content_type: str | None, filename: str) -> None:
-    """Refuse (415) an upload whose declared media type is not a photo Pillow reads."""
+    """Refuse (415) an upload whose declared media type is not a photo captioner reads."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media in UNKNOWN_TYPES or media in PHOTO_TYPES:
         return
