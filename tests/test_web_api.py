@@ -155,15 +155,15 @@ def test_a_photo_above_the_limit_is_413_saying_the_limit(small_limit_client):
     data = jpeg_bytes(300, 300) + bytes(70 * 1024)  # a real JPEG padded past 64 KB (still within the slack)
     r = post_photo(small_limit_client, data)
     assert r.status_code == 413
-    assert r.json()["detail"].startswith(f"The photo is {len(data) / 1024 / 1024:.3g} MB, more than the "
-                                         "0.0625 MB limit")
+    assert r.json()["detail"].startswith(f"The photo is {len(data) / 2**20:.3g} MiB, more than the "
+                                         "0.0625 MiB limit")
     assert post_photo(small_limit_client, jpeg_bytes()).status_code == 200  # below the limit
 
 
 def test_a_huge_upload_is_413_before_it_is_read(small_limit_client):
     r = post_photo(small_limit_client, bytes(1024 * 1024))
     assert r.status_code == 413
-    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MB limit")
+    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MiB limit")
 
 
 def test_a_huge_upload_without_a_length_is_cut_off_at_the_limit(small_limit_client):
@@ -180,7 +180,7 @@ def test_a_huge_upload_without_a_length_is_cut_off_at_the_limit(small_limit_clie
     r = small_limit_client.post("/api/caption", content=chunks(),
                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 413
-    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MB limit")
+    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MiB limit")
 
 
 @pytest.mark.parametrize("url", ["/api/similar?id=1", "/api/search?q=a+dog", "/api/photo/1",

@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "name on the network); repeat for more, '*' for any. Other names are refused, so a web page "
                    "elsewhere cannot reach the server by DNS rebinding")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
-    p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
+    p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MiB "
                    "(default 20)")
     p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
                    "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner.images import PHOTO_FORMATS
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 CHUNK = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the photo itself (boundaries and part headers)."""
@@ -25,13 +25,13 @@ UNKNOWN_TYPES = frozenset({"", "application/octet-stream"})
 """Types that say nothing (a browser's guess for an unknown suffix): the photo's bytes decide."""
 
 
-def megabytes(n: int) -> str:
-    return f"{n / 1024 / 1024:.3g} MB"
+def mebibytes(n: int) -> str:
+    return f"{n / 2**20:.3g} MiB"
 
 
 def too_large(limit: int, size: int | None = None) -> HTTPException:
-    what = f"The photo is {megabytes(size)}," if size is not None else "The upload is"
-    return HTTPException(413, f"{what} more than the {megabytes(limit)} limit; send a smaller photo "
+    what = f"The photo is {mebibytes(size)}," if size is not None else "The upload is"
+    return HTTPException(413, f"{what} more than the {mebibytes(limit)} limit; send a smaller photo "
                               "(shrink or export it again).")
 
 
