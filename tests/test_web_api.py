@@ -1,9 +1,10 @@
 """The web app's JSON API (httpx through FastAPI's TestClient, and a live uvicorn for concurrency), and its worker."""
 from __future__ import annotations
 
-import re
-
 import io
+import os
+import re
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +14,10 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from fastapi import HTTPException
 from PIL import Image
 
 from captioner.api import Caption
 from captioner.web.app import NO_GALLERY, create_app
-from captioner.web.uploads import CHUNK, save_upload
 from captioner.web.worker import CaptionWorker, QueueFull
 from conftest import TINY_MAX_LEN, TINY_WORDS
 from photos import bomb_png_bytes, gradient, truncated_jpeg_bytes
@@ -142,7 +141,11 @@ def test_a_truncated_photo_is_captioned_with_a_warning_naming_the_upload(client)
 def test_the_upload_must_be_in_the_file_field(client):
     r = client.post("/api/caption", files={"photo": ("a.jpg", jpeg_bytes(), "image/jpeg")})
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "file"]
+    assert r.json()["detail"] == "Send the photo in the form field `file` (multipart/form-data)."
+    for body in ({"content": b"{}", "headers": {"Content-Type": "application/json"}},
+                 {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}):
+        r = client.post("/api/caption", **body)
+        assert r.status_code in (400, 422) and isinstance(r.json()["detail"], str)
 
 
 @pytest.fixture(scope="module")
@@ -385,13 +388,37 @@ def test_a_captioning_failure_is_a_500_sentence_and_the_next_request_is_served()
         assert health["status"] == "ok" and health["worker"]["failed"] == 1 and health["worker"]["captioned"] == 1
 
 
-def test_an_upload_is_copied_to_a_private_file_and_cut_off_at_the_limit(tmp_path):
-    path = save_upload(io.BytesIO(bytes(3 * CHUNK)), tmp_path, 3 * CHUNK)
-    assert path.stat().st_size == 3 * CHUNK and path.stat().st_mode & 0o777 == 0o600
-    with pytest.raises(HTTPException) as refused:
-        save_upload(io.BytesIO(bytes(3 * CHUNK + 1)), tmp_path, 3 * CHUNK)
-    assert refused.value.status_code == 413
-    assert list(tmp_path.iterdir()) == [path]  # the refused upload left no file behind
+def open_files() -> list[str]:
+    """The paths of the files this process has open now (Linux: /proc/self/fd)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return paths
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc/self/fd to see open files")
+def test_an_upload_goes_only_to_a_private_file_in_the_upload_folder(tmp_path, monkeypatch):
+    """Not to the system's temporary folder, where a multipart parser would spool it (past 1 MB), even unnamed."""
+    system_temp = tmp_path / "tmp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    captioner = GatedCaptioner()
+    app = create_app(captioner, max_upload_bytes=4 * 2**20)
+    with local_client(app) as client, ThreadPoolExecutor(1) as pool:
+        uploads = app.state.uploads
+        answer = pool.submit(post_photo, client, jpeg_bytes() + bytes(2 * 2**20))
+        assert captioner.entered.wait(timeout=30)  # the worker has the photo: the whole body has been read
+        [[photo]] = captioner.calls
+        elsewhere = [f for f in open_files() if f.startswith(str(system_temp)) and not f.startswith(str(uploads))]
+        assert photo.parent == uploads and photo.stat().st_mode & 0o777 == 0o600
+        captioner.gate.set()
+        assert answer.result(timeout=30).status_code == 200
+        assert elsewhere == [] and list(uploads.iterdir()) == []
+        too_big = post_photo(client, bytes(4 * 2**20 + 1))
+        assert too_big.status_code == 413 and list(uploads.iterdir()) == []  # a refused upload leaves no file
 
 
 def test_concurrent_captions_each_get_their_own_photos_warning(captioner, tmp_path):

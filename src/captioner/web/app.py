@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -23,7 +23,7 @@ from captioner.images import PhotoError
 from .security import (COOKIE, NEEDS_TOKEN, WRONG_TOKEN, Guard, allowed_hosts, bearer, has_token, is_loopback,
                        session_value)
 from .thumbnails import ThumbnailCache
-from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, check_type, display_name, save_upload
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UPLOAD_BODY, UploadLimit, receive_upload
 from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
 
 if TYPE_CHECKING:
@@ -145,25 +145,23 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
                 "gallery_photos": None if gallery is None else await run_in_threadpool(len, gallery),
                 "max_upload_bytes": max_upload_bytes}
 
-    @app.post("/api/caption", summary="Caption an uploaded photo",
+    @app.post("/api/caption", summary="Caption an uploaded photo", openapi_extra={"requestBody": UPLOAD_BODY},
               responses={413: problem("the photo is larger than the upload limit"),
                          415: problem("the file's type is not a photo"),
                          503: problem("too many photos are waiting: retry after the Retry-After seconds")})
-    async def caption(request: Request, file: Annotated[UploadFile, File(description="the photo")]) -> dict:
+    async def caption(request: Request) -> dict:
         """The caption, the beam's alternatives, each word's attention map and (with a gallery) similar photos."""
-        name = display_name(file.filename)
-        check_type(file.content_type, name)
         worker = request.app.state.worker
-        if not worker.has_room():  # before copying the upload: a full queue costs the server nothing more
+        if not worker.has_room():  # before reading the upload: a full queue costs the server nothing more
             raise QueueFull(worker.retry_after())
-        path = await run_in_threadpool(save_upload, file.file, request.app.state.uploads, max_upload_bytes)
+        upload = await receive_upload(request, request.app.state.uploads, max_upload_bytes)
         try:
-            c = await caption_file(request, path, name)
-            body = caption_json(c, name, None)
+            c = await caption_file(request, upload.path, upload.name)
+            body = caption_json(c, upload.name, None)
             if gallery is not None:  # while the file is there: the gallery leaves out its own copy of it
                 body["similar"] = await similar_to(c)
         finally:
-            path.unlink(missing_ok=True)
+            upload.path.unlink(missing_ok=True)
         return body
 
     @app.get("/api/photo/{photo_id}/caption", summary="Caption a gallery photo (to explore from it)")
