@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field  # /docs with Swagger UI served from the package, not a CDN
@@ -20,6 +21,7 @@ from captioner.api import Caption, Captioner
 from captioner.errors import CaptionerError
 from captioner.images import PhotoError
 
+from .indexed import checked_chunks, open_indexed, private_copy
 from .security import (COOKIE, NEEDS_TOKEN, WRONG_TOKEN, Guard, allowed_hosts, bearer, has_token, is_loopback,
                        session_value)
 from .thumbnails import ThumbnailCache
@@ -50,6 +52,7 @@ ERRORS = {400: problem("a malformed request body (not multipart form data)"),
           421: problem("a host name this server does not answer to"),
           422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)")}
 """What any route may answer besides its own success, documented in the OpenAPI schema."""
+CHANGED = {410: problem("the photo's file is no longer the one the gallery indexed (changed or replaced)")}
 
 PhotoId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery photo's id")]
 K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
@@ -164,11 +167,16 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
             upload.path.unlink(missing_ok=True)
         return body
 
-    @app.get("/api/photo/{photo_id}/caption", summary="Caption a gallery photo (to explore from it)")
+    @app.get("/api/photo/{photo_id}/caption", summary="Caption a gallery photo (to explore from it)",
+             responses=CHANGED)
     async def caption_gallery_photo(request: Request, photo_id: PhotoId) -> dict:
         """The same answer as `POST /api/caption`, for a photo already in the gallery."""
         match = await gallery_photo(photo_id)
-        c = await caption_file(request, match.path, match.path.name)
+        path = await run_in_threadpool(private_copy, match, request.app.state.uploads)
+        try:
+            c = await caption_file(request, path, match.path.name)
+        finally:
+            path.unlink(missing_ok=True)
         return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(match.id)}
 
     @app.get("/api/similar", summary="Gallery photos that look like, or are described like, a gallery photo")
@@ -187,25 +195,30 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return {"query": q, "weak": bool(found) and all(m.weak for m in found),
                 "results": [match_json(m) | {"weak": m.weak, "matched_by": m.matched_by} for m in found]}
 
-    @app.get("/api/photo/{photo_id}", summary="A gallery photo's file", response_class=FileResponse)
-    async def photo(photo_id: PhotoId) -> FileResponse:
+    @app.get("/api/photo/{photo_id}", summary="A gallery photo's file, as the gallery indexed it",
+             response_class=FileResponse, responses=CHANGED)
+    async def photo(photo_id: PhotoId) -> StreamingResponse:
         match = await gallery_photo(photo_id)
-        if not match.path.is_file():
-            raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} is gone from the disk.")
-        return FileResponse(match.path, headers={"Cache-Control": "private, max-age=3600"})
+        chunks = await run_in_threadpool(checked_chunks, match)
+        media = mimetypes.guess_type(match.path.name)[0] or "application/octet-stream"
+        return StreamingResponse(chunks, media_type=media, headers={"Content-Length": str(match.indexed.size),
+                                                                    "Cache-Control": "private, max-age=3600"})
 
     thumbnails = app.state.thumbnails = ThumbnailCache()
 
+    def thumbnail_of(match: Match, uploads: Path) -> bytes:
+        """The photo's thumbnail, cached by its indexed hash, once its file is checked to be the one indexed."""
+        open_indexed(match).close()
+        return thumbnails.get(match.indexed.sha256, lambda: private_copy(match, uploads))
+
     @app.get("/api/photo/{photo_id}/thumbnail", summary="A gallery photo, at most 320 pixels wide and high (WebP)",
-             response_class=Response)
-    async def photo_thumbnail(photo_id: PhotoId) -> Response:
+             response_class=Response, responses=CHANGED)
+    async def photo_thumbnail(request: Request, photo_id: PhotoId) -> Response:
         match = await gallery_photo(photo_id)
-        if not match.path.is_file():
-            raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} is gone from the disk.")
         try:
-            data = await run_in_threadpool(thumbnails.get, match.path)
-        except PhotoError as exc:
-            raise HTTPException(422, str(exc).replace(str(match.path), match.path.name, 1)) from None
+            data = await run_in_threadpool(thumbnail_of, match, request.app.state.uploads)
+        except PhotoError as exc:  # about the private copy: name the photo instead
+            raise HTTPException(422, str(exc).replace(str(exc.path), match.path.name, 1)) from None
         return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
     return app
