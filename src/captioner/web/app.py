@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,12 +19,11 @@ from pydantic import BaseModel, Field  # /docs with Swagger UI served from the p
 
 from captioner import __version__
 from captioner.api import Caption, Captioner
-from captioner.errors import CaptionerError
 from captioner.images import PhotoError
 
 from .indexed import checked_chunks, open_indexed, private_copy
-from .security import (COOKIE, NEEDS_TOKEN, WRONG_TOKEN, Guard, allowed_hosts, bearer, has_token, is_loopback,
-                       session_value)
+from .security import (CHALLENGE, COOKIE, NEEDS_TOKEN, SESSION_SECONDS, WRONG_TOKEN, WRONG_TOKEN_LIMIT, Guard,
+                       allowed_hosts, bearer, check_exposure, check_token, credentials, presented, session_value)
 from .thumbnails import ThumbnailCache
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UPLOAD_BODY, UploadLimit, receive_upload
 from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
@@ -50,7 +50,8 @@ ERRORS = {400: problem("a malformed request body (not multipart form data)"),
           403: problem("a request from another web site"),
           404: problem("no such photo, or the server has no gallery"),
           421: problem("a host name this server does not answer to"),
-          422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)")}
+          422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)"),
+          429: problem("too many wrong access tokens from this address: retry after the Retry-After seconds")}
 """What any route may answer besides its own success, documented in the OpenAPI schema."""
 CHANGED = {410: problem("the photo's file is no longer the one the gallery indexed (changed or replaced)")}
 
@@ -61,16 +62,19 @@ K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
 def create_app(captioner: Captioner, gallery: Gallery | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_batch: int = 8,
                max_queue: int = DEFAULT_MAX_QUEUE, token: str | None = None,
-               allowed_hosts: frozenset[str] = frozenset()) -> FastAPI:
+               allowed_hosts: frozenset[str] = frozenset(), max_wrong_tokens: int = WRONG_TOKEN_LIMIT) -> FastAPI:
     """The app around one loaded captioner (and optionally a gallery), shared by every request.
 
-    With `token`, every /api/ route needs it (see `security`); the server answers only
+    With `token` (at least 16 characters), every /api/ route needs it (see `security`), and a client
+    address that sent `max_wrong_tokens` wrong ones in a minute waits; the server answers only
     to loopback host names and `allowed_hosts` ("*": any).
 
     Photos are captioned by one worker thread, up to `max_batch` together; when
     `max_queue` photos already wait, a request is refused with 503 and Retry-After.
     Uploads above `max_upload_bytes` are refused with 413.
     """
+    check_token(token)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with tempfile.TemporaryDirectory(prefix="captioner-uploads-") as uploads:
@@ -87,7 +91,8 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
     app.add_exception_handler(Exception, server_error)
     app.add_exception_handler(QueueFull, busy)
-    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)  # added last: it runs first
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts,  # added last: it runs first
+                       max_wrong_tokens=max_wrong_tokens)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def caption_file(request: Request, path: Path, name: str) -> Caption:
@@ -127,14 +132,16 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
               summary="Exchange the access token (Authorization: Bearer) for the page's session cookie",
               responses={401: problem("the token is missing or wrong")})
     async def session(request: Request) -> Response:
-        """Sets an HttpOnly SameSite=Strict cookie that stands for the token; without a server token, nothing."""
+        """Sets an HttpOnly SameSite=Strict cookie that stands for the token for 12 hours, `Secure` when the
+        request came over https (see `security`); without a server token, nothing."""
         response = Response(status_code=204)
         if token is None:
             return response
-        if not has_token(request.headers, token) or bearer(request.headers) is None:
-            raise HTTPException(401, WRONG_TOKEN if bearer(request.headers) is not None else NEEDS_TOKEN)
-        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https")
+        now = int(time.time())
+        if bearer(request.headers) is None or credentials(presented(request.headers), token, now) != "token":
+            raise HTTPException(401, WRONG_TOKEN if bearer(request.headers) is not None else NEEDS_TOKEN, CHALLENGE)
+        response.set_cookie(COOKIE, session_value(token, now), max_age=SESSION_SECONDS, httponly=True,
+                            samesite="strict", path="/", secure=request.url.scheme == "https")
         return response
 
     @app.get("/api/health", summary="Whether the server is up, its captioning worker and queue, and what it offers",
@@ -263,14 +270,13 @@ def serve(model: str | Path | None = None, gallery: str | Path | None = None, ho
           token: str | None = None, public: bool = False, allowed_host: list[str] | None = None) -> None:
     """Load the model (default: the shipped one) and the gallery once, then serve the app until interrupted.
 
-    A `host` other than loopback needs a `token`, or `public` to serve every photo to the network on purpose.
+    A `host` other than loopback, or `allowed_host` '*', needs a `token` (of at least 16 characters), or
+    `public` to serve without one on purpose (see `security.check_exposure`). Behind a TLS proxy on another
+    machine, name it in FORWARDED_ALLOW_IPS (uvicorn's setting) so its X-Forwarded-Proto and -For count.
     """
     import uvicorn
 
-    if not is_loopback(host) and token is None and not public:
-        raise CaptionerError(f"serving on {host} would show every gallery photo and caption to anyone on the "
-                             "network: set an access token (CAPTIONER_TOKEN=... or --token), or add --public "
-                             "to serve without one on purpose")
+    check_exposure(host, token, public, allowed_host or [])
     captioner = Captioner.load(model)
     opened = None
     if gallery is not None:
