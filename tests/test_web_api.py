@@ -536,6 +536,19 @@ def test_a_blank_search_asks_for_words(gallery_client):
     assert r.json()["detail"] == "Type a few words that describe the photos you are looking for."
 
 
+def test_a_search_is_blank_exactly_when_the_schema_says_so(gallery_client):
+    """The schema's pattern is read by JSON Schema's (ECMAScript's) rules, as schemathesis reads it; the server
+    strips Python's white space: they must agree on each white-space character of either."""
+    import jsonschema_rs
+
+    [q] = [p for p in gallery_client.get("/openapi.json").json()["paths"]["/api/search"]["get"]["parameters"]
+           if p["name"] == "q"]
+    valid = jsonschema_rs.validator_for(q["schema"]).is_valid
+    for text in [" ", "\x85", "\x1f", "\u2028 \u3000", "\xa0", "\ufeff", "a"]:
+        refused = gallery_client.get("/api/search", params={"q": text}).status_code == 422
+        assert refused == (not valid(text)), repr(text)
+
+
 def test_gallery_photos_are_served_by_id(gallery_client, gallery):
     cat = gallery.photo(photo_id(gallery, "tabby_cat.jpg"))
     r = gallery_client.get(f"/api/photo/{cat.id}")

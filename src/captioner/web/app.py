@@ -55,6 +55,10 @@ ERRORS = {400: problem("a malformed request body (not multipart form data)"),
 """What any route may answer besides its own success, documented in the OpenAPI schema."""
 CHANGED = {410: problem("the photo's file is no longer the one the gallery indexed (changed or replaced)")}
 
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""The schema's pattern for a search: a character that Python's str.strip() keeps, spelled out, since JSON Schema
+reads `\\S` by ECMAScript's rules, whose white space is not Python's (U+0085 and U+001C-1F are not, U+FEFF is)."""
+
 PhotoId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery photo's id")]
 K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
 
@@ -193,7 +197,8 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return {"photo": match_json(match), "by": by, "results": await similar_to(id, k, by)}
 
     @app.get("/api/search", summary="Gallery photos matching a description")
-    async def search(q: Annotated[str, Query(max_length=500, description="what the photos show")],
+    async def search(q: Annotated[str, Query(max_length=500, description="what the photos show (not blank)",
+                                             json_schema_extra={"pattern": NOT_BLANK})],  # refused below
                      k: K = SIMILAR_K) -> dict:
         g = need_gallery()
         if not q.strip():

@@ -38,7 +38,9 @@ NO_PHOTO = "Send the photo in the form field `file` (multipart/form-data)."
 
 UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {
     "schema": {"type": "object", "required": [FIELD], "properties": {FIELD: {
-        "type": "string", "format": "binary", "description": "the photo"}}}}}}
+        "type": "string", "format": "binary", "minLength": 1,
+        "description": "the photo: a JPEG, PNG, WebP, GIF, BMP or TIFF file"}}},
+    "encoding": {FIELD: {"contentType": ", ".join(sorted(PHOTO_TYPES | {"application/octet-stream"}))}}}}}
 """The upload's request body in the OpenAPI schema (the route reads the body itself)."""
 
 
