@@ -1,9 +1,11 @@
 """The web app's JSON API (httpx through FastAPI's TestClient, and a live uvicorn for concurrency), and its worker."""
 from __future__ import annotations
 
-import re
-
+import hashlib
 import io
+import os
+import re
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +15,10 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from fastapi import HTTPException
 from PIL import Image
 
 from captioner.captioning import Caption
 from captioner.web.app import NO_GALLERY, create_app
-from captioner.web.uploads import CHUNK, save_upload
 from captioner.web.worker import CaptionWorker, QueueFull
 from conftest import TINY_MAX_LEN, TINY_WORDS
 from photos import bomb_png_bytes, gradient, truncated_jpeg_bytes
@@ -101,7 +101,7 @@ def test_a_file_of_another_type_is_415_naming_it(client, name, media):
 
 
 @pytest.mark.parametrize("data, phrase", [
-    (b"these are my holiday notes, not a photo\n", "notes.jpg: is not a photo Pillow can read"),
+    (b"these are my holiday notes, not a photo\n", "notes.jpg: is not a photo in a format captioner reads"),
     (b"", "notes.jpg: is empty"),
     (bomb_png_bytes(), "notes.jpg: declares 3,600 megapixels, more than the 179-megapixel limit"),
 ])
@@ -113,6 +113,26 @@ def test_a_file_that_is_not_a_readable_photo_is_422_with_the_captioners_reason(c
     assert "upload-" not in detail and "/tmp" not in detail  # the server's temporary file is never named
 
 
+def ppm_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(gradient(40, 30)).save(out, "PPM")
+    return out.getvalue()
+
+
+def test_only_photo_formats_are_decoded_from_an_upload_or_the_command_line(client, captioner, tmp_path):
+    """Pillow reads dozens of formats (EPS through Ghostscript); a photo is opened with its photo decoders only."""
+    refused = "is not a photo in a format captioner reads (a JPEG, PNG, WebP, GIF, BMP or TIFF)"
+    untyped = post_photo(client, ppm_bytes(), "scan.jpg", "application/octet-stream")
+    assert untyped.status_code == 422 and untyped.json()["detail"] == f"scan.jpg: {refused}"
+    typed = post_photo(client, ppm_bytes(), "scan.ppm", Image.MIME["PPM"])
+    assert typed.status_code == 415
+    assert typed.json()["detail"] == f"scan.ppm is {Image.MIME['PPM']}, not a photo; send a JPEG, PNG, WebP, GIF, " \
+                                     "BMP or TIFF."
+    (tmp_path / "scan.ppm").write_bytes(ppm_bytes())
+    [c] = captioner.caption([tmp_path / "scan.ppm"])  # what `captioner caption` and the gallery read through
+    assert c.error == f"{tmp_path / 'scan.ppm'}: {refused}" and c.text == ""
+
+
 def test_a_truncated_photo_is_captioned_with_a_warning_naming_the_upload(client):
     r = post_photo(client, truncated_jpeg_bytes(), "cut.jpg")
     assert r.status_code == 200
@@ -122,7 +142,11 @@ def test_a_truncated_photo_is_captioned_with_a_warning_naming_the_upload(client)
 def test_the_upload_must_be_in_the_file_field(client):
     r = client.post("/api/caption", files={"photo": ("a.jpg", jpeg_bytes(), "image/jpeg")})
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "file"]
+    assert r.json()["detail"] == "Send the photo in the form field `file` (multipart/form-data)."
+    for body in ({"content": b"{}", "headers": {"Content-Type": "application/json"}},
+                 {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}):
+        r = client.post("/api/caption", **body)
+        assert r.status_code in (400, 422) and isinstance(r.json()["detail"], str)
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +159,15 @@ def test_a_photo_above_the_limit_is_413_saying_the_limit(small_limit_client):
     data = jpeg_bytes(300, 300) + bytes(70 * 1024)  # a real JPEG padded past 64 KB (still within the slack)
     r = post_photo(small_limit_client, data)
     assert r.status_code == 413
-    assert r.json()["detail"].startswith(f"The photo is {len(data) / 1024 / 1024:.3g} MB, more than the "
-                                         "0.0625 MB limit")
+    assert r.json()["detail"].startswith(f"The photo is {len(data) / 2**20:.3g} MiB, more than the "
+                                         "0.0625 MiB limit")
     assert post_photo(small_limit_client, jpeg_bytes()).status_code == 200  # below the limit
 
 
 def test_a_huge_upload_is_413_before_it_is_read(small_limit_client):
     r = post_photo(small_limit_client, bytes(1024 * 1024))
     assert r.status_code == 413
-    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MB limit")
+    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MiB limit")
 
 
 def test_a_huge_upload_without_a_length_is_cut_off_at_the_limit(small_limit_client):
@@ -160,7 +184,7 @@ def test_a_huge_upload_without_a_length_is_cut_off_at_the_limit(small_limit_clie
     r = small_limit_client.post("/api/caption", content=chunks(),
                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 413
-    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MB limit")
+    assert r.json()["detail"].startswith("The upload is more than the 0.0625 MiB limit")
 
 
 @pytest.mark.parametrize("url", ["/api/similar?id=1", "/api/search?q=a+dog", "/api/photo/1",
@@ -293,6 +317,30 @@ def test_a_full_queue_refuses_with_a_retry_time_and_takes_photos_again_once_it_d
     worker.close()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is on purpose
+def test_closing_a_worker_that_died_with_a_full_queue_returns_and_fails_what_waited(monkeypatch):
+    captioner = GatedCaptioner()
+    worker = CaptionWorker(captioner, max_batch=1, max_queue=2)
+    worker.submit(Path("0.jpg"))
+    assert captioner.entered.wait(timeout=10)
+    waiting = [worker.submit(Path("1.jpg")), worker.submit(Path("2.jpg"))]  # the queue is full
+
+    def dies() -> None:
+        raise SystemExit  # a thread's way out that nothing catches
+
+    monkeypatch.setattr(worker, "_next_batch", dies)  # the thread dies when it next looks at the queue
+    captioner.gate.set()
+    worker._thread.join(timeout=10)
+    assert not worker.health()["alive"]
+    closing = threading.Thread(target=worker.close, daemon=True)
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive()
+    for future in waiting:
+        with pytest.raises(RuntimeError, match="the captioning worker has stopped"):
+            future.result(timeout=1)
+
+
 def test_a_live_server_answers_503_with_retry_after_when_its_queue_is_full_then_serves_again():
     captioner = GatedCaptioner()
     with LiveServer(create_app(captioner, max_batch=1, max_queue=1)) as url, ThreadPoolExecutor(2) as pool:
@@ -341,13 +389,37 @@ def test_a_captioning_failure_is_a_500_sentence_and_the_next_request_is_served()
         assert health["status"] == "ok" and health["worker"]["failed"] == 1 and health["worker"]["captioned"] == 1
 
 
-def test_an_upload_is_copied_to_a_private_file_and_cut_off_at_the_limit(tmp_path):
-    path = save_upload(io.BytesIO(bytes(3 * CHUNK)), tmp_path, 3 * CHUNK)
-    assert path.stat().st_size == 3 * CHUNK and path.stat().st_mode & 0o777 == 0o600
-    with pytest.raises(HTTPException) as refused:
-        save_upload(io.BytesIO(bytes(3 * CHUNK + 1)), tmp_path, 3 * CHUNK)
-    assert refused.value.status_code == 413
-    assert list(tmp_path.iterdir()) == [path]  # the refused upload left no file behind
+def open_files() -> list[str]:
+    """The paths of the files this process has open now (Linux: /proc/self/fd)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return paths
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc/self/fd to see open files")
+def test_an_upload_goes_only_to_a_private_file_in_the_upload_folder(tmp_path, monkeypatch):
+    """Not to the system's temporary folder, where a multipart parser would spool it (past 1 MB), even unnamed."""
+    system_temp = tmp_path / "tmp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    captioner = GatedCaptioner()
+    app = create_app(captioner, max_upload_bytes=4 * 2**20)
+    with local_client(app) as client, ThreadPoolExecutor(1) as pool:
+        uploads = app.state.uploads
+        answer = pool.submit(post_photo, client, jpeg_bytes() + bytes(2 * 2**20))
+        assert captioner.entered.wait(timeout=30)  # the worker has the photo: the whole body has been read
+        [[photo]] = captioner.calls
+        elsewhere = [f for f in open_files() if f.startswith(str(system_temp)) and not f.startswith(str(uploads))]
+        assert photo.parent == uploads and photo.stat().st_mode & 0o777 == 0o600
+        captioner.gate.set()
+        assert answer.result(timeout=30).status_code == 200
+        assert elsewhere == [] and list(uploads.iterdir()) == []
+        too_big = post_photo(client, bytes(4 * 2**20 + 1))
+        assert too_big.status_code == 413 and list(uploads.iterdir()) == []  # a refused upload leaves no file
 
 
 def test_concurrent_captions_each_get_their_own_photos_warning(captioner, tmp_path):
@@ -464,6 +536,19 @@ def test_a_blank_search_asks_for_words(gallery_client):
     assert r.json()["detail"] == "Type a few words that describe the photos you are looking for."
 
 
+def test_a_search_is_blank_exactly_when_the_schema_says_so(gallery_client):
+    """The schema's pattern is read by JSON Schema's (ECMAScript's) rules, as schemathesis reads it; the server
+    strips Python's white space: they must agree on each white-space character of either."""
+    import jsonschema_rs
+
+    [q] = [p for p in gallery_client.get("/openapi.json").json()["paths"]["/api/search"]["get"]["parameters"]
+           if p["name"] == "q"]
+    valid = jsonschema_rs.validator_for(q["schema"]).is_valid
+    for text in [" ", "\x85", "\x1f", "\u2028 \u3000", "\xa0", "\ufeff", "a"]:
+        refused = gallery_client.get("/api/search", params={"q": text}).status_code == 422
+        assert refused == (not valid(text)), repr(text)
+
+
 def test_gallery_photos_are_served_by_id(gallery_client, gallery):
     cat = gallery.photo(photo_id(gallery, "tabby_cat.jpg"))
     r = gallery_client.get(f"/api/photo/{cat.id}")
@@ -503,12 +588,49 @@ def test_a_gallery_photo_gone_from_disk_is_a_clear_error(captioner, tmp_path):
             f"Photo {cup}'s file cup_of_coffee.jpg is gone from the disk.")
         assert client.get(f"/api/photo/{cup}/thumbnail").json()["detail"] == (
             f"Photo {cup}'s file cup_of_coffee.jpg is gone from the disk.")
-        r = client.get(f"/api/photo/{cup}/caption")
-        assert r.status_code == 422
-        assert r.json()["detail"] == "cup_of_coffee.jpg: does not exist (check the path and its spelling)"
+        assert client.get(f"/api/photo/{cup}/caption").json()["detail"] == (
+            f"Photo {cup}'s file cup_of_coffee.jpg is gone from the disk.")
 
 
-def test_thumbnails_are_cached_by_content_and_a_bomb_is_a_422_sentence(captioner, tmp_path):
+def replace_with_another_photo(photo: Path, tmp_path: Path) -> None:
+    photo.write_bytes((EXAMPLES / "tabby_cat.jpg").read_bytes())
+
+
+def replace_with_a_link_forging_size_and_time(photo: Path, tmp_path: Path) -> None:
+    """A link to a private file given the photo's size and modification time (any owner of a file can set them)."""
+    st = photo.stat()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"password=hunter2\n".ljust(st.st_size, b"#"))
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+    photo.unlink()
+    photo.symlink_to(secret)
+
+
+def replace_with_a_folder(photo: Path, tmp_path: Path) -> None:
+    photo.unlink()
+    photo.mkdir()
+
+
+def replace_with_a_pipe(photo: Path, tmp_path: Path) -> None:
+    photo.unlink()
+    os.mkfifo(photo)  # opening it to read would wait for a writer forever
+
+
+@pytest.mark.parametrize("replace", [replace_with_another_photo, replace_with_a_link_forging_size_and_time,
+                                     replace_with_a_folder, replace_with_a_pipe])
+def test_a_gallery_photo_is_served_only_as_it_was_indexed(captioner, tmp_path, replace):
+    gallery = examples_gallery(tmp_path, captioner)
+    cup = photo_id(gallery, "cup_of_coffee.jpg")
+    replace(tmp_path / "photos" / "cup_of_coffee.jpg", tmp_path)
+    with local_client(create_app(captioner, gallery)) as client:
+        for route in ("", "/thumbnail", "/caption"):
+            r = client.get(f"/api/photo/{cup}{route}")
+            assert r.status_code == 410, route
+            assert r.json()["detail"] == (f"Photo {cup}'s file cup_of_coffee.jpg is no longer the one the gallery "
+                                          "indexed; index its folder again (captioner index) to show it.")
+
+
+def test_a_cached_thumbnail_costs_no_hash_of_the_original(captioner, tmp_path, monkeypatch):
     gallery = examples_gallery(tmp_path, captioner)
     cup = photo_id(gallery, "cup_of_coffee.jpg")
     cat = photo_id(gallery, "tabby_cat.jpg")
@@ -516,13 +638,12 @@ def test_thumbnails_are_cached_by_content_and_a_bomb_is_a_422_sentence(captioner
         made = lambda: client.app.state.thumbnails.made  # noqa: E731
         first = client.get(f"/api/photo/{cup}/thumbnail")
         assert first.status_code == 200 and made() == 1
-        assert client.get(f"/api/photo/{cup}/thumbnail").content == first.content and made() == 1
-        (tmp_path / "photos" / "cup_of_coffee.jpg").write_bytes((EXAMPLES / "tabby_cat.jpg").read_bytes())
-        changed = client.get(f"/api/photo/{cup}/thumbnail")
-        assert changed.content != first.content and made() == 2  # new content, new thumbnail
-        assert client.get(f"/api/photo/{cat}/thumbnail").content == changed.content and made() == 2  # same content
-        (tmp_path / "photos" / "cup_of_coffee.jpg").write_bytes(bomb_png_bytes())
-        bomb = client.get(f"/api/photo/{cup}/thumbnail")
-        assert bomb.status_code == 422
-        assert bomb.json()["detail"].startswith("cup_of_coffee.jpg: declares 3,600 megapixels, more than the "
-                                                "179-megapixel limit")
+        assert client.get(f"/api/photo/{cat}/thumbnail").content != first.content and made() == 2
+
+        def no_hashing(*args, **kwargs):
+            raise AssertionError("a cached thumbnail hashed its original")
+
+        monkeypatch.setattr(hashlib, "file_digest", no_hashing)
+        monkeypatch.setattr(hashlib, "sha256", no_hashing)
+        again = client.get(f"/api/photo/{cup}/thumbnail")
+        assert again.status_code == 200 and again.content == first.content and made() == 2

@@ -82,7 +82,7 @@ def open_with_token(page, url: str) -> None:
     expect(token).to_be_focused()
     token.fill(TOKEN)
     page.keyboard.press("Enter")
-    expect(page.locator("#limit")).to_contain_text("up to 0.195 MB")  # /api/health has answered
+    expect(page.locator("#limit")).to_contain_text("up to 0.195 MiB")  # /api/health has answered
     expect(page.locator("#token-section")).to_be_hidden()
 
 
@@ -97,7 +97,7 @@ def test_a_wrong_token_is_refused_in_words_and_the_right_one_then_works(browser,
     assert cookies == []
     page.get_by_label("The token captioner serve was started with").fill(TOKEN)
     page.keyboard.press("Enter")
-    expect(page.locator("#limit")).to_contain_text("up to 0.195 MB")
+    expect(page.locator("#limit")).to_contain_text("up to 0.195 MiB")
     [cookie] = context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
     assert page.evaluate("document.cookie") == ""  # out of reach of scripts
@@ -247,9 +247,9 @@ def test_everything_works_by_keyboard_with_a_visible_focus(page):
 
 @pytest.mark.parametrize("name, media, data, message", [
     ("notes.txt", "text/plain", b"holiday notes", "notes.txt is text/plain, not a photo; send a JPEG"),
-    ("notes.jpg", "image/jpeg", b"holiday notes", "notes.jpg: is not a photo Pillow can read (is it an image file?)"),
+    ("notes.jpg", "image/jpeg", b"holiday notes", "notes.jpg: is not a photo in a format captioner reads (a JPEG"),
     ("bomb.png", "image/png", bomb_png_bytes(), "bomb.png: declares 3,600 megapixels, more than the 179-megapixel"),
-    ("huge.bmp", "image/bmp", bytes(300 * 1024), "The photo is 0.293 MB, more than the 0.195 MB limit"),
+    ("huge.bmp", "image/bmp", bytes(300 * 1024), "The photo is 0.293 MiB, more than the 0.195 MiB limit"),
 ])
 def test_each_refused_file_says_why_in_the_page(page, name, media, data, message):
     send(page, data, name, media, "drop")

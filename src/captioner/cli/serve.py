@@ -32,7 +32,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "name on the network); repeat for more, '*' for any. Other names are refused, so a web page "
                    "elsewhere cannot reach the server by DNS rebinding")
     p.add_argument("--port", type=port_number, default=8000, help="the port to listen on, 1 to 65535 (default 8000)")
-    p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MB "
+    p.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload accepted, in MiB "
                    "(default 20)")
     p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
                    "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "

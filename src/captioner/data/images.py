@@ -34,6 +34,14 @@ PHOTO_SUFFIXES: frozenset[str] = frozenset(
 )
 """Suffixes (lower case, with the dot) of the files a folder expands to; matched case-insensitively."""
 
+PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""The Pillow formats a photo may be in (JPEG includes a camera's MPO, PNG includes APNG).
+
+Every photo (an upload, a file on the command line, a gallery or corpus photo)
+is opened with only these decoders: Pillow knows dozens of other formats, some
+of them decoded by outside programs (EPS by Ghostscript), none of them photos.
+"""
+
 MAX_PIXELS: int = 2 * 89_478_485
 """Largest photo (width x height, as its header declares) we decode: about 179 megapixels.
 
@@ -217,11 +225,12 @@ def _decode(f: BinaryIO, path: str | os.PathLike[str], size: int | None, *,
         with warnings.catch_warnings():
             # Pillow warns above half its limit; we apply our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(f)
+            img = Image.open(f, formats=PHOTO_FORMATS)
     except Image.DecompressionBombError as exc:
         raise PhotoError(path, _too_large(exc)) from None
     except UnidentifiedImageError:
-        raise PhotoError(path, "is not a photo Pillow can read (is it an image file?)") from None
+        raise PhotoError(path, "is not a photo in a format captioner reads (a JPEG, PNG, WebP, GIF, BMP or TIFF)") \
+            from None
     except _DECODE_ERRORS as exc:
         raise PhotoError(path, _DAMAGED) from exc
     width, height = img.size

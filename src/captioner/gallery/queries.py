@@ -9,7 +9,7 @@ run outside the lock.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,15 @@ GRIDS_KEPT = 2048  # re-encoded photos kept in memory for re-ranking
 TAG_POOL = 64  # candidates the vector search gives the tag matching, at least
 
 
+@dataclass(frozen=True)
+class Indexed:
+    """A photo's file as the gallery indexed it (what the web app checks before serving it)."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
 @dataclass
 class Match:
     id: int
@@ -43,6 +52,7 @@ class Match:
     tags: list[dict] = field(default_factory=list)  # {"label", "p", "word"}: what the encoder's classifier saw
     why: dict[str, float] = field(default_factory=dict)  # a search score's parts (see `search`)
     weak: bool = False  # a search match no better than the worst 5% of dev captions with their own photo
+    indexed: Indexed | None = None  # the file as indexed: set by `photo`
 
     @property
     def matched_by(self) -> str:
@@ -65,8 +75,9 @@ def _match(row: Row, score: float) -> Match:
 
 def photo(g: Gallery, photo_id: int) -> Match | None:
     with g.catalogue.lock:
-        r = g.catalogue.conn.execute(f"{ROW} WHERE id = ? AND caption IS NOT NULL", (int(photo_id),)).fetchone()
-    return _match(Row.of(r), 1.0) if r else None
+        r = g.catalogue.conn.execute("SELECT id, path, caption, tags, sha256, size, mtime_ns FROM photos "
+                                     "WHERE id = ? AND caption IS NOT NULL", (int(photo_id),)).fetchone()
+    return replace(_match(Row.of(r[:5]), 1.0), indexed=Indexed(*r[4:])) if r else None
 
 
 def search(g: Gallery, text: str, k: int = 8, rerank: bool = False) -> list[Match]:

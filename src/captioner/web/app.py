@@ -2,37 +2,44 @@
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field  # /docs with Swagger UI served from the package, not a CDN
 
 from ..captioning import Caption, Captioner
 from ..data.images import PhotoError
-from ..errors import CaptionerError
 from ..version import __version__
+from .indexed import checked_chunks, open_indexed, private_copy
 from .security import (
+    CHALLENGE,
     COOKIE,
     NEEDS_TOKEN,
+    SESSION_SECONDS,
     WRONG_TOKEN,
+    WRONG_TOKEN_LIMIT,
     Guard,
     allowed_hosts,
     bearer,
-    has_token,
-    is_loopback,
+    check_exposure,
+    check_token,
+    credentials,
+    presented,
     session_value,
 )
 from .thumbnails import ThumbnailCache
-from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, check_type, display_name, save_upload
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UPLOAD_BODY, UploadLimit, receive_upload
 from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
 
 if TYPE_CHECKING:
@@ -57,8 +64,14 @@ ERRORS = {400: problem("a malformed request body (not multipart form data)"),
           403: problem("a request from another web site"),
           404: problem("no such photo, or the server has no gallery"),
           421: problem("a host name this server does not answer to"),
-          422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)")}
+          422: problem("a malformed request, or a photo that cannot be read (damaged, a bomb, ...)"),
+          429: problem("too many wrong access tokens from this address: retry after the Retry-After seconds")}
 """What any route may answer besides its own success, documented in the OpenAPI schema."""
+CHANGED = {410: problem("the photo's file is no longer the one the gallery indexed (changed or replaced)")}
+
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""The schema's pattern for a search: a character that Python's str.strip() keeps, spelled out, since JSON Schema
+reads `\\S` by ECMAScript's rules, whose white space is not Python's (U+0085 and U+001C-1F are not, U+FEFF is)."""
 
 PhotoId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery photo's id")]
 K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
@@ -67,16 +80,19 @@ K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
 def create_app(captioner: Captioner, gallery: Gallery | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_batch: int = 8,
                max_queue: int = DEFAULT_MAX_QUEUE, token: str | None = None,
-               allowed_hosts: frozenset[str] = frozenset()) -> FastAPI:
+               allowed_hosts: frozenset[str] = frozenset(), max_wrong_tokens: int = WRONG_TOKEN_LIMIT) -> FastAPI:
     """The app around one loaded captioner (and optionally a gallery), shared by every request.
 
-    With `token`, every /api/ route needs it (see `security`); the server answers only
+    With `token` (at least 16 characters), every /api/ route needs it (see `security`), and a client
+    address that sent `max_wrong_tokens` wrong ones in a minute waits; the server answers only
     to loopback host names and `allowed_hosts` ("*": any).
 
     Photos are captioned by one worker thread, up to `max_batch` together; when
     `max_queue` photos already wait, a request is refused with 503 and Retry-After.
     Uploads above `max_upload_bytes` are refused with 413.
     """
+    check_token(token)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with tempfile.TemporaryDirectory(prefix="captioner-uploads-") as uploads:
@@ -93,7 +109,8 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
     app.add_exception_handler(Exception, server_error)
     app.add_exception_handler(QueueFull, busy)
-    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)  # added last: it runs first
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts,  # added last: it runs first
+                       max_wrong_tokens=max_wrong_tokens)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def caption_file(request: Request, path: Path, name: str) -> Caption:
@@ -133,14 +150,16 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
               summary="Exchange the access token (Authorization: Bearer) for the page's session cookie",
               responses={401: problem("the token is missing or wrong")})
     async def session(request: Request) -> Response:
-        """Sets an HttpOnly SameSite=Strict cookie that stands for the token; without a server token, nothing."""
+        """Sets an HttpOnly SameSite=Strict cookie that stands for the token for 12 hours, `Secure` when the
+        request came over https (see `security`); without a server token, nothing."""
         response = Response(status_code=204)
         if token is None:
             return response
-        if not has_token(request.headers, token) or bearer(request.headers) is None:
-            raise HTTPException(401, WRONG_TOKEN if bearer(request.headers) is not None else NEEDS_TOKEN)
-        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https")
+        now = int(time.time())
+        if bearer(request.headers) is None or credentials(presented(request.headers), token, now) != "token":
+            raise HTTPException(401, WRONG_TOKEN if bearer(request.headers) is not None else NEEDS_TOKEN, CHALLENGE)
+        response.set_cookie(COOKIE, session_value(token, now), max_age=SESSION_SECONDS, httponly=True,
+                            samesite="strict", path="/", secure=request.url.scheme == "https")
         return response
 
     @app.get("/api/health", summary="Whether the server is up, its captioning worker and queue, and what it offers",
@@ -154,32 +173,35 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
                 "gallery_photos": None if gallery is None else await run_in_threadpool(len, gallery),
                 "max_upload_bytes": max_upload_bytes}
 
-    @app.post("/api/caption", summary="Caption an uploaded photo",
+    @app.post("/api/caption", summary="Caption an uploaded photo", openapi_extra={"requestBody": UPLOAD_BODY},
               responses={413: problem("the photo is larger than the upload limit"),
                          415: problem("the file's type is not a photo"),
                          503: problem("too many photos are waiting: retry after the Retry-After seconds")})
-    async def caption(request: Request, file: Annotated[UploadFile, File(description="the photo")]) -> dict:
+    async def caption(request: Request) -> dict:
         """The caption, the beam's alternatives, each word's attention map and (with a gallery) similar photos."""
-        name = display_name(file.filename)
-        check_type(file.content_type, name)
         worker = request.app.state.worker
-        if not worker.has_room():  # before copying the upload: a full queue costs the server nothing more
+        if not worker.has_room():  # before reading the upload: a full queue costs the server nothing more
             raise QueueFull(worker.retry_after())
-        path = await run_in_threadpool(save_upload, file.file, request.app.state.uploads, max_upload_bytes)
+        upload = await receive_upload(request, request.app.state.uploads, max_upload_bytes)
         try:
-            c = await caption_file(request, path, name)
-            body = caption_json(c, name, None)
+            c = await caption_file(request, upload.path, upload.name)
+            body = caption_json(c, upload.name, None)
             if gallery is not None:  # while the file is there: the gallery leaves out its own copy of it
                 body["similar"] = await similar_to(c)
         finally:
-            path.unlink(missing_ok=True)
+            upload.path.unlink(missing_ok=True)
         return body
 
-    @app.get("/api/photo/{photo_id}/caption", summary="Caption a gallery photo (to explore from it)")
+    @app.get("/api/photo/{photo_id}/caption", summary="Caption a gallery photo (to explore from it)",
+             responses=CHANGED)
     async def caption_gallery_photo(request: Request, photo_id: PhotoId) -> dict:
         """The same answer as `POST /api/caption`, for a photo already in the gallery."""
         match = await gallery_photo(photo_id)
-        c = await caption_file(request, match.path, match.path.name)
+        path = await run_in_threadpool(private_copy, match, request.app.state.uploads)
+        try:
+            c = await caption_file(request, path, match.path.name)
+        finally:
+            path.unlink(missing_ok=True)
         return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(match.id)}
 
     @app.get("/api/similar", summary="Gallery photos that look like, or are described like, a gallery photo")
@@ -189,7 +211,8 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return {"photo": match_json(match), "by": by, "results": await similar_to(id, k, by)}
 
     @app.get("/api/search", summary="Gallery photos matching a description")
-    async def search(q: Annotated[str, Query(max_length=500, description="what the photos show")],
+    async def search(q: Annotated[str, Query(max_length=500, description="what the photos show (not blank)",
+                                             json_schema_extra={"pattern": NOT_BLANK})],  # refused below
                      k: K = SIMILAR_K) -> dict:
         g = need_gallery()
         if not q.strip():
@@ -198,25 +221,30 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
         return {"query": q, "weak": bool(found) and all(m.weak for m in found),
                 "results": [match_json(m) | {"weak": m.weak, "matched_by": m.matched_by} for m in found]}
 
-    @app.get("/api/photo/{photo_id}", summary="A gallery photo's file", response_class=FileResponse)
-    async def photo(photo_id: PhotoId) -> FileResponse:
+    @app.get("/api/photo/{photo_id}", summary="A gallery photo's file, as the gallery indexed it",
+             response_class=FileResponse, responses=CHANGED)
+    async def photo(photo_id: PhotoId) -> StreamingResponse:
         match = await gallery_photo(photo_id)
-        if not match.path.is_file():
-            raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} is gone from the disk.")
-        return FileResponse(match.path, headers={"Cache-Control": "private, max-age=3600"})
+        chunks = await run_in_threadpool(checked_chunks, match)
+        media = mimetypes.guess_type(match.path.name)[0] or "application/octet-stream"
+        return StreamingResponse(chunks, media_type=media, headers={"Content-Length": str(match.indexed.size),
+                                                                    "Cache-Control": "private, max-age=3600"})
 
     thumbnails = app.state.thumbnails = ThumbnailCache()
 
+    def thumbnail_of(match: Match, uploads: Path) -> bytes:
+        """The photo's thumbnail, cached by its indexed hash, once its file is checked to be the one indexed."""
+        open_indexed(match).close()
+        return thumbnails.get(match.indexed.sha256, lambda: private_copy(match, uploads))
+
     @app.get("/api/photo/{photo_id}/thumbnail", summary="A gallery photo, at most 320 pixels wide and high (WebP)",
-             response_class=Response)
-    async def photo_thumbnail(photo_id: PhotoId) -> Response:
+             response_class=Response, responses=CHANGED)
+    async def photo_thumbnail(request: Request, photo_id: PhotoId) -> Response:
         match = await gallery_photo(photo_id)
-        if not match.path.is_file():
-            raise HTTPException(404, f"Photo {photo_id}'s file {match.path.name} is gone from the disk.")
         try:
-            data = await run_in_threadpool(thumbnails.get, match.path)
-        except PhotoError as exc:
-            raise HTTPException(422, str(exc).replace(str(match.path), match.path.name, 1)) from None
+            data = await run_in_threadpool(thumbnail_of, match, request.app.state.uploads)
+        except PhotoError as exc:  # about the private copy: name the photo instead
+            raise HTTPException(422, str(exc).replace(str(exc.path), match.path.name, 1)) from None
         return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
     return app
@@ -261,14 +289,13 @@ def serve(model: str | Path | None = None, gallery: str | Path | None = None, ho
           token: str | None = None, public: bool = False, allowed_host: list[str] | None = None) -> None:
     """Load the model (default: the shipped one) and the gallery once, then serve the app until interrupted.
 
-    A `host` other than loopback needs a `token`, or `public` to serve every photo to the network on purpose.
+    A `host` other than loopback, or `allowed_host` '*', needs a `token` (of at least 16 characters), or
+    `public` to serve without one on purpose (see `security.check_exposure`). Behind a TLS proxy on another
+    machine, name it in FORWARDED_ALLOW_IPS (uvicorn's setting) so its X-Forwarded-Proto and -For count.
     """
     import uvicorn
 
-    if not is_loopback(host) and token is None and not public:
-        raise CaptionerError(f"serving on {host} would show every gallery photo and caption to anyone on the "
-                             "network: set an access token (CAPTIONER_TOKEN=... or --token), or add --public "
-                             "to serve without one on purpose")
+    check_exposure(host, token, public, allowed_host or [])
     captioner = Captioner.load(model)
     opened = None
     if gallery is not None:

@@ -6,7 +6,19 @@
 - Token: with a token set, every /api/ route needs it, as `Authorization:
   Bearer TOKEN` (scripts) or the HttpOnly SameSite=Strict cookie that
   `POST /api/session` sets (the page, whose images cannot send headers).
-  The page itself, its static files and the API docs need none.
+  The page itself, its static files and the API docs need none. A token
+  shorter than MIN_TOKEN_CHARS is refused at start.
+- Session cookie: its issue time and an HMAC of it keyed by the token (so the
+  token never sits in the browser's cookie jar); it expires after
+  SESSION_SECONDS (Max-Age, and checked here). It is `Secure` when the request
+  came over https: directly, or through a TLS proxy whose X-Forwarded-Proto
+  uvicorn trusts (one on this machine by default; FORWARDED_ALLOW_IPS names
+  others). A proxy nobody trusts cannot make an http request look secure.
+- Guessing: a client address that sent WRONG_TOKEN_LIMIT different wrong
+  tokens (or cookies) within WRONG_TOKEN_WINDOW seconds is answered 429 with
+  Retry-After, whatever token it sends, until the oldest of them is that old.
+  The same wrong one again is no new guess: a page's many requests with its
+  cookie from before the server's token changed lock nobody out.
 - Cross-site requests: a POST whose Origin is another site is refused.
 - Headers on every answer: a strict Content-Security-Policy (inline scripts
   only by the hash of what the page serves, as the API docs need),
@@ -18,13 +30,27 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import math
 import re
+import time
+from collections import deque
+from typing import Literal
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import CaptionerError
+
 COOKIE = "captioner_session"
+MIN_TOKEN_CHARS = 16
+SESSION_SECONDS = 12 * 3600
+CLOCK_SKEW = 60
+"""Seconds a session cookie's issue time may lie in the future (a clock set back a little)."""
+WRONG_TOKEN_LIMIT = 10
+WRONG_TOKEN_WINDOW = 60.0
+CLIENTS_KEPT = 10_000
+"""Client addresses whose wrong tokens are remembered at most (the stale ones are forgotten first)."""
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self'; img-src 'self' blob: data:; "
@@ -36,6 +62,37 @@ HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-re
 INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
 NEEDS_TOKEN = "This server needs its access token: send `Authorization: Bearer TOKEN`, or enter it on the page."
 WRONG_TOKEN = "The access token is wrong: use the one `captioner serve` was started with (--token or CAPTIONER_TOKEN)."
+SESSION_EXPIRED = "The page's session has expired: enter the access token again."
+TOO_MANY = "Too many wrong access tokens came from this address; try again in {wait} s."
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="captioner"'}
+Credentials = Literal["none", "token", "expired", "wrong"]
+
+
+def check_token(token: str | None) -> None:
+    """Refuse (CaptionerError) a token short enough to guess."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise CaptionerError(f"the access token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} (make "
+                             "one with: python -c 'import secrets; print(secrets.token_urlsafe())')")
+
+
+def check_exposure(host: str, token: str | None, public: bool, allowed_host: list[str]) -> None:
+    """Refuse (CaptionerError) to serve, without a token, what others could reach, unless `public` says so.
+
+    A non-loopback `host` shows the gallery to the network; `--allowed-host '*'`
+    on loopback lets any web site's page read the server through its visitors'
+    browsers by DNS rebinding (that page's Origin equals the Host it sends, so
+    only the host check stops it).
+    """
+    check_token(token)
+    if token is not None or public:
+        return
+    how = "set an access token (CAPTIONER_TOKEN=... or --token), or add --public to serve without one on purpose"
+    if not is_loopback(host):
+        raise CaptionerError(f"serving on {host} would show every gallery photo and caption to anyone on the "
+                             f"network: {how}")
+    if "*" in allowed_host:
+        raise CaptionerError("--allowed-host '*' would let any web site read this server through its visitors' "
+                             f"browsers (by DNS rebinding): {how}")
 
 
 def is_loopback(host: str) -> bool:
@@ -56,9 +113,10 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-def session_value(token: str) -> str:
-    """The cookie's value: derived from the token, so the token itself never sits in the browser's cookie jar."""
-    return hmac.new(token.encode(), b"captioner page session", hashlib.sha256).hexdigest()
+def session_value(token: str, issued: int) -> str:
+    """The cookie's value: its issue time (Unix seconds) and an HMAC of it keyed by the token."""
+    mac = hmac.new(token.encode(), f"captioner page session {issued}".encode(), hashlib.sha256)
+    return f"{issued}.{mac.hexdigest()}"
 
 
 def bearer(headers: Headers) -> str | None:
@@ -66,22 +124,75 @@ def bearer(headers: Headers) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def has_token(headers: Headers, token: str) -> bool:
-    """Whether the request carries the token (header) or the page's session cookie."""
+def presented(headers: Headers) -> tuple[str, str] | None:
+    """("bearer", token) or ("cookie", the session cookie's value) that the request carries, the header first."""
     given = bearer(headers)
     if given is not None:
-        return hmac.compare_digest(given.encode(), token.encode())
+        return "bearer", given
     cookies = dict(part.strip().partition("=")[::2] for part in headers.get("cookie", "").split(";") if "=" in part)
-    return hmac.compare_digest(cookies.get(COOKIE, "").encode(), session_value(token).encode())
+    return ("cookie", cookies[COOKIE]) if COOKIE in cookies else None
+
+
+def credentials(given: tuple[str, str] | None, token: str, now: float) -> Credentials:
+    """What `presented` found is: nothing, the token (or a live session cookie), an expired cookie, or wrong."""
+    if given is None:
+        return "none"
+    kind, value = given
+    if kind == "bearer":
+        return "token" if hmac.compare_digest(value.encode(), token.encode()) else "wrong"
+    issued = value.partition(".")[0]
+    if not re.fullmatch(r"[0-9]{1,12}", issued) \
+            or not hmac.compare_digest(value.encode(), session_value(token, int(issued)).encode()):
+        return "wrong"
+    return "token" if -CLOCK_SKEW <= now - int(issued) <= SESSION_SECONDS else "expired"
+
+
+class WrongTokens:
+    """The different wrong tokens (or cookies) each client address sent in the last `window` seconds, by time
+    and fingerprint (never the guess itself); at `limit` of them, the address waits. Used from the event
+    loop's thread only."""
+
+    def __init__(self, limit: int = WRONG_TOKEN_LIMIT, window: float = WRONG_TOKEN_WINDOW):
+        self.limit = limit
+        self.window = window
+        self._guesses: dict[str, deque[tuple[float, bytes]]] = {}
+
+    def add(self, client: str, guess: str, now: float | None = None) -> None:
+        """Count `guess` against `client`, unless it already sent the same one within the window."""
+        now = time.monotonic() if now is None else now
+        fingerprint = hashlib.sha256(guess.encode()).digest()[:16]
+        guesses = self._guesses.get(client, ())
+        if any(f == fingerprint and t > now - self.window for t, f in guesses):
+            return
+        if len(self._guesses) >= CLIENTS_KEPT:
+            self._forget(now)
+        self._guesses.setdefault(client, deque(maxlen=self.limit)).append((now, fingerprint))
+
+    def wait(self, client: str, now: float | None = None) -> int:
+        """Whole seconds until `client` may send a token again (0: now)."""
+        now = time.monotonic() if now is None else now
+        guesses = self._guesses.get(client, ())
+        if len(guesses) < self.limit or guesses[0][0] <= now - self.window:
+            return 0
+        return max(1, math.ceil(guesses[0][0] + self.window - now))
+
+    def _forget(self, now: float) -> None:
+        """Drop the addresses whose latest guess is out of the window, else the half that guessed first."""
+        recent = {c: g for c, g in self._guesses.items() if g[-1][0] > now - self.window}
+        if len(recent) >= CLIENTS_KEPT:
+            recent = dict(sorted(recent.items(), key=lambda item: item[1][-1][0])[len(recent) // 2:])
+        self._guesses = recent
 
 
 class Guard:
     """ASGI middleware enforcing the rules above; `token=None` leaves the API open (loopback use)."""
 
-    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: frozenset[str]):
+    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: frozenset[str],
+                 max_wrong_tokens: int = WRONG_TOKEN_LIMIT):
         self.app = app
         self.token = token
         self.allowed_hosts = allowed_hosts
+        self.wrong_tokens = WrongTokens(max_wrong_tokens)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,10 +218,24 @@ class Guard:
             return 403, "Requests from other web sites are refused: use the page this server serves.", {}
         if scope["method"] not in SAFE_METHODS and headers.get("sec-fetch-site") == "cross-site":
             return 403, "Requests from other web sites are refused: use the page this server serves.", {}
-        if self.token is not None and scope["path"].startswith("/api/") and scope["path"] != "/api/session" \
-                and not has_token(headers, self.token):
-            given = bearer(headers) is not None or COOKIE in headers.get("cookie", "")
-            return 401, WRONG_TOKEN if given else NEEDS_TOKEN, {"WWW-Authenticate": 'Bearer realm="captioner"'}
+        if self.token is not None and scope["path"].startswith("/api/"):
+            return self.token_refusal(headers, (scope.get("client") or ("",))[0], scope["path"])
+        return None
+
+    def token_refusal(self, headers: Headers, client: str, path: str) -> tuple[int, str, dict[str, str]] | None:
+        """Why an /api/ request's credentials do not open it (`POST /api/session` asks for the token itself)."""
+        given = presented(headers)
+        found = credentials(given, self.token, time.time())
+        wait = self.wrong_tokens.wait(client) if given is not None else 0
+        if wait:
+            return 429, TOO_MANY.format(wait=wait), {"Retry-After": str(wait)}
+        if found == "wrong":
+            self.wrong_tokens.add(client, given[1])
+            return 401, WRONG_TOKEN, CHALLENGE
+        if found == "expired":
+            return 401, SESSION_EXPIRED, CHALLENGE
+        if found == "none" and path != "/api/session":
+            return 401, NEEDS_TOKEN, CHALLENGE
         return None
 
 

@@ -3,17 +3,18 @@
 Photos are read by `images.read_photo`, so a thumbnail has the same pixel limit
 and the same error sentences as captioning (a decompression bomb is refused
 before any pixel is decoded). Thumbnails are kept in memory, keyed by the
-photo's content hash and the side asked for: a photo changed on disk gets a
-new one, a copy shares its original's.
+content hash the gallery recorded and the side asked for: a cached one costs
+no read (and no hash) of its photo, a copy shares its original's.
 """
 from __future__ import annotations
 
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
-from ..data.images import file_sha256, read_photo
+from ..data.images import read_photo
 
 THUMBNAIL_SIDE = 320
 CACHE_BYTES = 64 * 1024 * 1024
@@ -41,13 +42,19 @@ class ThumbnailCache:
         self._kept: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, side: int = THUMBNAIL_SIDE) -> bytes:
-        key = (file_sha256(path), side)
+    def get(self, sha256: str, original: Callable[[], Path], side: int = THUMBNAIL_SIDE) -> bytes:
+        """The thumbnail of the photo whose content hash is `sha256`: remembered, or made from the file that
+        `original()` gives only then, a private copy of the photo with that hash, which `get` deletes."""
+        key = (sha256, side)
         with self._lock:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-        data = thumbnail(path, side)
+        path = original()
+        try:
+            data = thumbnail(path, side)
+        finally:
+            path.unlink(missing_ok=True)
         with self._lock:
             self.made += 1
             if key not in self._kept:

@@ -20,6 +20,8 @@ from ..captioning import Caption, Captioner
 
 _STOP = None
 DEFAULT_MAX_QUEUE = 64
+CLOSE_SECONDS = 60.0
+"""How long closing waits for the photos already queued (64 at the default half a second each, and some)."""
 
 
 class QueueFull(Exception):
@@ -78,11 +80,31 @@ class CaptionWorker:
                 "busy_seconds": round(time.monotonic() - busy, 1) if busy is not None else 0.0,
                 "captioned": self.captioned, "failed": self.failed}
 
-    def close(self) -> None:
-        """Finish the photos already queued, then stop the thread."""
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Finish the photos already queued, then stop the thread; wait `timeout` seconds at most.
+
+        Photos still waiting then (the thread died, or a batch hangs) fail with
+        RuntimeError, so no request waits for them forever.
+        """
         self._closing = True
-        self._jobs.put(_STOP)
-        self._thread.join()
+        deadline = time.monotonic() + timeout
+        if self._thread.is_alive():
+            try:
+                self._jobs.put(_STOP, timeout=timeout)  # a full queue with a dead thread never drains
+            except queue.Full:
+                pass
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        stopped = RuntimeError("the captioning worker has stopped")
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP:
+                self._fail([job], stopped)
 
     def _run(self) -> None:
         while True:

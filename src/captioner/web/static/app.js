@@ -28,8 +28,8 @@ async function api(url, options) {
   return body;
 }
 
-function megabytes(bytes) {
-  return `${Number((bytes / 1024 / 1024).toPrecision(3))} MB`;
+function mebibytes(bytes) {
+  return `${Number((bytes / 2 ** 20).toPrecision(3))} MiB`;
 }
 
 // ---- state shown to the user ----
@@ -46,7 +46,7 @@ function setState(state, message = "") {
 async function captionFile(file) {
   if (!file) return;
   if (page.maxUpload !== null && file.size > page.maxUpload) {
-    setState("error", `The photo is ${megabytes(file.size)}, more than the ${megabytes(page.maxUpload)} limit; `
+    setState("error", `The photo is ${mebibytes(file.size)}, more than the ${mebibytes(page.maxUpload)} limit; `
       + "send a smaller photo (shrink or export it again).");
     return;
   }
@@ -314,7 +314,7 @@ async function askHealth() {
   try {
     const health = await api("/api/health");
     page.maxUpload = health.max_upload_bytes;
-    $("limit").textContent = `JPEG, PNG, WebP, GIF, BMP or TIFF, up to ${megabytes(page.maxUpload)}.`;
+    $("limit").textContent = `JPEG, PNG, WebP, GIF, BMP or TIFF, up to ${mebibytes(page.maxUpload)}.`;
     $("search-section").hidden = health.gallery_photos === null;
   } catch (error) {
     setState("error", error.message);
