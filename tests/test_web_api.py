@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from captioner.captioning import Caption
-from captioner.web.app import NO_GALLERY, create_app
+from captioner.web.app import create_app
+from captioner.web.schema import NO_GALLERY
 from captioner.web.worker import CaptionWorker, QueueFull
 from conftest import TINY_MAX_LEN, TINY_WORDS
 from photos import bomb_png_bytes, gradient, truncated_jpeg_bytes
