@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from captioner.data.text import SPECIALS, Vocab
 from captioner.errors import CaptionerError
 from captioner.models import device as devices
+from captioner.models.decode import DecodeConfig, decode
+from captioner.models.decoders import KINDS, Decoder, DecoderConfig
+from captioner.models import confidence
+from captioner.models.search import Hypothesis, caption_logprob, sample
+from captioner.models.tags import Tagger, class_words
 
+V, D, N = 40, 32, 9
 HERE = not torch.cuda.is_available() and not torch.backends.mps.is_available()
 """torch sees neither a CUDA GPU nor MPS: the machine these tests are written for."""
 
@@ -50,3 +57,64 @@ def test_the_cpu_keeps_its_bfloat16_path_and_float16_never_meets_a_gradient(monk
         assert (x @ x.T).dtype == torch.float16  # inference may run at float16...
     with devices.autocast(cpu):
         assert (x @ x.T).dtype == torch.float32  # ...training, which does no loss scaling, may not
+
+
+def _decoder(kind: str, tags: bool = False) -> Decoder:
+    torch.manual_seed(0)
+    cfg = DecoderConfig(kind=kind, embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0, tags=tags)
+    return Decoder(cfg, V, D, classes=7 if tags else 0).eval()
+
+
+def _features(batch: int = 3):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, D, generator=g).half(), torch.randn(batch, N, D, generator=g).half()
+
+
+def _everything(decoder: Decoder, tagger: Tagger, pooled: torch.Tensor, grid: torch.Tensor,
+                captions: torch.Tensor, owner: torch.Tensor, generator: torch.Generator) -> list:
+    """What the search and the decoder give, by every path: greedy, guided and blocked beams, sampling, the
+    likelihood of a caption, teacher forcing (with owners and without)."""
+    out = []
+    for settings in (DecodeConfig(beam=1, max_len=6), DecodeConfig(beam=3, max_len=6, block_ngram=2, tag_weight=2.0,
+                                                                   length_penalty=0.5)):
+        beams, probs = decode(decoder, pooled, grid, settings, tagger)
+        out += [[(h.tokens, round(h.logprob, 4), None if h.attention is None else h.attention.tolist())
+                 for h in hyps] for hyps in beams] + [probs.tolist()]
+    out.append(sample(decoder, pooled, grid, 2, 6, generator.manual_seed(0)).tolist())
+    out.append(caption_logprob(decoder, pooled, grid, [1, 5, 6, 2]).tolist())
+    for whose in (owner, None):
+        logits, attention = decoder(pooled, grid, captions, whose)
+        out.append([logits.tolist(), None if attention is None else attention.tolist()])
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_tensor_the_search_and_the_decoder_make_follows_their_inputs(kind):
+    """With torch's default device set to "meta", a tensor made without naming its device lands there and
+    cannot meet the CPU inputs: the captions must come out the same, so every tensor followed its inputs
+    (on a GPU, the same code keeps everything on the GPU)."""
+    classifier = torch.nn.Linear(D, 1000)
+    torch.nn.init.normal_(classifier.weight, std=0.5)
+    vocab = Vocab([*SPECIALS, *(f"w{i}" for i in range(4, V))])
+    words = [""] * 5 + ["w5", "w6"] + [""] * 993
+    decoder = _decoder(kind, tags=kind == "attention")
+    inputs = (*_features(), torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 8, 9, 10, 2]]),
+              torch.tensor([0, 2, 1]), torch.Generator())
+    expected = _everything(decoder, Tagger(classifier, words, vocab), *inputs)
+    with torch.device("meta"):
+        assert _everything(decoder, Tagger(classifier, words, vocab), *inputs) == expected
+
+
+def test_tags_and_confidence_features_follow_their_inputs():
+    """The same check for what is made beside the search: class words, and a caption's confidence features."""
+    vocab = Vocab([*SPECIALS, "a", "cat", "dog", "man", "sits"])
+    probs = torch.zeros(260, 1000)
+    probs[:30, 0], probs[30:60, 1] = 0.9, 0.9
+    references = [["a cat sits"] * 2] * 30 + [["a dog sits"]] * 30 + [["a man sits"]] * 200
+    beams = [[Hypothesis([4, 5], -1.0, -1.0, None), Hypothesis([4, 6], -2.0, -2.0, None)]] * 2
+    pooled, centres, word_ids = torch.randn(2, D), torch.randn(5, D).half(), torch.full((1000,), -1)
+    word_ids[0] = 5
+    expected = class_words(probs, references, vocab), confidence.features(beams, pooled, centres, probs[:2], word_ids)
+    with torch.device("meta"):
+        assert class_words(probs, references, vocab) == expected[0] and expected[0][:2] == ["cat", "dog"]
+        assert confidence.features(beams, pooled, centres, probs[:2], word_ids).tolist() == expected[1].tolist()

@@ -54,7 +54,8 @@ def features(beams: list[list[Hypothesis]], pooled: torch.Tensor, centres: torch
     """FEATURES [B, 6] of each photo's best caption; `probs` [B, C] and `word_ids` [C] (-1: no word) give the
     tags, None when the encoder has no classifier."""
     rows = []
-    familiar = (torch.nn.functional.normalize(pooled.float(), dim=1) @ centres.float().T).max(1).values.tolist()
+    centres = centres.to(pooled.device).float()
+    familiar = (torch.nn.functional.normalize(pooled.float(), dim=1) @ centres.T).max(1).values.tolist()
     for b, hyps in enumerate(beams):
         best = hyps[0]
         words = set(best.tokens)
@@ -67,7 +68,7 @@ def features(beams: list[list[Hypothesis]], pooled: torch.Tensor, centres: torch
                     named, unnamed = (named + p, unnamed) if w in words else (named, unnamed + p)
         agree = sum(len(words & set(h.tokens)) / max(1, len(words)) for h in hyps[1:]) / max(1, len(hyps) - 1)
         rows.append([best.logprob / (len(best.tokens) + 1), tag, named, unnamed, familiar[b], agree])
-    return torch.tensor(rows)
+    return torch.tensor(rows, device=pooled.device)
 
 
 @dataclass
