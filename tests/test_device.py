@@ -2,9 +2,12 @@
 and the decoder make follows their inputs; the CPU keeps its bfloat16 path. (Tests run on the CPU.)"""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from captioner.captioning import Captioner
 from captioner.data.text import SPECIALS, Vocab
 from captioner.errors import CaptionerError
 from captioner.models import device as devices
@@ -13,8 +16,10 @@ from captioner.models.decoders import KINDS, Decoder, DecoderConfig
 from captioner.models import confidence
 from captioner.models.search import Hypothesis, caption_logprob, sample
 from captioner.models.tags import Tagger, class_words
+from conftest import TINY_ENCODER, cached_encoder
 
 V, D, N = 40, 32, 9
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HERE = not torch.cuda.is_available() and not torch.backends.mps.is_available()
 """torch sees neither a CUDA GPU nor MPS: the machine these tests are written for."""
 
@@ -118,3 +123,30 @@ def test_tags_and_confidence_features_follow_their_inputs():
     with torch.device("meta"):
         assert class_words(probs, references, vocab) == expected[0] and expected[0][:2] == ["cat", "dog"]
         assert confidence.features(beams, pooled, centres, probs[:2], word_ids).tolist() == expected[1].tolist()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list:
+    return [EXAMPLES / "tabby_cat.jpg", *sorted(EXAMPLES.glob("*.jpg"))[:2]]
+
+
+def test_a_captioner_on_the_cpu_captions_as_the_default_does(tiny_model_dir, reuse_encoders, photos):
+    default = Captioner.load(tiny_model_dir).caption(photos)
+    for device in ("cpu", torch.device("cpu")):
+        on_cpu = Captioner.load(tiny_model_dir, device=device)
+        assert on_cpu.device == torch.device("cpu") and on_cpu.model.decoder.device == torch.device("cpu")
+        assert [(c.text, c.score, c.alternatives) for c in on_cpu.caption(photos)] == \
+            [(c.text, c.score, c.alternatives) for c in default]
+
+
+def test_an_unavailable_device_stops_a_captioner_before_it_loads(tiny_model_dir):
+    if not HERE:
+        pytest.skip("a GPU is present")
+    with pytest.raises(CaptionerError, match="^device cuda is not available here"):
+        Captioner.load(tiny_model_dir, device="cuda")
+
+
+def test_the_encoder_runs_where_it_is_placed_and_its_key_names_the_precision_there():
+    encoder = cached_encoder(TINY_ENCODER, device="cpu")
+    assert encoder.device == torch.device("cpu")
+    assert encoder.spec.key.endswith("-" + devices.precision(torch.device("cpu")))

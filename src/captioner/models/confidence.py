@@ -113,16 +113,17 @@ def save(folder: Path, centres: torch.Tensor, confidence: Confidence | None = No
         save_file(tensors, str(tmp), metadata={"features": json.dumps(FEATURES), "fit": json.dumps(meta or {})})
 
 
-def load(folder: Path) -> tuple[torch.Tensor | None, Confidence | None]:
-    """The centroids and the regression of a model folder; None for what it does not have."""
+def load(folder: Path, device: torch.device | None = None) -> tuple[torch.Tensor | None, Confidence | None]:
+    """The centroids and the regression of a model folder, on `device` (None: where read); None for what it
+    does not have."""
     path = folder / FILE
     if not path.is_file():
         return None, None
     with safe_open(str(path), "pt") as f:
         if json.loads(f.metadata()["features"]) != list(FEATURES):
-            return f.get_tensor("centroids"), None  # fitted on other features: calibrate again
+            return f.get_tensor("centroids").to(device), None  # fitted on other features: calibrate again
         names = set(f.keys())
-        tensors = {name: f.get_tensor(name).float() for name in names}
+        tensors = {name: f.get_tensor(name).float().to(device) for name in names}
     regression = Confidence(tensors["weights"], tensors["bias"][0], tensors["mean"], tensors["std"]) \
         if "weights" in names else None
     return tensors["centroids"], regression
