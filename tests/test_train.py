@@ -97,6 +97,22 @@ def test_resume_is_exact(mini_corpus, tmp_path):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
+def test_a_run_on_the_cpu_named_is_the_default_run_and_a_device_this_machine_lacks_stops_it_first(mini_corpus,
+                                                                                                   tmp_path):
+    """device="cpu" trains as the default does here, to the bit, with self-critical sampling; an unavailable
+    device is refused before anything is written."""
+    values = dict(epochs=1, scst_epochs=1, scst_samples=2, scheduled_sampling=0.5)
+    train(config_from_dict(tiny_config(mini_corpus, tmp_path / "default", "attention", **values)), progress=False)
+    train(config_from_dict(tiny_config(mini_corpus, tmp_path / "cpu", "attention", **values)), progress=False,
+          device="cpu")
+    assert_same_checkpoints(tmp_path / "default", tmp_path / "cpu")
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(CaptionerError, match="^device cuda is not available here"):
+        train(config_from_dict(tiny_config(mini_corpus, tmp_path / "gpu", "attention")), progress=False, device="cuda")
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_self_critical_training_follows_the_best_cross_entropy_epoch(mini_corpus, tmp_path):
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "transformer", epochs=2, scst_epochs=2,
                                        scst_lr=1e-3, scst_samples=3))
