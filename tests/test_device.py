@@ -150,3 +150,24 @@ def test_the_encoder_runs_where_it_is_placed_and_its_key_names_the_precision_the
     encoder = cached_encoder(TINY_ENCODER, device="cpu")
     assert encoder.device == torch.device("cpu")
     assert encoder.spec.key.endswith("-" + devices.precision(torch.device("cpu")))
+
+
+@pytest.mark.skipif(not HERE, reason="a GPU is present")
+def test_every_entry_point_refuses_a_device_this_machine_lacks_before_it_reads_or_writes(tiny_model_dir, tmp_path):
+    from captioner.evaluation.evaluate import evaluate
+    from captioner.gallery import Gallery
+    from captioner.training.align import align, retune
+    from captioner.training.calibrate import calibrate
+    from captioner.web.app import serve
+
+    model = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()}
+    corpus = tmp_path / "no corpus"  # never reached: the device is said first
+    for call in (lambda: evaluate(tiny_model_dir, corpus, out=tmp_path / "eval", device="mps"),
+                 lambda: calibrate(tiny_model_dir, [corpus], device="mps"),
+                 lambda: align(tiny_model_dir, [corpus], device="mps"),
+                 lambda: retune(tiny_model_dir, [corpus], device="mps"),
+                 lambda: Gallery.create(tmp_path / "gallery.db", tiny_model_dir, device="mps"),
+                 lambda: serve(tiny_model_dir, device="mps")):
+        with pytest.raises(CaptionerError, match="^device mps is not available here"):
+            call()
+    assert list(tmp_path.iterdir()) == [] and {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()} == model

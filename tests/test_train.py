@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from captioner.training.config import config_from_dict
 from captioner.data.corpus import load_prepared, prepare
 from captioner.errors import CaptionerError
+from captioner.models.device import resolve
 from captioner.models.folder import load_model
 from captioner.training.train import CHECKPOINT, train
 
@@ -257,6 +258,7 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
     assert scores["photos"] == DEV and 0 <= scores["BLEU-1"] <= 100
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["meta"]["split"] == "dev" and report["meta"]["beam"] == 2
+    assert report["meta"]["device"] == str(resolve())  # where it was captioned: the CPU here
     assert len(report["samples"]) == DEV and all(s["references"] for s in report["samples"])
     assert "<img" in (tmp_path / "eval" / "report.html").read_text()
 

@@ -12,6 +12,10 @@ import torch
 
 from ..extras import require
 
+DEVICE = "cpu"
+"""Where Ray's actors and training workers run models: Ray schedules them by CPUs (none asks for a GPU), and the
+features they encode must carry the key of the CPU's precision wherever the driver runs."""
+
 
 def require_ray():
     """The `ray` module, or a CaptionerError saying what to install."""

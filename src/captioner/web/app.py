@@ -36,6 +36,8 @@ from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, check_type, display_
 from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
 
 if TYPE_CHECKING:
+    import torch
+
     from ..gallery import Gallery, Match
 
 STATIC = Path(__file__).parent / "static"
@@ -258,8 +260,10 @@ def match_json(m: Match) -> dict:
 
 def serve(model: str | Path | None = None, gallery: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_queue: int = DEFAULT_MAX_QUEUE,
-          token: str | None = None, public: bool = False, allowed_host: list[str] | None = None) -> None:
-    """Load the model (default: the shipped one) and the gallery once, then serve the app until interrupted.
+          token: str | None = None, public: bool = False, allowed_host: list[str] | None = None,
+          device: str | torch.device = "auto") -> None:
+    """Load the model (default: the shipped one) on `device` and the gallery once, then serve the app until
+    interrupted.
 
     A `host` other than loopback needs a `token`, or `public` to serve every photo to the network on purpose.
     """
@@ -269,7 +273,7 @@ def serve(model: str | Path | None = None, gallery: str | Path | None = None, ho
         raise CaptionerError(f"serving on {host} would show every gallery photo and caption to anyone on the "
                              "network: set an access token (CAPTIONER_TOKEN=... or --token), or add --public "
                              "to serve without one on purpose")
-    captioner = Captioner.load(model)
+    captioner = Captioner.load(model, device=device)
     opened = None
     if gallery is not None:
         from ..gallery import Gallery
