@@ -111,7 +111,8 @@ def test_every_tensor_the_search_and_the_decoder_make_follows_their_inputs(kind)
 
 
 def test_tags_and_confidence_features_follow_their_inputs():
-    """The same check for what is made beside the search: class words, and a caption's confidence features."""
+    """The same check for what is made beside the search: class words, a caption's confidence features, and the
+    confidence's regression."""
     vocab = Vocab([*SPECIALS, "a", "cat", "dog", "man", "sits"])
     probs = torch.zeros(260, 1000)
     probs[:30, 0], probs[30:60, 1] = 0.9, 0.9
@@ -119,10 +120,13 @@ def test_tags_and_confidence_features_follow_their_inputs():
     beams = [[Hypothesis([4, 5], -1.0, -1.0, None), Hypothesis([4, 6], -2.0, -2.0, None)]] * 2
     pooled, centres, word_ids = torch.randn(2, D), torch.randn(5, D).half(), torch.full((1000,), -1)
     word_ids[0] = 5
-    expected = class_words(probs, references, vocab), confidence.features(beams, pooled, centres, probs[:2], word_ids)
+    x, good = torch.randn(50, len(confidence.FEATURES)), torch.arange(50) % 2 == 0
+    expected = (class_words(probs, references, vocab), confidence.features(beams, pooled, centres, probs[:2], word_ids),
+                confidence.fit(x, good, steps=5).weights)
     with torch.device("meta"):
         assert class_words(probs, references, vocab) == expected[0] and expected[0][:2] == ["cat", "dog"]
         assert confidence.features(beams, pooled, centres, probs[:2], word_ids).tolist() == expected[1].tolist()
+        assert confidence.fit(x, good, steps=5).weights.tolist() == expected[2].tolist()
 
 
 @pytest.fixture(scope="module")

@@ -98,8 +98,7 @@ def test_resume_is_exact(mini_corpus, tmp_path):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
-def test_a_run_on_the_cpu_named_is_the_default_run_and_a_device_this_machine_lacks_stops_it_first(mini_corpus,
-                                                                                                   tmp_path):
+def test_a_run_on_device_cpu_is_the_default_run_and_a_missing_device_stops_it_first(mini_corpus, tmp_path):
     """device="cpu" trains as the default does here, to the bit, with self-critical sampling; an unavailable
     device is refused before anything is written."""
     values = dict(epochs=1, scst_epochs=1, scst_samples=2, scheduled_sampling=0.5)

@@ -88,8 +88,8 @@ def fit(x: torch.Tensor, good: torch.Tensor, l2: float = 1e-2, steps: int = 200)
     """A logistic regression of good [N] (0/1) on features x [N, F], on standardised features."""
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
-    weights = torch.zeros(x.shape[1], requires_grad=True)
-    bias = torch.zeros((), requires_grad=True)
+    weights = torch.zeros(x.shape[1], requires_grad=True, device=x.device)
+    bias = torch.zeros((), requires_grad=True, device=x.device)
     opt = torch.optim.LBFGS([weights, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
