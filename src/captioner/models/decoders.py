@@ -204,7 +204,7 @@ class Block(nn.Module):
         q, k, v = map(self.split, self.qkv(self.norm1(x)).chunk(3, -1))
         k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
         T, t = q.shape[2], k.shape[2]
-        later = torch.ones(T, t, dtype=torch.bool, device=q.device).triu(t - T + 1)  # each word sees the words before
+        later = torch.ones(T, t, dtype=torch.bool, device=q.device).triu(t - T + 1)  # a word sees itself and before
         a, _ = attend(q, k, v, later)
         x = x + self.drop(self.self_out(a.transpose(1, 2).flatten(2)))
         a, alpha = attend(self.split(self.query(self.norm2(x))), grid_k, grid_v)
