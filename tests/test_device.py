@@ -10,10 +10,10 @@ import torch
 from captioner.captioning import Captioner
 from captioner.data.text import SPECIALS, Vocab
 from captioner.errors import CaptionerError
+from captioner.models import confidence
 from captioner.models import device as devices
 from captioner.models.decode import DecodeConfig, decode
 from captioner.models.decoders import KINDS, Decoder, DecoderConfig
-from captioner.models import confidence
 from captioner.models.search import Hypothesis, caption_logprob, sample
 from captioner.models.tags import Tagger, class_words
 from conftest import TINY_ENCODER, cached_encoder
@@ -134,6 +134,7 @@ def photos() -> list:
     return [EXAMPLES / "tabby_cat.jpg", *sorted(EXAMPLES.glob("*.jpg"))[:2]]
 
 
+@pytest.mark.skipif(not HERE, reason="a GPU is present: the default is not the CPU")
 def test_a_captioner_on_the_cpu_captions_as_the_default_does(tiny_model_dir, reuse_encoders, photos):
     default = Captioner.load(tiny_model_dir).caption(photos)
     for device in ("cpu", torch.device("cpu")):
@@ -143,9 +144,8 @@ def test_a_captioner_on_the_cpu_captions_as_the_default_does(tiny_model_dir, reu
             [(c.text, c.score, c.alternatives) for c in default]
 
 
+@pytest.mark.skipif(not HERE, reason="a GPU is present")
 def test_an_unavailable_device_stops_a_captioner_before_it_loads(tiny_model_dir):
-    if not HERE:
-        pytest.skip("a GPU is present")
     with pytest.raises(CaptionerError, match="^device cuda is not available here"):
         Captioner.load(tiny_model_dir, device="cuda")
 
