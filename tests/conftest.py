@@ -10,6 +10,7 @@ import torch
 from captioner.models import encoders
 from captioner.models.decode import DecodeConfig
 from captioner.models.decoders import Decoder, DecoderConfig
+from captioner.models.device import resolve
 from captioner.models.folder import Model, save_model
 from captioner.data.text import END_ID, SPECIALS, Vocab
 
@@ -47,14 +48,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-_ENCODERS: dict[tuple[str, int], encoders.Encoder] = {}
+_ENCODERS: dict[tuple[str, int, torch.device], encoders.Encoder] = {}
 
 
-def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE) -> encoders.Encoder:
-    """`encoders.load_encoder`, loading each (name, size) once per test session (loading takes seconds)."""
-    key = (name, input_size)
+def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE, device="auto") -> encoders.Encoder:
+    """`encoders.load_encoder`, loading each (name, size, device) once per test session (loading takes seconds)."""
+    key = (name, input_size, resolve(device))
     if key not in _ENCODERS:
-        _ENCODERS[key] = encoders.load_encoder(name, input_size)
+        _ENCODERS[key] = encoders.load_encoder(name, input_size, device)
     return _ENCODERS[key]
 
 

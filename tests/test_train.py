@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from captioner.training.config import config_from_dict
 from captioner.data.corpus import load_prepared, prepare
 from captioner.errors import CaptionerError
+from captioner.models.device import resolve
 from captioner.models.folder import load_model
 from captioner.training.train import CHECKPOINT, train
 
@@ -95,6 +96,21 @@ def test_resume_is_exact(mini_corpus, tmp_path):
     assert_same_checkpoints(tmp_path / "straight", tmp_path / "stopped")
     log = (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_a_run_on_device_cpu_is_the_default_run_and_a_missing_device_stops_it_first(mini_corpus, tmp_path):
+    """device="cpu" trains as the default does here, to the bit, with self-critical sampling; an unavailable
+    device is refused before anything is written."""
+    values = dict(epochs=1, scst_epochs=1, scst_samples=2, scheduled_sampling=0.5)
+    train(config_from_dict(tiny_config(mini_corpus, tmp_path / "default", "attention", **values)), progress=False)
+    train(config_from_dict(tiny_config(mini_corpus, tmp_path / "cpu", "attention", **values)), progress=False,
+          device="cpu")
+    assert_same_checkpoints(tmp_path / "default", tmp_path / "cpu")
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(CaptionerError, match="^device cuda is not available here"):
+        train(config_from_dict(tiny_config(mini_corpus, tmp_path / "gpu", "attention")), progress=False, device="cuda")
+    assert not (tmp_path / "gpu").exists()
 
 
 def test_self_critical_training_follows_the_best_cross_entropy_epoch(mini_corpus, tmp_path):
@@ -241,6 +257,7 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
     assert scores["photos"] == DEV and 0 <= scores["BLEU-1"] <= 100
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["meta"]["split"] == "dev" and report["meta"]["beam"] == 2
+    assert report["meta"]["device"] == str(resolve())  # where it was captioned: the CPU here
     assert len(report["samples"]) == DEV and all(s["references"] for s in report["samples"])
     assert "<img" in (tmp_path / "eval" / "report.html").read_text()
 

@@ -14,6 +14,7 @@ from .data.text import detokenize
 from .features.cache import encode_photos
 from .models import confidence, embedding
 from .models.decode import decode
+from .models.device import resolve
 from .models.encoders import Encoder, load_encoder
 from .models.folder import Model, load_model
 from .models.search import Hypothesis
@@ -71,25 +72,33 @@ class Caption:
 
 
 class Captioner:
-    """A loaded model and its encoder: photos in, captions out."""
+    """A loaded model and its encoder: photos in, captions out. It runs on its encoder's device, where its
+    decoder, tagger, confidence and embedding are too."""
 
     def __init__(self, model: Model, encoder: Encoder, search: bool = False):
         self.model = model
         self.encoder = encoder
         self.tagger = tagger(model, encoder)
-        self.centroids, self.confidence = confidence.load(model.folder) if model.folder else (None, None)
+        self.centroids, self.confidence = confidence.load(model.folder, self.device) if model.folder else (None, None)
         self.search = search  # also place each photo in the search space (Caption.embedding), as galleries need
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, search: bool = False) -> Captioner:
-        """The model in `model_dir`, or the default model shipped with captioner (`search`: see Captioner.search)."""
-        model = load_model(model_dir, fast=True)
-        return cls(model, load_encoder(model.encoder, model.input_size), search)
+    def load(cls, model_dir: str | Path | None = None, search: bool = False,
+             device: str | torch.device = "auto") -> Captioner:
+        """The model in `model_dir`, or the default model shipped with captioner (`search`: see Captioner.search),
+        on `device` (auto, cpu, cuda or mps: see models.device.resolve)."""
+        device = resolve(device)
+        model = load_model(model_dir, fast=True, device=device)
+        return cls(model, load_encoder(model.encoder, model.input_size, device), search)
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
 
     @functools.cached_property
     def embedding(self) -> embedding.Embedding | None:
         """The model's photo-text embedding (gallery search), loaded when first asked for; None if it has none."""
-        return embedding.load(self.model.folder)
+        return embedding.load(self.model.folder, self.device)
 
     def caption(self, photos: Iterable[str | Path], beam: int | None = None, batch_size: int = 16,
                 progress: bool = False) -> list[Caption]:
@@ -108,7 +117,9 @@ class Captioner:
 
     def describe(self, pooled: torch.Tensor, grid: torch.Tensor, beam: int | None = None) -> list[Caption]:
         """Captions of photos given by their encoder features, pooled [B, C] and grid [B, N, C], decoded with the
-        model's settings (`beam` in place of its width): what every caption of this model comes from."""
+        model's settings (`beam` in place of its width): what every caption of this model comes from.
+        The features may be on any device: they move to the captioner's."""
+        pooled, grid = pooled.to(self.device), grid.to(self.device)
         settings = self.model.decode.override(beam=beam)
         beams, probs = decode(self.model.decoder, pooled, grid, settings, self.tagger)
         n = len(beams)
@@ -118,7 +129,7 @@ class Captioner:
             if self.confidence else [None] * n
         images = self.embedding.images(pooled, grid) if self.search and self.embedding else [None] * n
         return [self._caption(hyps, vector, photo_tags, c, image) for hyps, vector, photo_tags, c, image
-                in zip(beams, pooled.float().numpy(), tags, sure, images)]
+                in zip(beams, pooled.float().cpu().numpy(), tags, sure, images)]
 
     def _caption(self, beams: list[Hypothesis], vector: np.ndarray, tags: list[Tag], sure: float | None,
                  image: np.ndarray | None) -> Caption:

@@ -19,7 +19,7 @@ from ..captioning import Caption, Captioner
 from ..data.images import expand_paths
 from ..features.cache import Batch, encode_photos
 from ..models.encoders import load_encoder
-from .cluster import connect, pin_threads
+from .cluster import DEVICE, connect, pin_threads
 
 
 class CaptionActor:
@@ -27,7 +27,7 @@ class CaptionActor:
 
     def __init__(self, model: str | None, beam: int | None, attention: bool, search: bool, cpus: float):
         pin_threads(cpus)
-        self.captioner = Captioner.load(model, search)
+        self.captioner = Captioner.load(model, search, DEVICE)
         self.beam = beam
         self.attention = attention
 
@@ -43,7 +43,7 @@ class EncodeActor:
 
     def __init__(self, encoder: str, input_size: int, cpus: float):
         pin_threads(cpus)
-        self.encoder = load_encoder(encoder, input_size)
+        self.encoder = load_encoder(encoder, input_size, DEVICE)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["paths"][0]]

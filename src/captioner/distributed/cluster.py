@@ -16,6 +16,9 @@ from ..extras import require
 
 REACH_SECONDS = 10.0
 """How long a cluster's address may take to answer: Ray itself would wait minutes, then fail with a traceback."""
+DEVICE = "cpu"
+"""Where Ray's actors and training workers run models: Ray schedules them by CPUs (none asks for a GPU), and the
+features they encode must carry the key of the CPU's precision wherever the driver runs."""
 
 
 def require_ray():

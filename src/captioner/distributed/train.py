@@ -18,7 +18,7 @@ from ..features.splits import cache_training_features
 from ..training.config import Config, config_from_dict
 from ..training.parallel import Workers
 from ..training.train import check_run, train
-from .cluster import connect, pin_threads
+from .cluster import DEVICE, connect, pin_threads
 
 
 def absolute(cfg: Config) -> Config:
@@ -35,15 +35,16 @@ def _worker(config: dict) -> None:
     context = ray.train.get_context()
     pin_threads(config["cpus"])
     train(config_from_dict(config["config"]), config["resume"], config["stop_after"], config["progress"],
-          Workers(context.get_world_rank(), context.get_world_size()))
+          Workers(context.get_world_rank(), context.get_world_size()), DEVICE)
 
 
 def train_on_ray(cfg: Config, workers: int, resume: bool = False, stop_after: int | None = None,
                  address: str | None = None, progress: bool = True, cpus_per_worker: int = 1) -> Path:
-    """Train as `train.train` does, in `workers` Ray Train workers; returns the model folder."""
+    """Train as `train.train` does, in `workers` Ray Train workers on the CPU (cluster.DEVICE); returns the model
+    folder."""
     cfg = absolute(cfg)
     check_run(cfg, resume)
-    cache_training_features(cfg.data, progress)  # once, before the workers read the cache
+    cache_training_features(cfg.data, progress, DEVICE)  # once, before the workers read the cache (their key)
     connect(address)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

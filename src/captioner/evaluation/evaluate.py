@@ -10,6 +10,7 @@ import torch
 from ..data.text import detokenize
 from ..features.splits import load_features
 from ..models.decode import decode
+from ..models.device import resolve
 from ..models.encoders import load_encoder
 from ..models.folder import load_model
 from ..models.tags import tagger
@@ -20,16 +21,18 @@ from .report import write_report
 def evaluate(model_dir: str | Path | None, data: str | Path, split: str = "test", beam: int | None = None,
              out: str | Path | None = None, cache: str | Path | None = None, progress: bool = True,
              batch_size: int = 100, length_penalty: float | None = None, block_ngram: int | None = None,
-             tag_weight: float | None = None) -> dict:
+             tag_weight: float | None = None, device: str | torch.device = "auto") -> dict:
     """Caption every photo of `split` and score against its human captions; writes report.json and report.html.
 
     `beam`, `length_penalty`, `block_ngram` and `tag_weight` default to the model's own decoding settings.
+    The photos are encoded (if not cached) and captioned on `device` (see models.device.resolve).
     """
-    model = load_model(model_dir, fast=True)  # scored exactly as `captioner caption` decodes
+    device = resolve(device)
+    model = load_model(model_dir, fast=True, device=device)  # scored exactly as `captioner caption` decodes
     given = {"beam": beam, "length_penalty": length_penalty, "block_ngram": block_ngram, "tag_weight": tag_weight}
     settings = model.decode.override(**given)
-    tags = tagger(model, load_encoder(model.encoder, model.input_size)) if settings.tag_weight else None
-    photos = load_features(data, model.encoder, model.input_size, split, cache, progress)
+    tags = tagger(model, load_encoder(model.encoder, model.input_size, device)) if settings.tag_weight else None
+    photos = load_features(data, model.encoder, model.input_size, split, cache, progress, device)
     started = time.time()
     beams, _ = decode(model.decoder, photos.pooled, photos.grid, settings, tags, batch_size, progress)
     seconds = time.time() - started
@@ -43,7 +46,7 @@ def evaluate(model_dir: str | Path | None, data: str | Path, split: str = "test"
     meta = {"model": str(model_dir or "shipped default"), "corpus": str(data), "split": split,
             **{k: getattr(settings, k) for k in given}, "photos": len(ids),
             "decode_seconds": round(seconds, 2), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "device": str(device)}
     out = Path(out) if out else Path(model_dir or ".") / f"eval-{split}"
     json_path, html_path = write_report(out, scores=metrics, diversity=variety, samples=samples, meta=meta)
     return {"scores": metrics, "diversity": variety, "json": json_path, "html": html_path, "meta": meta}

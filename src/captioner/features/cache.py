@@ -156,9 +156,9 @@ def hash_photos(paths: Sequence[Path], workers: int = 2,
 
 def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
                   progress: bool = True) -> Iterator[Batch]:
-    """Encode photos in batches, decoding the next batch's JPEGs while the network runs.
+    """Encode photos in batches on the encoder's device, decoding the next batch's JPEGs while the network runs.
 
-    Yields one `Batch` per `batch_size` paths, in order.
+    Yields one `Batch` per `batch_size` paths, in order, its features on the encoder's device.
     """
     size = encoder.spec.input_size
 
@@ -183,7 +183,7 @@ def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
             ok, pixels, errors, warned = pending.result()
             if b + 1 < len(batches):
                 pending = reader.submit(read, batches[b + 1])
-            pooled, grid = encoder(pixels) if ok else (torch.empty(0), torch.empty(0))
+            pooled, grid = encoder(pixels) if ok else (torch.empty(0, device=encoder.device),) * 2
             bar.update(len(batches[b]))
             yield Batch(ok, pooled, grid, errors, warned)
     bar.close()
@@ -192,7 +192,8 @@ def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
 def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard_size: int = 1024,
                 batch_size: int = 32, progress: bool = True,
                 encode: Callable | None = None) -> tuple[FeatureCache, list[str | None], dict[Path, str]]:
-    """Encode every photo not cached yet; returns the cache, each photo's hash and the photos that failed.
+    """Encode every photo not cached yet (on the encoder's device; the shards hold float16 from the host); returns
+    the cache, each photo's hash and the photos that failed.
 
     A photo that cannot be read or decoded is left out (its hash is None if even
     its bytes cannot be read) and reported with its reason; the others go on.
@@ -217,8 +218,8 @@ def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard
             if not ok:  # every photo of the batch failed: nothing to store
                 continue
             buffer[0].extend(todo_hashes[i] for i in ok)
-            buffer[1].append(pooled.numpy())
-            buffer[2].append(grid.numpy())
+            buffer[1].append(pooled.cpu().numpy())
+            buffer[2].append(grid.cpu().numpy())
             if len(buffer[0]) >= shard_size:
                 cache.add(buffer[0], np.concatenate(buffer[1]), np.concatenate(buffer[2]))
                 buffer = ([], [], [])

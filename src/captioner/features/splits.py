@@ -66,15 +66,15 @@ class Split:
 
 
 def ensure_features(prepared: Prepared, encoder: str, input_size: int, cache_root: str | Path,
-                    splits: tuple[str, ...], progress: bool = True,
-                    encode: Callable | None = None) -> tuple[FeatureCache, dict[str, str]]:
-    """Encode the corpus photos of `splits` not cached yet; returns the cache and each photo's hash.
+                    splits: tuple[str, ...], progress: bool = True, encode: Callable | None = None,
+                    device: str | torch.device = "auto") -> tuple[FeatureCache, dict[str, str]]:
+    """Encode the corpus photos of `splits` not cached yet, on `device`; returns the cache and each photo's hash.
 
     `encode`: how photos are encoded (see `build_cache`; default: here, one batch after another)."""
     images = [im for im in prepared.images if im["split"] in splits]
     paths = [prepared.image_root / im["image"] for im in images]
-    cache, hashes, failed = build_cache(load_encoder(encoder, input_size), paths, cache_root, progress=progress,
-                                        encode=encode)
+    cache, hashes, failed = build_cache(load_encoder(encoder, input_size, device), paths, cache_root,
+                                        progress=progress, encode=encode)
     if failed:
         reason = next(iter(failed.values()))
         raise CaptionerError(f"{len(failed)} corpus photos could not be encoded, the first: {reason}; "
@@ -113,31 +113,36 @@ class TrainingData:
 
 
 def encoded(folder: str | Path, encoder: str, input_size: int, splits: tuple[str, ...],
-            cache: str | Path | None = None, progress: bool = True) -> tuple[Prepared, FeatureCache, dict[str, str]]:
-    """The prepared corpus in `folder`, its feature cache with every photo of `splits` encoded, and their hashes."""
+            cache: str | Path | None = None, progress: bool = True,
+            device: str | torch.device = "auto") -> tuple[Prepared, FeatureCache, dict[str, str]]:
+    """The prepared corpus in `folder`, its feature cache with every photo of `splits` encoded (on `device`), and
+    their hashes."""
     prepared = load_prepared(folder)
     features, hashes = ensure_features(prepared, encoder, input_size, cache or Path(folder) / "features", splits,
-                                       progress)
+                                       progress, device=device)
     return prepared, features, hashes
 
 
 def load_features(folder: str | Path, encoder: str, input_size: int, split: str, cache: str | Path | None = None,
-                  progress: bool = True) -> Split:
-    """The photos of one split of the prepared corpus in `folder` with their features (encoded if not cached)."""
-    return load_split(*encoded(folder, encoder, input_size, (split,), cache, progress), split)
+                  progress: bool = True, device: str | torch.device = "auto") -> Split:
+    """The photos of one split of the prepared corpus in `folder` with their features (encoded on `device` if not
+    cached; loaded to the host)."""
+    return load_split(*encoded(folder, encoder, input_size, (split,), cache, progress, device), split)
 
 
-def cache_training_features(data: DataConfig, progress: bool = True) -> None:
-    """Encode what `load_training` would read and is not cached yet, without loading it."""
+def cache_training_features(data: DataConfig, progress: bool = True, device: str | torch.device = "auto") -> None:
+    """Encode (on `device`) what `load_training` would read and is not cached yet, without loading it."""
     for corpus in data.corpora:
         if corpus.share > 0:
-            encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress)
+            encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress, device)
     for folder in data.dev:
-        encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress)
+        encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress, device)
 
 
-def load_training(data: DataConfig, progress: bool = True, owns=None) -> TrainingData:
-    """Every corpus of `data` with its features (encoding what is not cached yet) and one vocabulary.
+def load_training(data: DataConfig, progress: bool = True, owns=None,
+                  device: str | torch.device = "auto") -> TrainingData:
+    """Every corpus of `data` with its features (encoding what is not cached yet, on `device`; loaded to the
+    host) and one vocabulary.
 
     The vocabulary holds the words seen at least min_count times (the smallest
     the corpora were prepared with) across all the train splits: for one corpus,
@@ -148,7 +153,8 @@ def load_training(data: DataConfig, progress: bool = True, owns=None) -> Trainin
     train_splits, prepared_all = [], []
     start = 0
     for corpus in training:
-        prepared, cache, hashes = encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress)
+        prepared, cache, hashes = encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache,
+                                          progress, device)
         count = sum(im["split"] == "train" for im in prepared.images)
         grid_of = owns(start + count)[start:].tolist() if owns else None
         train_splits.append(load_split(prepared, cache, hashes, "train", grid_of))
@@ -156,7 +162,8 @@ def load_training(data: DataConfig, progress: bool = True, owns=None) -> Trainin
         start += count
     dev = {}
     for folder in data.dev:
-        prepared, cache, hashes = encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress)
+        prepared, cache, hashes = encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress,
+                                          device)
         name = Path(folder).name if sum(Path(f).name == Path(folder).name for f in data.dev) == 1 else folder
         dev[name] = load_split(prepared, cache, hashes, "dev")
     min_count = min(p.min_count for p in prepared_all)

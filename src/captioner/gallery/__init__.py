@@ -64,28 +64,31 @@ class Gallery:
 
     @classmethod
     def open(cls, db: str | Path | None = None, model: str | Path | None = None,
-             captioner: Captioner | None = None) -> "Gallery":
-        """An existing gallery, to query."""
+             captioner: Captioner | None = None, device: str | torch.device = "auto") -> "Gallery":
+        """An existing gallery, to query with `captioner`, or with the model in `model` (default: the shipped
+        one) loaded on `device` (see models.device.resolve)."""
         db = Path(db).expanduser() if db else default_db()
         if not db.is_file():
             raise CaptionerError(f"there is no gallery at {db}: build one with `captioner index PHOTOS... --db {db}`")
-        return cls._connect(db, model, captioner, create=False)
+        return cls._connect(db, model, captioner, device, create=False)
 
     @classmethod
     def create(cls, db: str | Path | None = None, model: str | Path | None = None,
-               captioner: Captioner | None = None, rebuild: bool = False) -> "Gallery":
-        """A gallery to index into: opened if it exists (emptied first with `rebuild`), else made."""
+               captioner: Captioner | None = None, rebuild: bool = False,
+               device: str | torch.device = "auto") -> "Gallery":
+        """A gallery to index into: opened if it exists (emptied first with `rebuild`), else made; its captioner
+        as for `open`."""
         db = Path(db).expanduser() if db else default_db()
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CaptionerError(f"cannot make the folder {db.parent} for the gallery ({e.strerror or e}): choose a "
                                  "--db in a folder you can write") from None
-        return cls._connect(db, model, captioner, create=True, rebuild=rebuild)
+        return cls._connect(db, model, captioner, device, create=True, rebuild=rebuild)
 
     @classmethod
-    def _connect(cls, db: Path, model, captioner, create: bool, rebuild: bool = False) -> "Gallery":
-        captioner = captioner or Captioner.load(model)
+    def _connect(cls, db: Path, model, captioner, device, create: bool, rebuild: bool = False) -> "Gallery":
+        captioner = captioner or Captioner.load(model, device=device)
         folder = captioner.model.folder
         model_id = "-".join([file_sha256(folder / "model.safetensors")[:16]]
                             + ([file_sha256(folder / FILE)[:16]] if captioner.embedding is not None else []))

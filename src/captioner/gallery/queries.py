@@ -141,6 +141,7 @@ def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torc
     if todo:
         for ok, pooled, grid, _, _ in encode_photos(g.captioner.encoder, [r.path for r in todo], batch_size=16,
                                                     progress=False):
+            pooled, grid = pooled.cpu(), grid.cpu()  # kept in host memory, not the device's
             with g.grids_lock:
                 for j, p, gr in zip(ok, pooled, grid):
                     g.grids[todo[j].id, todo[j].sha256] = (p, gr)

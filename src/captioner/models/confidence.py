@@ -54,7 +54,8 @@ def features(beams: list[list[Hypothesis]], pooled: torch.Tensor, centres: torch
     """FEATURES [B, 6] of each photo's best caption; `probs` [B, C] and `word_ids` [C] (-1: no word) give the
     tags, None when the encoder has no classifier."""
     rows = []
-    familiar = (torch.nn.functional.normalize(pooled.float(), dim=1) @ centres.float().T).max(1).values.tolist()
+    centres = centres.to(pooled.device).float()
+    familiar = (torch.nn.functional.normalize(pooled.float(), dim=1) @ centres.T).max(1).values.tolist()
     for b, hyps in enumerate(beams):
         best = hyps[0]
         words = set(best.tokens)
@@ -67,7 +68,7 @@ def features(beams: list[list[Hypothesis]], pooled: torch.Tensor, centres: torch
                     named, unnamed = (named + p, unnamed) if w in words else (named, unnamed + p)
         agree = sum(len(words & set(h.tokens)) / max(1, len(words)) for h in hyps[1:]) / max(1, len(hyps) - 1)
         rows.append([best.logprob / (len(best.tokens) + 1), tag, named, unnamed, familiar[b], agree])
-    return torch.tensor(rows)
+    return torch.tensor(rows, device=pooled.device)
 
 
 @dataclass
@@ -87,8 +88,8 @@ def fit(x: torch.Tensor, good: torch.Tensor, l2: float = 1e-2, steps: int = 200)
     """A logistic regression of good [N] (0/1) on features x [N, F], on standardised features."""
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
-    weights = torch.zeros(x.shape[1], requires_grad=True)
-    bias = torch.zeros((), requires_grad=True)
+    weights = torch.zeros(x.shape[1], requires_grad=True, device=x.device)
+    bias = torch.zeros((), requires_grad=True, device=x.device)
     opt = torch.optim.LBFGS([weights, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
@@ -112,16 +113,17 @@ def save(folder: Path, centres: torch.Tensor, confidence: Confidence | None = No
         save_file(tensors, str(tmp), metadata={"features": json.dumps(FEATURES), "fit": json.dumps(meta or {})})
 
 
-def load(folder: Path) -> tuple[torch.Tensor | None, Confidence | None]:
-    """The centroids and the regression of a model folder; None for what it does not have."""
+def load(folder: Path, device: torch.device | None = None) -> tuple[torch.Tensor | None, Confidence | None]:
+    """The centroids and the regression of a model folder, on `device` (None: where read); None for what it
+    does not have."""
     path = folder / FILE
     if not path.is_file():
         return None, None
     with safe_open(str(path), "pt") as f:
         if json.loads(f.metadata()["features"]) != list(FEATURES):
-            return f.get_tensor("centroids"), None  # fitted on other features: calibrate again
+            return f.get_tensor("centroids").to(device), None  # fitted on other features: calibrate again
         names = set(f.keys())
-        tensors = {name: f.get_tensor(name).float() for name in names}
+        tensors = {name: f.get_tensor(name).float().to(device) for name in names}
     regression = Confidence(tensors["weights"], tensors["bias"][0], tensors["mean"], tensors["std"]) \
         if "weights" in names else None
     return tensors["centroids"], regression

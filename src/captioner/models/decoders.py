@@ -64,7 +64,7 @@ def unroll(net: nn.Module, words: torch.Tensor, steps: torch.Tensor, state: Stat
     state = tuple(s.index_select(0, rows) for s in state)
     memory = tuple(m.index_select(0, rows) for m in memory)
     words = words.index_select(0, order)
-    active = (steps.index_select(0, order)[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # [T]
+    active = (steps.index_select(0, order)[None, :] > torch.arange(T, device=steps.device)[:, None]).sum(1).tolist()
     active = [b for b in active if b > 0]
     features, alphas = [], []
     kept = B  # captions still run; shrunk in steps, as each slice of memory costs a full-size gradient
@@ -204,7 +204,7 @@ class Block(nn.Module):
         q, k, v = map(self.split, self.qkv(self.norm1(x)).chunk(3, -1))
         k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
         T, t = q.shape[2], k.shape[2]
-        later = torch.ones(T, t, dtype=torch.bool).triu(t - T + 1)  # each word sees itself and the words before
+        later = torch.ones(T, t, dtype=torch.bool, device=q.device).triu(t - T + 1)  # a word sees itself and before
         a, _ = attend(q, k, v, later)
         x = x + self.drop(self.self_out(a.transpose(1, 2).flatten(2)))
         a, alpha = attend(self.split(self.query(self.norm2(x))), grid_k, grid_v)
@@ -268,7 +268,7 @@ class Transformer(nn.Module):
     def run(self, words, state, memory):
         """words [B, T, E] after the cached positions -> features [B, T, W], the new cache, attention [B, T, N]."""
         past = state[0].shape[2]
-        positions = torch.arange(past, past + words.shape[1]).clamp(max=self.MAX_POSITIONS - 1)
+        positions = torch.arange(past, past + words.shape[1], device=words.device).clamp(max=self.MAX_POSITIONS - 1)
         photo, grid = memory[0], memory[1:]
         x = self.drop(self.lift(words) + self.position(positions) + photo[:, None])
         cache = []
@@ -307,8 +307,15 @@ class Decoder(nn.Module):
     def embedding(self) -> nn.Embedding:
         return self.net.embed
 
+    @property
+    def device(self) -> torch.device:
+        """Where the decoder's weights are, and so where it runs."""
+        return self.net.embed.weight.device
+
     def start(self, pooled: torch.Tensor, grid: torch.Tensor) -> tuple[State, State]:
-        dtype = self.net.embed.weight.dtype  # float32, or bfloat16 for fast inference
+        """The state and memory of photos given by their features from any device (moved to the decoder's)."""
+        dtype = self.net.embed.weight.dtype  # float32, or the device's fast dtype for fast inference
+        pooled, grid = pooled.to(self.device), grid.to(self.device)
         if self.classifier is not None:
             probs = self.classifier(pooled.to(self.classifier.weight.dtype)).float().softmax(-1)  # [B, classes]
             pooled = torch.cat([pooled.float(), probs], 1)
@@ -326,8 +333,9 @@ class Decoder(nn.Module):
         With `owner` [B], caption b belongs to photo owner[b]: each photo's features
         are prepared once for all of its captions.
         """
+        captions = captions.to(self.device)
         steps = (captions != PAD_ID).sum(1) - 1  # [B]: words to predict in each caption
-        owner = torch.arange(captions.shape[0]) if owner is None else owner
+        owner = torch.arange(captions.shape[0], device=self.device) if owner is None else owner.to(self.device)
         state, memory = self.start(pooled, grid)
         net = self.net
         words = net.drop(net.embed(captions[:, :-1]))  # [B, T, E]

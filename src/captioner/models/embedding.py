@@ -103,15 +103,22 @@ class Embedding(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # contrastive temperature, learned
 
     @property
+    def device(self) -> torch.device:
+        return self.log_scale.device
+
+    @property
     def base(self) -> SentenceEncoder:
-        """all-MiniLM-L6-v2 as installed (shared and frozen): its bottom layers are the text tower's."""
-        return load_sentence_encoder()
+        """all-MiniLM-L6-v2 as installed (shared and frozen) on this embedding's device: its bottom layers are the
+        text tower's."""
+        return load_sentence_encoder(self.device)
 
     @torch.inference_mode()
     def images(self, pooled: torch.Tensor, grid: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """pooled [n, C] and grid [n, N, C] -> [n, 384] float32 unit vectors."""
-        return torch.cat([self.photo(pooled[i:i + batch_size], grid[i:i + batch_size])
-                          for i in range(0, len(pooled), batch_size)]).numpy()
+        """pooled [n, C] and grid [n, N, C] (on any device: each batch moves to the embedding's) -> [n, 384]
+        float32 unit vectors."""
+        batches = range(0, len(pooled), batch_size)
+        return torch.cat([self.photo(pooled[i:i + batch_size].to(self.device), grid[i:i + batch_size].to(self.device))
+                          for i in batches]).cpu().numpy()
 
     def text_states(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """[B, T, 384] token vectors after the frozen layers (no gradient)."""
@@ -119,7 +126,9 @@ class Embedding(nn.Module):
             return self.base.tokens(ids, keep, self.frozen)
 
     def text_from(self, states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Token vectors after the frozen layers [B, T, 384] -> [B, 384] unit vectors."""
+        """Token vectors after the frozen layers [B, T, 384] (on any device) -> [B, 384] unit vectors on the
+        embedding's device."""
+        states, keep = states.to(self.device), keep.to(self.device)
         x = run_layers(self.text_top, states, keep, self.base.bf16)
         return F.normalize(self.text_map(mean_pool(x, keep)), dim=-1)
 
@@ -128,12 +137,13 @@ class Embedding(nn.Module):
         """[len(texts), 384] float32 unit vectors."""
         out = np.zeros((len(texts), DIM), np.float32)
         for rows, ids, keep in self.base.batches(texts):
-            out[rows] = self.text_from(self.text_states(ids, keep), keep).numpy()
+            out[rows] = self.text_from(self.text_states(ids, keep), keep).cpu().numpy()
         return out
 
 
-def load(model_dir: Path | None) -> Embedding | None:
-    """The model's embedding, or None when it has none (or one an older captioner trained: warned)."""
+def load(model_dir: Path | None, device: torch.device | None = None) -> Embedding | None:
+    """The model's embedding on `device` (None: where read), or None when it has none (or one an older captioner
+    trained: warned)."""
     path = Path(model_dir or ".") / FILE
     if model_dir is None or not path.is_file():
         return None
@@ -147,7 +157,7 @@ def load(model_dir: Path | None) -> Embedding | None:
     embedding = Embedding(RetrievalConfig(**json.loads(meta["config"])), weights["photo.mean"].shape[0],
                           weights["photo.position"].shape[0])
     embedding.load_state_dict(weights)
-    return embedding.eval()
+    return embedding.to(device).eval()
 
 
 def record(model_dir: str | Path) -> dict:
@@ -196,4 +206,4 @@ def query_vectors(embedding: Embedding | None, texts: list[str], blend: float | 
 def text_logprob(model, pooled: torch.Tensor, grid: torch.Tensor, text: str) -> np.ndarray:
     """[B] log p(text | photo) under the captioner, for each of B photos."""
     ids = model.vocab.encode(clean(text), model.decode.max_len)
-    return caption_logprob(model.decoder, pooled, grid, ids).numpy()
+    return caption_logprob(model.decoder, pooled, grid, ids).cpu().numpy()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import CaptionerError
 from ..extras import missing, require
+from .device import autocast, memory_format, precision, resolve
 
 
 @dataclass(frozen=True)
@@ -30,21 +31,13 @@ class EncoderSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights: str  # file name of the shipped weights: part of the feature-cache key
-    bf16: bool = True  # runs under bfloat16 autocast where the CPU supports it; else always float32
+    fast: bool = True  # runs at its device's fast precision (device.fast_dtype: bfloat16 on most CPUs); else float32
+    precision: str = "fp32"  # what it runs at on the device it is placed on (Encoder.place): bf16, fp16 or fp32
 
     @property
     def key(self) -> str:
         """Names the features this encoder computes: a new key never reuses cached features."""
-        return f"{self.name}-{self.input_size}-{Path(self.weights).stem}-{precision() if self.bf16 else 'fp32'}"
-
-
-def bf16_supported() -> bool:
-    """True where the CPU runs bfloat16 natively (about twice the encoder speed)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def precision() -> str:
-    return "bf16" if bf16_supported() else "fp32"
+        return f"{self.name}-{self.input_size}-{Path(self.weights).stem}-{self.precision}"
 
 
 Features = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -61,17 +54,31 @@ class Encoder(nn.Module):
                  classifier: nn.Linear | None = None):
         super().__init__()
         self.spec = spec
-        self.backbone = backbone.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.backbone = backbone.eval().requires_grad_(False)
         self.classifier = classifier
         self._features = features
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder runs (and its features come out)."""
+        return self.mean.device
+
+    def place(self, device: torch.device) -> Encoder:
+        """This encoder moved to `device`, its convolutions in the layout they run fastest in there; its spec
+        (and so its features' key) names the precision it runs at there."""
+        self.spec = replace(self.spec, precision=precision(device) if self.spec.fast else "fp32")
+        self.to(device)
+        self.backbone.to(memory_format=memory_format(device))
+        return self
+
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(pixels).permute(0, 3, 1, 2).float()  # [B, 3, S, S]
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.spec.bf16 and bf16_supported()):
+        """Pixels from the host (or anywhere) -> features on the encoder's device."""
+        x = torch.as_tensor(pixels, device=self.device).permute(0, 3, 1, 2).float()  # [B, 3, S, S]
+        x = ((x - self.mean) / self.std).contiguous(memory_format=memory_format(self.device))
+        with autocast(self.device, enabled=self.spec.fast):
             pooled, grid = self._features(x)
         return pooled.float(), grid.float()
 
@@ -102,7 +109,11 @@ def _efficientnet_lite(variant: int, input_size: int) -> Encoder:
 
 
 class _OnnxTokens(nn.Module):
-    """A ViT's token sequence from an onnxruntime session: normalised pixels [B, 3, S, S] -> CLS and patch tokens."""
+    """A ViT's token sequence from an onnxruntime session: normalised pixels [B, 3, S, S] -> CLS and patch tokens.
+
+    The session runs on the CPU (onnxruntime's CPU provider) whatever the encoder's device: pixels go to the
+    host and the tokens come back.
+    """
 
     def __init__(self, session, input_name: str):
         super().__init__()
@@ -110,8 +121,8 @@ class _OnnxTokens(nn.Module):
         self.input_name = input_name
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (tokens,) = self.session.run(None, {self.input_name: x.contiguous().numpy()})  # [B, 1+N, D]
-        tokens = torch.from_numpy(tokens)
+        (tokens,) = self.session.run(None, {self.input_name: x.contiguous().cpu().numpy()})  # [B, 1+N, D]
+        tokens = torch.from_numpy(tokens).to(x.device)
         return tokens[:, 0], tokens[:, 1:]  # the CLS token as the pooled vector; the N patch tokens row by row
 
 
@@ -160,7 +171,7 @@ def _dinov2_vits14(input_size: int) -> Encoder:
     backbone = _OnnxTokens(session, graph.input[0].name)
     # The graph takes float32 NCHW pixels scaled to [0, 1] and normalised with ImageNet's mean and std.
     spec = EncoderSpec("dinov2-vits14", input_size, 384, input_size // DINOV2_PATCH,
-                       (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), path.name, bf16=False)
+                       (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), path.name, fast=False)
     return Encoder(spec, backbone, backbone)
 
 
@@ -171,8 +182,10 @@ ENCODERS: dict[str, Callable[[int], Encoder]] = {
 DEFAULT_INPUT_SIZE = 224
 
 
-def load_encoder(name: str, input_size: int = DEFAULT_INPUT_SIZE) -> Encoder:
-    """The named encoder with its shipped pretrained weights, frozen, in eval mode."""
+def load_encoder(name: str, input_size: int = DEFAULT_INPUT_SIZE, device: str | torch.device = "auto") -> Encoder:
+    """The named encoder with its shipped pretrained weights, frozen, in eval mode, on `device` (see
+    device.resolve)."""
     if name not in ENCODERS:
         raise CaptionerError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name](input_size)
+    device = resolve(device)
+    return ENCODERS[name](input_size).place(device)

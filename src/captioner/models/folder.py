@@ -16,7 +16,7 @@ from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
 from .decode import DecodeConfig
 from .decoders import Decoder, DecoderConfig
-from .encoders import bf16_supported
+from .device import fast_dtype, resolve
 
 FORMAT = 1
 DEFAULT_MODEL = Path(__file__).parents[1] / "assets" / "default"
@@ -37,7 +37,7 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
     """Write the model folder; each file is replaced atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.decoder.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.decoder.state_dict().items()}  # loads anywhere
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": str(FORMAT)})
     config = {
@@ -57,12 +57,15 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
         write_atomic(folder / "MODEL_CARD.md", card)
 
 
-def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
-    """Load a model folder (default: the model shipped with captioner).
+def load_model(folder: str | Path | None = None, fast: bool = False, device: str | torch.device = "auto") -> Model:
+    """Load a model folder (default: the model shipped with captioner), its decoder on `device` (see
+    device.resolve).
 
-    With `fast`, for captioning only: the decoder runs in bfloat16 where the CPU
-    supports it natively, about three times faster per word.
+    With `fast`, for captioning only: the decoder runs at the device's fast
+    precision (device.fast_dtype: bfloat16 where the CPU supports it natively,
+    about three times faster per word).
     """
+    device = resolve(device)
     folder = Path(folder) if folder else DEFAULT_MODEL
     needed = ["model.safetensors", "config.json", "vocab.json"]
     missing = [name for name in needed if not (folder / name).is_file()]
@@ -84,9 +87,9 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
         raise
     except Exception as e:  # a damaged or foreign folder: say which, not where in our code
         raise CaptionerError(f"{folder} holds a damaged or incompatible model ({type(e).__name__}: {e})") from None
-    decoder.eval()
-    if fast and bf16_supported():
-        decoder.to(torch.bfloat16)
+    decoder.eval().to(device)
+    if fast:
+        decoder.to(fast_dtype(device))
     return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
                  DecodeConfig(**config.get("decode", {})), class_words, folder)
 

@@ -29,7 +29,8 @@ def word_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     policy trained on another (one that keeps mass on tokens never sampled) slowly
     moves its mass there.
     """
-    return (logits.float() / temperature).index_fill(-1, torch.tensor(NEVER), float("-inf")).log_softmax(-1)
+    never = torch.tensor(NEVER, device=logits.device)
+    return (logits.float() / temperature).index_fill(-1, never, float("-inf")).log_softmax(-1)
 
 
 def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
@@ -52,17 +53,17 @@ def _repeat(tensors: State, k: int) -> State:
 def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: int = 30) -> list[Hypothesis]:
     """The most likely next word at every step, for a batch of photos."""
     state, memory = decoder.start(pooled, grid)
-    B = pooled.shape[0]
-    words = torch.full((B,), START_ID, dtype=torch.long)
-    done = torch.zeros(B, dtype=torch.bool)
-    logprob = torch.zeros(B)
+    B, device = pooled.shape[0], state[0].device  # where the decoder put the photos
+    words = torch.full((B,), START_ID, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    logprob = torch.zeros(B, device=device)
     tokens, alphas = [], []
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
         logp = word_logprobs(logits)
         alpha = alpha.float() if alpha is not None else None
         if t == max_len:
-            words = torch.full((B,), END_ID, dtype=torch.long)
+            words = torch.full((B,), END_ID, dtype=torch.long, device=device)
         else:
             words = logp.argmax(-1)
         logprob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
@@ -72,7 +73,8 @@ def greedy(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, max_len: 
         done |= words == END_ID
         if done.all():
             break
-    tokens = torch.stack(tokens, 1)
+    tokens, logprob = torch.stack(tokens, 1).cpu(), logprob.cpu()  # the captions leave for the host at once
+    alphas = [a.cpu() for a in alphas] if alphas[0] is not None else alphas
     out = []
     for b in range(B):
         n = int((tokens[b] != END_ID).sum())  # tokens before <end>
@@ -91,7 +93,7 @@ def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, m
     """
     state, memory = decoder.start(pooled, grid)
     state, memory = _repeat(state, k), _repeat(memory, k)
-    words = torch.full((pooled.shape[0] * k,), START_ID, dtype=torch.long)
+    words = torch.full((pooled.shape[0] * k,), START_ID, dtype=torch.long, device=state[0].device)
     done = torch.zeros_like(words, dtype=torch.bool)
     out = []
     for t in range(max_len + 1):
@@ -99,13 +101,20 @@ def sample(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, k: int, m
         if t == max_len:
             words = torch.full_like(words, END_ID)
         else:
-            words = torch.multinomial(word_logprobs(logits, temperature).exp(), 1, generator=generator).squeeze(1)
+            words = _draw(word_logprobs(logits, temperature).exp(), generator)
         words = torch.where(done, PAD_ID, words)
         out.append(words)
         done |= words == END_ID
         if done.all():
             break
     return torch.stack(out, 1)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One word per row of probs [B, V], drawn with `generator` on its own device (a CPU generator keeps a
+    run's random numbers the same on any device), returned on probs' device."""
+    where = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(where), 1, generator=generator).squeeze(1).to(probs.device)
 
 
 Guide = tuple[torch.Tensor, torch.Tensor]
@@ -130,21 +139,21 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     A beam wider than the captions there are to find (a tiny vocabulary, a short
     maximum length) gives fewer than `beam` captions, never impossible ones.
     """
-    B, K = pooled.shape[0], beam
     state, memory = decoder.start(pooled, grid)
+    B, K, device = pooled.shape[0], beam, state[0].device  # where the decoder put the photos
     state, memory = _repeat(state, K), _repeat(memory, K)
-    logprob = torch.full((B, K), float("-inf"))
+    logprob = torch.full((B, K), float("-inf"), device=device)
     logprob[:, 0] = 0.0  # all beams start identical: keep one
-    collected = torch.zeros(B, K)  # the guide's bonuses each beam has collected
+    collected = torch.zeros(B, K, device=device)  # the guide's bonuses each beam has collected
     if guide is not None:
-        left = guide[0].float()[:, None].expand(B, K, -1).clone()  # [B, K, k]: bonuses not yet collected
-        guide_words = guide[1][:, None].expand(B, K, -1)  # [B, K, k]
-    lengths = torch.zeros(B, K)
-    done = torch.zeros(B, K, dtype=torch.bool)
-    words = torch.full((B * K,), START_ID, dtype=torch.long)
-    history = torch.empty(B, K, 0, dtype=torch.long)
+        left = guide[0].to(device).float()[:, None].expand(B, K, -1).clone()  # [B, K, k]: bonuses not yet collected
+        guide_words = guide[1].to(device)[:, None].expand(B, K, -1)  # [B, K, k]
+    lengths = torch.zeros(B, K, device=device)
+    done = torch.zeros(B, K, dtype=torch.bool, device=device)
+    words = torch.full((B * K,), START_ID, dtype=torch.long, device=device)
+    history = torch.empty(B, K, 0, dtype=torch.long, device=device)
     attention = None
-    offsets = (torch.arange(B) * K)[:, None]
+    offsets = (torch.arange(B, device=device) * K)[:, None]
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
         logp = word_logprobs(logits).view(B, K, -1)
@@ -187,6 +196,9 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
         if done.all():
             break
     score = (logprob + collected) / lengths.clamp(min=1) ** length_penalty
+    # The captions leave for the host at once.
+    score, logprob, history = score.cpu(), logprob.cpu(), history.cpu()
+    attention = attention.cpu() if attention is not None else None
     order = score.argsort(1, descending=True)
     out = []
     for b in range(B):
@@ -205,6 +217,6 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
 @torch.inference_mode()
 def caption_logprob(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """log p(caption | photo) [B] of one caption (`<start> w1 .. wn <end>` ids) for each of B photos."""
-    captions = torch.tensor(ids)[None].expand(pooled.shape[0], -1)
+    captions = torch.tensor(ids, device=decoder.device)[None].expand(pooled.shape[0], -1)
     logits, _ = decoder(pooled, grid, captions)
     return logits.float().log_softmax(-1).gather(2, captions[:, 1:, None]).squeeze(2).sum(1)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..extras import require
+from .device import autocast, resolve
 
 DIM = 384
 MAX_TOKENS = 256
@@ -58,7 +59,8 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, folder: Path, bf16: bool = False):
         super().__init__()
-        self.bf16 = bf16  # matrix products in bfloat16: twice as fast, cosine to float32 above 0.9999
+        self.bf16 = bf16  # matrix products at the device's fast dtype (device.autocast; bfloat16 on a CPU: twice
+        # as fast, cosine to float32 above 0.9999)
         from tokenizers import Tokenizer
 
         cfg = json.loads((folder / "config.json").read_text())
@@ -75,14 +77,21 @@ class SentenceEncoder(nn.Module):
         self.load_state_dict(_renamed(load_file(folder / "model.safetensors"), len(self.layers)))
         self.eval()
 
+    @property
+    def device(self) -> torch.device:
+        return self.token_type.device
+
     def tokens(self, ids: torch.Tensor, keep: torch.Tensor, layers: int | None = None) -> torch.Tensor:
-        """[B, T, 384] token vectors after the first `layers` layers (all by default)."""
+        """[B, T, 384] token vectors after the first `layers` layers (all by default), on the encoder's device
+        (ids and keep may be on any)."""
+        ids, keep = ids.to(self.device), keep.to(self.device)
         x = self.norm(self.words(ids) + self.positions.weight[:ids.shape[1]] + self.token_type)
         return run_layers(self.layers[:layers], x, keep, self.bf16)
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """ids, keep [B, T] (keep: 1 for a token, 0 for padding) -> [B, 384] unit vectors."""
+        keep = keep.to(self.device)
         return F.normalize(mean_pool(self.tokens(ids, keep), keep), dim=-1)
 
     def batches(self, texts: list[str], batch_size: int = 128):
@@ -97,15 +106,16 @@ class SentenceEncoder(nn.Module):
         """[len(texts), 384] float32 unit vectors."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for rows, ids, keep in self.batches(texts, batch_size):
-            out[rows] = self(ids, keep).numpy()
+            out[rows] = self(ids, keep).cpu().numpy()
         return out
 
 
 def run_layers(layers, x: torch.Tensor, keep: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """x [B, T, D] through `layers`, padding (keep 0) masked out; matrix products in bfloat16 with `bf16`."""
+    """x [B, T, D] through `layers`, padding (keep 0) masked out; with `bf16`, matrix products at the device's
+    fast dtype (device.autocast: bfloat16 on a CPU that runs it natively)."""
     mask = None if bool(keep.all()) else \
-        torch.zeros(keep.shape, dtype=x.dtype).masked_fill(keep == 0, -math.inf)[:, None, None, :]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(keep == 0, -math.inf)[:, None, None, :]
+    with autocast(x.device, enabled=bf16):
         for layer in layers:
             x = layer(x, mask)
     return x.float()
@@ -149,9 +159,12 @@ def _renamed(weights: dict[str, torch.Tensor], layers: int) -> dict[str, torch.T
     return out
 
 
-@lru_cache(maxsize=1)
-def load_sentence_encoder() -> SentenceEncoder:
-    """The shared sentence encoder (loaded once per process), in bfloat16 where the CPU runs it natively."""
-    from .encoders import bf16_supported
+def load_sentence_encoder(device: str | torch.device = "auto") -> SentenceEncoder:
+    """The shared sentence encoder on `device` (loaded once per process and device), at the device's fast
+    precision (bfloat16 where the CPU runs it natively)."""
+    return _sentence_encoder(resolve(device))
 
-    return SentenceEncoder(model_dir(), bf16=bf16_supported())
+
+@lru_cache(maxsize=None)
+def _sentence_encoder(device: torch.device) -> SentenceEncoder:
+    return SentenceEncoder(model_dir(), bf16=True).to(device)

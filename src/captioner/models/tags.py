@@ -61,9 +61,10 @@ def class_names() -> list[list[str]]:
 
 
 def probabilities(classifier: torch.nn.Linear, pooled: torch.Tensor) -> torch.Tensor:
-    """The classifier's class probabilities [B, C] from the encoder's pooled vectors [B, D]."""
+    """The classifier's class probabilities [B, C] from the encoder's pooled vectors [B, D] (on any device: they
+    move to the classifier's)."""
     with torch.inference_mode():
-        return classifier(pooled.float()).softmax(-1)
+        return classifier(pooled.to(classifier.weight.device).float()).softmax(-1)
 
 
 class Tagger:
@@ -73,7 +74,8 @@ class Tagger:
     def __init__(self, classifier: torch.nn.Linear, words: list[str] | None, vocab: Vocab):
         self.classifier = classifier
         self.words = words or [""] * classifier.out_features
-        self.word_ids = torch.tensor([vocab.index.get(w, -1) if w else -1 for w in self.words])  # [C]
+        self.word_ids = torch.tensor([vocab.index.get(w, -1) if w else -1 for w in self.words],
+                                     device=classifier.weight.device)  # [C]
 
     def probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
         return probabilities(self.classifier, pooled)
@@ -118,8 +120,10 @@ def class_words(probs: torch.Tensor, references: list[list[str]], vocab: Vocab) 
         rows += [photo] * len(held)
         cols += list(held)
         values += [n / len(refs) for n in held.values()]
-    share_of = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(values, dtype=torch.float32),
-                                       (len(references), len(vocab)), check_invariants=True)  # [N, V]
+    where = probs.device
+    share_of = torch.sparse_coo_tensor(torch.tensor([rows, cols], device=where),
+                                       torch.tensor(values, dtype=torch.float32, device=where),
+                                       (len(references), len(vocab)), check_invariants=True, device=where)  # [N, V]
     overall = share_of.sum(0).to_dense() / len(references)  # [V]
     mass = probs.sum(0)  # [C]: photos' worth of each class
     joint = torch.sparse.mm(share_of.t(), probs.float()).t()  # [C, V]

@@ -26,6 +26,7 @@ from ..data.corpus import load_prepared
 from ..data.text import clean
 from ..errors import CaptionerError
 from ..features.splits import load_features
+from ..models.device import autocast
 from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, record, save, text_logprob
 from ..models.sentences import DIM
 from ..models.tags import tag_bonus
@@ -64,14 +65,15 @@ class Pairs:
                                              torch.tensor([len(g) for g in self.captions]))
 
     def encode_text(self, embedding: Embedding, progress: bool) -> None:
-        """Run every caption through the frozen layers once (training then runs only the tuned ones)."""
+        """Run every caption through the frozen layers once, on the embedding's device (training then runs only
+        the tuned ones); the states are kept on the host."""
         flat = [c for group in self.captions for c in group]
         batches = list(embedding.base.batches(flat, 256))
         longest = max(ids.shape[1] for _, ids, _ in batches)
         self.states = torch.zeros(len(flat), longest, DIM, dtype=torch.float16)
         self.keep = torch.zeros(len(flat), longest, dtype=torch.long)
         for rows, ids, keep in tqdm(batches, desc=f"text {self.name}", unit="batch", disable=not progress):
-            self.states[rows, :ids.shape[1]] = embedding.text_states(ids, keep).half()
+            self.states[rows, :ids.shape[1]] = embedding.text_states(ids, keep).half().cpu()
             self.keep[rows, :ids.shape[1]] = keep
 
     def text_batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +90,7 @@ def contrastive_loss(embedding: Embedding, t: torch.Tensor, v: torch.Tensor, pho
     photo [B] names each pair's photo: another caption of the same photo is no negative, it is left out.
     """
     sims = t @ v.T  # [B, B]: row i's match is column i
-    target = torch.arange(len(t))
+    target = torch.arange(len(t), device=t.device)
     twin = (photo[:, None] == photo[None, :]) & (target[:, None] != target[None, :])
     logits = (embedding.log_scale.exp().clamp(max=100) * sims).masked_fill(twin, -math.inf)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -107,18 +109,19 @@ def dev_scores(embedding: Embedding, pairs: Pairs, batch_size: int = 512) -> np.
     images = torch.from_numpy(embedding.images(pairs.pooled, pairs.grid, batch_size))
     texts = torch.cat([embedding.text_from(*pairs.text_batch(torch.arange(i, min(i + batch_size, len(pairs.owner)))))
                        for i in range(0, len(pairs.owner), batch_size)])
-    return (texts @ images.T).numpy()
+    return (texts.cpu() @ images.T).numpy()
 
 
 def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, tc: AlignConfig,
-                    progress: bool = True) -> tuple[Embedding, list[dict]]:
+                    progress: bool = True, device: torch.device | None = None) -> tuple[Embedding, list[dict]]:
     """Train on the captions of `train`, each once an epoch beside its photo, and keep the epoch with the
-    best mean dev R@1 + R@5 + R@10. Returns the embedding and each epoch's dev recall."""
+    best mean dev R@1 + R@5 + R@10. Returns the embedding and each epoch's dev recall. The embedding trains on
+    `device` (None: the host); the features and caption states stay on the host, each batch moves."""
     torch.manual_seed(tc.seed)
     g = torch.Generator().manual_seed(tc.seed)
     pooled = torch.cat([p.pooled for p in train])
     grid = torch.cat([p.grid for p in train])
-    embedding = Embedding(cfg, pooled.shape[1], grid.shape[1], tc.dropout)
+    embedding = Embedding(cfg, pooled.shape[1], grid.shape[1], tc.dropout).to(device)
     embedding.text_top.load_state_dict(embedding.base.layers[embedding.frozen:].state_dict())
     x = pooled.float()
     embedding.photo.mean.copy_(x.mean(0))
@@ -148,10 +151,11 @@ def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, 
                       disable=not progress, leave=False):
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
             states, keep = _text_rows(train, source[idx], row[idx])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embedding.base.bf16):
+            batch = photo[idx]
+            with autocast(embedding.device, enabled=embedding.base.bf16):
                 t = embedding.text_from(states, keep)
-                v = embedding.photo(pooled[photo[idx]], grid[photo[idx]])
-            loss = contrastive_loss(embedding, t.float(), v.float(), photo[idx], tc.hardest)
+                v = embedding.photo(pooled[batch].to(embedding.device), grid[batch].to(embedding.device))
+            loss = contrastive_loss(embedding, t.float(), v.float(), batch.to(embedding.device), tc.hardest)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -272,28 +276,29 @@ def _rsum(trial: dict) -> float:
 
 
 def load_pairs(model, data: list[str | Path], split: str, cache: str | Path | None,
-               progress: bool) -> list[Pairs]:
-    """The photos of `split` in each prepared corpus that has any, with their features and captions."""
+               progress: bool, device: torch.device | str = "auto") -> list[Pairs]:
+    """The photos of `split` in each prepared corpus that has any, with their features (encoded on `device` if
+    not cached) and captions."""
     out = []
     for folder in data:
         if any(im["split"] == split for im in load_prepared(folder).images):
-            s = load_features(folder, model.encoder, model.input_size, split, cache, progress)
+            s = load_features(folder, model.encoder, model.input_size, split, cache, progress, device)
             out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}"))
     return out
 
 
 def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | None = None,
           cfg: RetrievalConfig | None = None, tc: AlignConfig | None = None, rerank: bool = True,
-          progress: bool = True) -> dict:
+          progress: bool = True, device: str | torch.device = "auto") -> dict:
     """Train the model's embedding on the train splits of `data`, choose it and tune search on their dev
-    splits, save it beside the model."""
-    captioner = Captioner.load(model_dir)
+    splits, save it beside the model; on `device` (see models.device.resolve)."""
+    captioner = Captioner.load(model_dir, device=device)
     model = captioner.model
-    train, dev = (load_pairs(model, data, split, cache, progress) for split in ("train", "dev"))
+    train, dev = (load_pairs(model, data, split, cache, progress, captioner.device) for split in ("train", "dev"))
     if not train or not dev:
         raise CaptionerError("align needs a corpus with a train split and one with a dev split")
     cfg, tc = cfg or RetrievalConfig(), tc or AlignConfig()
-    embedding, history = train_embedding(train, dev, cfg, tc, progress)
+    embedding, history = train_embedding(train, dev, cfg, tc, progress, captioner.device)
     trials = tune(captioner, embedding, dev, rerank, progress)
     record = {"train": {p.name: len(p.captions) for p in train}, "train_config": asdict(tc), "epochs": history}
     save(Path(model_dir), embedding, record)
@@ -301,16 +306,16 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
 
 
 def retune(model_dir: str | Path, data: list[str | Path], cache: str | Path | None = None, rerank: bool = True,
-           progress: bool = True) -> dict:
+           progress: bool = True, device: str | torch.device = "auto") -> dict:
     """Choose the search settings of the model's trained embedding again on the dev splits of `data`, its towers
-    unchanged (after the captioner's decoding changed, say); saves them if they changed. Returns the settings
-    before and after, and every trial."""
-    captioner = Captioner.load(model_dir)
+    unchanged (after the captioner's decoding changed, say); saves them if they changed, on `device`. Returns the
+    settings before and after, and every trial."""
+    captioner = Captioner.load(model_dir, device=device)
     embedding = captioner.embedding
     if embedding is None:
         raise CaptionerError(f"{model_dir} has no search embedding to tune: train one with `captioner align "
                              f"--model {model_dir}`")
-    dev = load_pairs(captioner.model, data, "dev", cache, progress)
+    dev = load_pairs(captioner.model, data, "dev", cache, progress, captioner.device)
     if not dev:
         raise CaptionerError("retuning needs a corpus with a dev split")
     before = asdict(embedding.cfg)

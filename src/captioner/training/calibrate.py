@@ -19,29 +19,31 @@ from ..evaluation.metrics import photo_cider
 from ..features.splits import load_features
 from ..models import confidence
 from ..models.decode import decode
+from ..models.device import resolve
 from ..models.encoders import load_encoder
 from ..models.folder import load_model
 from ..models.tags import tagger
 
 
 def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Path | None = None,
-              progress: bool = True) -> dict:
-    """Fit and save the confidence of the model in `model_dir` on the dev splits of `datasets`.
+              progress: bool = True, device: str | torch.device = "auto") -> dict:
+    """Fit and save the confidence of the model in `model_dir` on the dev splits of `datasets`, captioning them
+    on `device` (see models.device.resolve; the regression itself is fitted on the host).
 
     Returns, per dev set, the photos, the share whose confidence is below
     confidence.LOW, and the mean per-photo CIDEr-D (x 100) of the least
     confident fifth and of the rest (cross-fitted), and the regression's weights.
     """
-    model_dir = Path(model_dir)
-    model = load_model(model_dir, fast=True)
+    model_dir, device = Path(model_dir), resolve(device)
+    model = load_model(model_dir, fast=True, device=device)
     centres, _ = confidence.load(model_dir)
     if centres is None:
         raise CaptionerError(f"{model_dir} has no {confidence.FILE} with its training photos' centroids: "
                              "retrain it with this version of captioner")
-    tags = tagger(model, load_encoder(model.encoder, model.input_size))
+    tags = tagger(model, load_encoder(model.encoder, model.input_size, device))
     names, xs, ciders = [], [], []
     for data in datasets:
-        photos = load_features(data, model.encoder, model.input_size, "dev", cache, progress)
+        photos = load_features(data, model.encoder, model.input_size, "dev", cache, progress, device)
         beams, probs = decode(model.decoder, photos.pooled, photos.grid, model.decode, tags, progress=progress)
         captions = [" ".join(model.vocab.words[t] for t in hyps[0].tokens) for hyps in beams]
         names.append(Path(data).name)

@@ -1,5 +1,6 @@
 """A training run's checkpoint: the decoder, the optimiser, the random state and where the run is, in one
-safetensors file written whole, so a killed run resumes exactly."""
+safetensors file written whole, so a killed run resumes exactly. Its tensors are host copies: it loads on any
+device (exactly resumed on the kind of device it was made on, whose own random state it also holds)."""
 from __future__ import annotations
 
 import json
@@ -11,16 +12,22 @@ from safetensors.torch import load_file, save_file
 
 from ..files import atomic_path
 from ..models.decoders import Decoder
+from ..models.device import rng_state, set_rng_state
 
 
 def save(path: Path, decoder: Decoder, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Write the decoder's and the optimiser's tensors, torch's random state and `state` (JSON) to `path`."""
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in decoder.state_dict().items()}
+    """Write the decoder's and the optimiser's tensors, torch's random state (and the decoder's device's) and
+    `state` (JSON) to `path`."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
     opt_state = opt.state_dict()
     for i, s in opt_state["state"].items():
         for k, v in s.items():
-            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1) if v.dim() == 0 else v.detach().contiguous()
+            v = v.detach().cpu()
+            tensors[f"opt.{i}.{k}"] = v.reshape(-1) if v.dim() == 0 else v.contiguous()
     tensors["rng"] = torch.get_rng_state()
+    device = decoder.device
+    if (device_rng := rng_state(device)) is not None:  # dropout on a GPU draws from the GPU's generator
+        tensors[f"rng.{device.type}"] = device_rng.cpu()
     meta = {**state, "param_groups": opt_state["param_groups"]}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
@@ -39,4 +46,7 @@ def load(path: Path, decoder: Decoder, opt: torch.optim.Optimizer) -> dict:
             opt_state["state"].setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
     opt.load_state_dict(opt_state)
     torch.set_rng_state(tensors["rng"])
+    device = decoder.device
+    if f"rng.{device.type}" in tensors:
+        set_rng_state(device, tensors[f"rng.{device.type}"])
     return meta

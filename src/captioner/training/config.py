@@ -41,7 +41,7 @@ class TrainConfig:
     scst_baseline: str = "mean"  # mean: of the photo's other samples | greedy: the greedy caption's reward
     seed: int = 0
     threads: int = 0  # torch threads; 0: all cores
-    bf16: bool = True  # bfloat16 autocast where the CPU supports it (about twice as fast)
+    bf16: bool = True  # bfloat16 autocast where the device runs it natively (a CPU with it: about twice as fast)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from ..data.text import END_ID, PAD_ID, START_ID, Vocab
 from ..errors import CaptionerError
 from ..models.decode import GREEDY, decode
 from ..models.decoders import Decoder
-from ..models.encoders import bf16_supported
+from ..models.device import autocast
 from ..models.search import sample, word_logprobs
 from .cider import CiderD
 from .config import Config, TrainConfig
@@ -34,19 +34,20 @@ def scst_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.T
     """
     t, k = cfg.train, cfg.train.scst_samples
     words = lambda ids: [vocab.words[i] for i in ids if i not in (END_ID, PAD_ID)]  # noqa: E731
-    owner = torch.arange(len(photos)).repeat_interleave(k)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.bf16 and bf16_supported()):
+    device = decoder.device
+    owner = torch.arange(len(photos), device=device).repeat_interleave(k)
+    with autocast(device, enabled=t.bf16):
         samples = sample(decoder, pooled, grid, k, max_len, generator, t.scst_temperature)  # [B * k, T]
         sentences = [words(s) for s in samples.tolist()]
-        rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], sentences))
+        rewards = torch.from_numpy(cider.scores([photos[o] for o in owner.tolist()], sentences)).to(device)
         if t.scst_baseline == "greedy":
             greedy, _ = decode(decoder, pooled, grid, GREEDY.override(max_len=max_len))
             best = [words(hyps[0].tokens) for hyps in greedy]
-            baseline = torch.from_numpy(cider.scores(photos, best)).repeat_interleave(k)
+            baseline = torch.from_numpy(cider.scores(photos, best)).to(device).repeat_interleave(k)
         else:
             by_photo = rewards.view(-1, k)
             baseline = ((by_photo.sum(1, keepdim=True) - by_photo) / (k - 1)).view(-1)
-        captions = torch.cat([torch.full((len(samples), 1), START_ID), samples], 1)
+        captions = torch.cat([torch.full((len(samples), 1), START_ID, device=device), samples], 1)
         logits, _ = decoder(pooled, grid, captions, owner)
     mask = captions[:, 1:] != PAD_ID  # [B * k, T]: the words and <end>; padding has no probability
     logp = word_logprobs(logits, t.scst_temperature).gather(2, captions[:, 1:, None]).squeeze(2).where(mask, 0.0)

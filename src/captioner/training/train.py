@@ -22,7 +22,8 @@ from ..files import atomic_path, write_atomic
 from ..models import confidence
 from ..models.decode import GREEDY, decode
 from ..models.decoders import Decoder
-from ..models.encoders import bf16_supported, load_encoder
+from ..models.device import autocast, resolve
+from ..models.encoders import load_encoder
 from ..models.folder import Model, save_model
 from ..models.glove import GLOVE_DIM, glove_vectors
 from ..models.search import word_logprobs
@@ -123,7 +124,7 @@ def xe_loss(cfg: Config, decoder: Decoder, pooled: torch.Tensor, grid: torch.Ten
             norm: tuple[float, float, float] | None = None) -> torch.Tensor:
     """Cross-entropy of one batch of captions [B, T], caption b of photo owner[b]; with scheduled
     sampling, each input word is the decoder's own guess with probability `chance`."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16 and bf16_supported()):
+    with autocast(decoder.device, enabled=cfg.train.bf16):
         inputs = with_own_words(decoder, pooled, grid, captions, owner, chance, generator) if chance else captions
         logits, attention = decoder(pooled, grid, inputs, owner)
     return loss_fn(cfg, logits.float(), attention.float() if attention is not None else None, captions, norm)
@@ -137,7 +138,9 @@ def with_own_words(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, c
         logits, _ = decoder(pooled, grid, captions, owner)  # [B, T - 1, V]
     guesses = word_logprobs(logits[:, :-1]).argmax(-1)
     words = captions[:, 1:-1]  # inputs after <start>; the last position is never an input
-    swap = (torch.rand(words.shape, generator=generator) < chance) & (words != PAD_ID) & (words != END_ID)
+    # Drawn where the generator is (the host), so a run draws the same numbers on any device.
+    drawn = torch.rand(words.shape, generator=generator, device=generator.device).to(words.device)
+    swap = (drawn < chance) & (words != PAD_ID) & (words != END_ID)
     return torch.cat([captions[:, :1], torch.where(swap, guesses, words), captions[:, -1:]], 1)
 
 
@@ -217,20 +220,23 @@ class Run:
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True,
-          workers: Workers | None = None) -> Path:
-    """Train a decoder as `cfg` says; returns the folder of the model selected on the dev split.
+          workers: Workers | None = None, device: str | torch.device = "auto") -> Path:
+    """Train a decoder as `cfg` says, on `device` (see models.device.resolve); returns the folder of the model
+    selected on the dev split.
 
     Writes into cfg.train.out: checkpoint.safetensors (every epoch, atomically),
-    metrics.jsonl, curve.png and model/ (the best epoch by dev CIDEr). With
-    `resume`, continues from the checkpoint exactly as if never stopped.
+    metrics.jsonl, curve.png and model/ (the best epoch by dev CIDEr), all from
+    host copies, so they load on any device. With `resume`, continues from the
+    checkpoint exactly as if never stopped (checked on the CPU).
     `stop_after` ends this run after that many epochs (resume later).
     With `workers`, this process is one of several data-parallel workers (see
     parallel.py and distributed/train.py): rank 0 chooses the epoch and writes every file.
     """
+    device = resolve(device)
     check_run(cfg, resume)
     if cfg.train.threads and workers is None:
         torch.set_num_threads(cfg.train.threads)
-    run = start(cfg, resume, progress, workers)
+    run = start(cfg, resume, progress, workers, device)
     progress = progress and run.lead
     first = run.state["epoch"]
     while next_phase(run) and (stop_after is None or run.state["epoch"] - first < stop_after):
@@ -240,13 +246,15 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, prog
     return Path(cfg.train.out) / "model"
 
 
-def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None) -> Run:
-    """The run's data (encoded where not cached), a new decoder and optimiser, or the checkpoint's with `resume`."""
+def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None, device: torch.device) -> Run:
+    """The run's data (encoded where not cached; held on the host), a new decoder on `device` and its optimiser,
+    or the checkpoint's with `resume`."""
     out = Path(cfg.train.out)
     lead = workers is None or workers.rank == 0
-    data = load_training(cfg.data, progress and lead, workers.owns if workers else None)
+    data = load_training(cfg.data, progress and lead, workers.owns if workers else None, device)
     split, vocab = data.train, data.vocab
-    classifier = load_encoder(cfg.data.encoder, cfg.data.input_size).classifier
+    # The classifier names the classes' words from every training photo's features: where those are, the host.
+    classifier = load_encoder(cfg.data.encoder, cfg.data.input_size, split.pooled.device).classifier
     words = class_words(probabilities(classifier, split.pooled), split.references, vocab) \
         if classifier is not None else None
     captions, owner = split.captions(vocab, data.max_len)
@@ -261,7 +269,7 @@ def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None) ->
                                  "training: lower [train] scst_min_refs")
         cider = CiderD([[r.split() for r in split.references[p]] for p in scored])
         cider_row = {p: row for row, p in enumerate(scored)}
-    decoder = build_decoder(cfg, vocab, split.pooled.shape[1], classifier)
+    decoder = build_decoder(cfg, vocab, split.pooled.shape[1], classifier).to(device)
     learned = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.Adam(learned, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
@@ -321,7 +329,7 @@ def train_epoch(run: Run, progress: bool) -> tuple[int, float]:
 
 def train_step(run: Run, photos: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
     """One optimiser step on a batch of photos (this worker's part of it); returns what it counts and sums."""
-    cfg, s, workers = run.cfg, run.state, run.workers
+    cfg, s, workers, device = run.cfg, run.state, run.workers, run.decoder.device
     split, lengths, total_steps = run.data.train, run.lengths, run.total_steps
     norm = None  # one worker: the batch's own means
     if workers:
@@ -332,10 +340,10 @@ def train_step(run: Run, photos: torch.Tensor, generator: torch.Generator) -> tu
     run.opt.zero_grad(set_to_none=True)
     count, value = 0, 0.0
     if len(photos):  # a worker's part of a small batch may be empty
-        pooled, grid = split.pooled[photos], split.grid[photos]
+        pooled, grid = split.pooled[photos].to(device), split.grid[photos].to(device)  # the batch, to the decoder
         idx = torch.cat([run.rows_of[p] for p in photos.tolist()])  # the batch's reference captions
-        which = torch.repeat_interleave(torch.arange(len(photos)), run.counts[photos])  # caption -> photo
-        references = run.captions[idx, :int(lengths[idx].max())]
+        which = torch.repeat_interleave(torch.arange(len(photos)), run.counts[photos]).to(device)  # caption -> photo
+        references = run.captions[idx, :int(lengths[idx].max())].to(device)
         if run.scst:
             loss, rewards = scst_loss(cfg, run.decoder, pooled, grid, [run.cider_row[p] for p in photos.tolist()],
                                       run.cider, run.data.vocab, run.data.max_len, generator)

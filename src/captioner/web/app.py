@@ -22,6 +22,8 @@ from .uploads import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit
 from .worker import DEFAULT_MAX_QUEUE, CaptionWorker, QueueFull
 
 if TYPE_CHECKING:
+    import torch
+
     from ..gallery import Gallery
 
 
@@ -79,8 +81,10 @@ async def busy(request: Request, exc: QueueFull) -> JSONResponse:
 
 def serve(model: str | Path | None = None, gallery: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_queue: int = DEFAULT_MAX_QUEUE,
-          token: str | None = None, public: bool = False, allowed_host: list[str] | None = None) -> None:
-    """Load the model (default: the shipped one) and the gallery once, then serve the app until interrupted.
+          token: str | None = None, public: bool = False, allowed_host: list[str] | None = None,
+          device: str | torch.device = "auto") -> None:
+    """Load the model (default: the shipped one) on `device` and the gallery once, then serve the app until
+    interrupted.
 
     A `host` other than loopback, or `allowed_host` '*', needs a `token` (of at least 16 characters), or
     `public` to serve without one on purpose (see `security.check_exposure`). Behind a TLS proxy on another
@@ -89,7 +93,7 @@ def serve(model: str | Path | None = None, gallery: str | Path | None = None, ho
     import uvicorn
 
     check_exposure(host, token, public, allowed_host or [])
-    captioner = Captioner.load(model)
+    captioner = Captioner.load(model, device=device)
     opened = None
     if gallery is not None:
         from ..gallery import Gallery
