@@ -324,3 +324,36 @@ def test_a_closed_stdout_ends_quietly(tiny_model_dir, photo):
         os.close(write)
     assert done.returncode == 1
     assert done.stderr == ""
+
+
+# --- devices -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["caption", "PHOTO"], ["index", "PHOTO", "--db", "DB"],
+                                     ["search", "a dog", "--db", "DB"], ["serve", "--db", "DB", "--port", "PORT"]])
+def test_every_command_that_runs_a_model_takes_device_and_says_when_it_is_not_here(command, tiny_model_dir,
+                                                                                  tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), "red").save(photo)
+    with socket.socket() as s:  # a free port, for serve
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    given = {"PHOTO": str(photo), "DB": str(tmp_path / "g.db"), "PORT": str(port)}
+    argv = [given.get(a, a) for a in command] + ["--model", str(tiny_model_dir), "--device", "cuda"]
+    if command[0] == "search":  # a gallery to search
+        from captioner.gallery import Gallery
+
+        Gallery.create(given["DB"], captioner=FakeCaptioner(tiny_model_dir)).close()
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = run(argv, capsys)
+    assert code == 1 and out == ""
+    assert_one_sentence(err)
+    assert "device cuda is not available here" in err and "cpu" in err
+    assert sorted(tmp_path.rglob("*")) == before  # refused before anything was written
+
+
+def test_ray_with_a_gpu_device_is_refused_in_one_sentence(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("ray")
+    code, out, err = run(["caption", str(tmp_path), "--ray", "--device", "cuda"], capsys)
+    assert code == 1
+    assert_one_sentence(err)
+    assert "--ray runs the model on the CPU" in err

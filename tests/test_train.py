@@ -265,7 +265,7 @@ def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
 def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     from captioner.cli import main
     from captioner.models.embedding import FILE, load, record, save
-    from captioner.training.align import choose_rerank, retune
+    from captioner.training.align import choose_rerank
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)
@@ -285,7 +285,8 @@ def test_align_adds_an_embedding_chosen_on_dev(mini_corpus, tmp_path, capsys):
     # Retuning keeps the towers and chooses the settings again from the same grid
     embedding.cfg.blend, embedding.cfg.weak_score = 0.123, 0.9
     save(model_dir, embedding, record(model_dir))
-    again = retune(model_dir, [mini_corpus], progress=False)
+    assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--retune", "--json", "-q"]) == 0
+    again = json.loads(capsys.readouterr().out)
     retuned = load(model_dir)
     assert again["before"]["blend"] == 0.123 and retuned.cfg.blend in {t["blend"] for t in first_stage}
     assert vars(retuned.cfg) == again["config"] and -1 <= retuned.cfg.weak_score < 0.9

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import positive_int, ray_options, ray_wanted
+from .options import device_option, positive_int, ray_options, ray_wanted
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tags", action="store_true", help="also show what the encoder's ImageNet classifier "
                    'recognises: up to 5 labels with their probabilities and caption words (in --json: "tags")')
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
+    device_option(p)
     ray_options(p, "caption")
     p.set_defaults(run=cmd_caption)
 
@@ -43,7 +44,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
         stream = caption_stream(args.model, args.ray_actors, args.ray_address, attention=bool(args.attention))
     else:
-        captioner = Captioner.load(args.model)
+        captioner = Captioner.load(args.model, device=args.device)
         stream = captioner.stream
     if args.attention:
         kind = (captioner.model if captioner else load_model(args.model)).decoder.cfg.kind

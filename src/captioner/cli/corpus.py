@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..data.readers import READERS
-from .options import DEFAULT_DATA, positive_int, ray_options, ray_wanted
+from .options import DEFAULT_DATA, device_option, positive_int, ray_options, ray_wanted
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=positive_int, default=224,
                    help="photos are squashed to this square (default 224)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    device_option(p)
     ray_options(p, "encode")
     p.set_defaults(run=cmd_features)
 
@@ -53,14 +54,16 @@ def cmd_features(args: argparse.Namespace) -> int:
     from ..data.corpus import load_prepared
     from ..features.splits import ensure_features
 
-    encode = None
+    encode, device = None, args.device
     if ray_wanted(args):
         from ..distributed.batch import encode_stream
+        from ..distributed.cluster import DEVICE
 
         encode = encode_stream(args.encoder, args.input_size, args.ray_actors, args.ray_address)
+        device = DEVICE  # the features' key names the precision of the actors' device
     prepared = load_prepared(args.data)
     cache_root = args.cache or str(Path(args.data) / "features")
     cache, hashes = ensure_features(prepared, args.encoder, args.input_size, cache_root, ("train", "dev", "test"),
-                                    progress=not args.quiet, encode=encode)
+                                    progress=not args.quiet, encode=encode, device=device)
     print(f"{len(hashes):,} photos have {args.encoder} features in {cache.folder}")
     return 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import gallery_options, positive_int, ray_options, ray_wanted
+from .options import device_option, gallery_options, positive_int, ray_options, ray_wanted
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                        "the end. Exit status: 0 when every photo was indexed, 1 when any failed.")
     p.add_argument("paths", nargs="+", metavar="PHOTOS", help="photo files or folders")
     gallery_options(p)
+    device_option(p)
     p.add_argument("--rebuild", action="store_true", help="forget the gallery's photos and index them again "
                    "(after changing the model)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
@@ -32,6 +33,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", choices=["both", "visual", "caption"], default="both",
                    help="visual: what the photos look like; caption: what their captions say; both (default)")
     gallery_options(p)
+    device_option(p)
     p.set_defaults(run=cmd_similar)
     p = sub.add_parser("search", help="gallery photos that match a description",
                        description="Gallery photos that match a description: its text vector against each "
@@ -48,6 +50,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank", action="store_true", help="re-rank the best candidates by how likely the "
                    "captioner finds TEXT as their caption (slower, usually better)")
     gallery_options(p)
+    device_option(p)
     p.set_defaults(run=cmd_search)
 
 
@@ -59,7 +62,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         from ..distributed.batch import caption_stream
 
         stream = caption_stream(args.model, args.ray_actors, args.ray_address, search=True)
-    gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild)
+    gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild, device=args.device)
     try:
         report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size, stream=stream)
     finally:
@@ -74,7 +77,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     from ..gallery import Gallery
 
-    with Gallery.open(args.db, model=args.model) as gallery:
+    with Gallery.open(args.db, model=args.model, device=args.device) as gallery:
         _print_matches(gallery.similar(args.photo, args.k, args.by), args.json)
     return 0
 
@@ -82,7 +85,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..gallery import Gallery
 
     queries = read_queries(args.queries) if args.queries is not None else None
-    with Gallery.open(args.db, model=args.model) as gallery:
+    with Gallery.open(args.db, model=args.model, device=args.device) as gallery:
         if queries is None:
             _print_matches(gallery.search(args.text, args.k, args.rerank), args.json)
             return 0

@@ -5,6 +5,7 @@ import argparse
 from collections.abc import Callable
 
 from ..data.corpus import default_out
+from ..errors import CaptionerError
 
 DEFAULT_DATA = str(default_out("flickr8k"))
 DEFAULT_DB = "$CAPTIONER_GALLERY, else ~/.local/share/captioner/gallery.db"
@@ -33,10 +34,19 @@ positive_int = whole_number(1)
 port_number = whole_number(1, 65535)
 
 
+def device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="where the model runs: auto (default: a CUDA "
+                   "GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps")
+
+
 def ray_wanted(args: argparse.Namespace) -> bool:
-    """Whether to run on Ray (--ray, or a --ray-address); checks first that Ray is installed."""
+    """Whether to run on Ray (--ray, or a --ray-address); checks first that Ray is installed, and that no --device
+    other than the CPU was asked for (Ray's actors run on the CPU)."""
     if not (args.ray or args.ray_address):
         return False
+    if getattr(args, "device", "auto") not in ("auto", "cpu"):
+        raise CaptionerError(f"--ray runs the model on the CPU of each Ray actor: leave out --device {args.device}, "
+                             "or leave out --ray to run on it here")
     from ..distributed.cluster import require_ray
 
     require_ray()

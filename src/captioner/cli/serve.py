@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import DEFAULT_DB, port_number, positive_int
+from .options import DEFAULT_DB, device_option, port_number, positive_int
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=positive_int, default=64, help="photos that may wait to be captioned; "
                    "beyond that a request is answered 503 with Retry-After, so a busy server stays responsive "
                    "(default 64)")
+    device_option(p)
     p.set_defaults(run=cmd_serve)
 
 
@@ -46,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     token = args.token or os.environ.get("CAPTIONER_TOKEN") or None
     serve(args.model, served_gallery(args.db), args.host, args.port, args.max_upload_mb * 2**20, args.max_queue,
-          token, args.public, args.allowed_host)
+          token, args.public, args.allowed_host, args.device)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import DEFAULT_DATA, positive_int
+from .options import DEFAULT_DATA, device_option, positive_int
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "on its part of every batch; the files written are the same as a local run's (docs/scaling.md)")
     p.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster for --ray-workers, e.g. auto or "
                    "ray://head:10001 (default: $RAY_ADDRESS, else a local one started for this run)")
+    device_option(p)
     p.set_defaults(run=cmd_train)
     p = sub.add_parser("evaluate", help="BLEU, METEOR, ROUGE-L and CIDEr on a split",
                        description="Caption every photo of a split and score the captions against the human "
@@ -35,6 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report folder (default: MODEL/eval-SPLIT)")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    device_option(p)
     p.set_defaults(run=cmd_evaluate)
     p = sub.add_parser("calibrate", help="fit a model's caption confidence on dev sets",
                        description="Caption the dev split of each --data corpus, fit how a caption's confidence is "
@@ -47,6 +49,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "(repeatable: e.g. Flickr8k and a set of other photos)")
     p.add_argument("--cache", help="the feature cache folder (default: each corpus's features/)")
     p.add_argument("--json", action="store_true", help="print the check and the weights as JSON")
+    device_option(p)
     p.set_defaults(run=cmd_calibrate)
     p = sub.add_parser("align", help="train a model's photo-text embedding for gallery search",
                        description="Train the photo-text embedding gallery search uses (a photo tower over the "
@@ -61,8 +64,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="the feature cache folder (default: each corpus's features/)")
     p.add_argument("--epochs", type=positive_int, help="training epochs (default: as the shipped model was "
                    "trained); the best on dev is kept")
+    p.add_argument("--retune", action="store_true", help="keep the model's trained embedding and only choose its "
+                   "search settings again on the dev splits (after its decoding changed, say)")
+    p.add_argument("--no-rerank", action="store_true", help="with --retune: keep the re-ranking settings (choosing "
+                   "them scores every dev caption against 100 photos under the captioner: the slow part)")
     p.add_argument("--json", action="store_true", help="print the chosen settings, each epoch and every dev trial "
                    "as JSON")
+    device_option(p)
     p.set_defaults(run=cmd_align)
 
 
@@ -79,7 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_dir = train_on_ray(cfg, args.ray_workers, resume=args.resume, stop_after=args.stop_after,
                                  address=args.ray_address)
     else:
-        model_dir = train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+        model_dir = train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet,
+                          device=args.device)
     print(f"the model selected on the dev split is in {model_dir}")
     return 0
 
@@ -87,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate
 
     result = evaluate(args.model, args.data, args.split, beam=args.beam, out=args.out, cache=args.cache,
-                      progress=not args.quiet)
+                      progress=not args.quiet, device=args.device)
     if args.json:
         print(json.dumps(result["scores"] | {"diversity": result["diversity"]}))
     else:
@@ -101,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..training.calibrate import calibrate
 
-    result = calibrate(args.model, args.data, args.cache, progress=not args.quiet)
+    result = calibrate(args.model, args.data, args.cache, progress=not args.quiet, device=args.device)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -113,16 +122,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from ..training.align import AlignConfig, align
+    from ..training.align import AlignConfig, align, retune
 
-    tc = AlignConfig(**({"epochs": args.epochs} if args.epochs else {}))
-    result = align(args.model, args.data or [DEFAULT_DATA], args.cache, tc=tc, progress=not args.quiet)
+    data, progress = args.data or [DEFAULT_DATA], not args.quiet
+    if args.retune:
+        result = retune(args.model, data, args.cache, rerank=not args.no_rerank, progress=progress,
+                        device=args.device)
+    else:
+        tc = AlignConfig(**({"epochs": args.epochs} if args.epochs else {}))
+        result = align(args.model, data, args.cache, tc=tc, progress=progress, device=args.device)
     cfg = result["config"]
-    best = next(t for t in result["dev_trials"] if all(t[k] == cfg[k] for k in ("blend", "tag_weight",
-                                                                                "rerank_pool", "rerank_weight")))
+    first = [t for t in result["dev_trials"] if (t["blend"], t["tag_weight"]) == (cfg["blend"], cfg["tag_weight"])]
+    best = next((t for t in first if (t["rerank_pool"], t["rerank_weight"]) == (cfg["rerank_pool"],
+                                                                             cfg["rerank_weight"])), first[0])
     print(json.dumps(result) if args.json else
-          f"search embedding saved in {args.model}: blend {cfg['blend']}, tag weight {cfg['tag_weight']}, "
-          f"re-ranking the best {cfg['rerank_pool']} "
-          f"with weight {cfg['rerank_weight']}, weak below {cfg['weak_score']}; mean dev R@1 {best['R@1']:.1f}, "
-          f"R@10 {best['R@10']:.1f} (with --rerank)")
+          f"search settings {'chosen again' if args.retune else 'and embedding saved'} in {args.model}: blend "
+          f"{cfg['blend']}, tag weight {cfg['tag_weight']}, re-ranking the best {cfg['rerank_pool']} with weight "
+          f"{cfg['rerank_weight']}, weak below {cfg['weak_score']}; mean dev R@1 {best['R@1']:.1f}, "
+          f"R@10 {best['R@10']:.1f}" + (" (with --rerank)" if best["rerank_pool"] else ""))
     return 0
