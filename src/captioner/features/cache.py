@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..data.images import TruncatedPhotoWarning, file_sha256, read_photo, to_pixels
 from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
-from ..models.encoders import Encoder
+from ..models.encoders.base import Encoder
 
 INDEX = "index.json"
 log = logging.getLogger(__name__)
