@@ -284,7 +284,7 @@ def test_a_doubtful_caption_is_shown_and_read_aloud_with_its_doubt(browser, tiny
     captioner = tiny_captioner(tiny_model_dir)
     captioner.centroids = torch.nn.functional.normalize(torch.randn(4, 1280), dim=1)
     # A calibration that gives every caption the same confidence, sigmoid(bias): 5% or 95%.
-    captioner.models.confidence = Confidence(torch.zeros(len(FEATURES)), torch.tensor(bias), torch.zeros(len(FEATURES)),
+    captioner.confidence = Confidence(torch.zeros(len(FEATURES)), torch.tensor(bias), torch.zeros(len(FEATURES)),
                                       torch.ones(len(FEATURES)))
     with LiveServer(create_app(captioner)) as url:
         context = browser.new_context(viewport={"width": 1100, "height": 900})
