@@ -43,7 +43,7 @@ def no_model(monkeypatch):
     """`serve` past its checks would load the shipped model and serve until killed: there, it fails at once."""
     monkeypatch.delenv("CAPTIONER_TOKEN", raising=False)
 
-    def load(model=None):
+    def load(model=None, **_):
         raise RuntimeError("serve went past its checks")
 
     monkeypatch.setattr(Captioner, "load", load)
