@@ -27,6 +27,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first flawed line instead of skipping it")
     p.add_argument("--force", action="store_true", help="replace a corpus prepared in OUT from another source")
     p.set_defaults(run=cmd_prepare)
+
     p = sub.add_parser("features", help="encode every corpus photo once, cached on disk",
                        description="Encode the photos of a prepared corpus with a frozen encoder. Features are "
                        "cached by photo content and encoder; an interrupted run resumes where it stopped.")

@@ -25,6 +25,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
     ray_options(p, "caption and embed the photos (this process still writes the gallery)")
     p.set_defaults(run=cmd_index)
+
     p = sub.add_parser("similar", help="gallery photos most like a photo",
                        description="Gallery photos most like PHOTO (which need not be in the gallery), by image "
                        "vectors, caption vectors or a blend of both.")
@@ -35,6 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     gallery_options(p)
     device_option(p)
     p.set_defaults(run=cmd_similar)
+
     p = sub.add_parser("search", help="gallery photos that match a description",
                        description="Gallery photos that match a description: its text vector against each "
                        "photo's caption vector and image vector in the model's photo-text embedding (`captioner "

@@ -26,6 +26,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "ray://head:10001 (default: $RAY_ADDRESS, else a local one started for this run)")
     device_option(p)
     p.set_defaults(run=cmd_train)
+
     p = sub.add_parser("evaluate", help="BLEU, METEOR, ROUGE-L and CIDEr on a split",
                        description="Caption every photo of a split and score the captions against the human "
                        "ones with the COCO caption toolkit (needs Java). Writes report.json and report.html.")
@@ -38,6 +39,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     device_option(p)
     p.set_defaults(run=cmd_evaluate)
+
     p = sub.add_parser("calibrate", help="fit a model's caption confidence on dev sets",
                        description="Caption the dev split of each --data corpus, fit how a caption's confidence is "
                        "weighed (its likelihood, the photo's tags, how close the photo is to the training photos) "
@@ -51,6 +53,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the check and the weights as JSON")
     device_option(p)
     p.set_defaults(run=cmd_calibrate)
+
     p = sub.add_parser("align", help="train a model's photo-text embedding for gallery search",
                        description="Train the photo-text embedding gallery search uses (a photo tower over the "
                        "encoder's grid, all-MiniLM-L6-v2's top layer fine-tuned, contrastively) on the train "
