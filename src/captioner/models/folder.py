@@ -15,7 +15,7 @@ from ..data.text import Vocab
 from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
 from .decode import DecodeConfig
-from .decoders import Decoder, DecoderConfig
+from .decoders import Decoder, DecoderConfig, pack
 from .encoders import bf16_supported
 
 FORMAT = 1
@@ -61,7 +61,8 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
     """Load a model folder (default: the model shipped with captioner).
 
     With `fast`, for captioning only: the decoder runs in bfloat16 where the CPU
-    supports it natively, about three times faster per word.
+    supports it natively, about three times faster per word, its weights packed
+    for oneDNN (decoders.pack), twice as fast again.
     """
     folder = Path(folder) if folder else DEFAULT_MODEL
     needed = ["model.safetensors", "config.json", "vocab.json"]
@@ -86,7 +87,7 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
         raise CaptionerError(f"{folder} holds a damaged or incompatible model ({type(e).__name__}: {e})") from None
     decoder.eval()
     if fast and bf16_supported():
-        decoder.to(torch.bfloat16)
+        pack(decoder.to(torch.bfloat16))
     return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
                  DecodeConfig(**config.get("decode", {})), class_words, folder)
 
