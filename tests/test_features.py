@@ -324,6 +324,22 @@ def test_encode_photos_decodes_the_next_batch_while_the_network_runs(lite0, phot
     assert "9/9" in bar and ("photo/s" in bar or "s/photo" in bar)  # a progress bar with its rate
 
 
+def test_a_single_batch_is_read_in_the_calling_thread(lite0, photos, monkeypatch):
+    """One batch has nothing to overlap with, so no reader thread is started for it (a thread and its
+    hand-over cost a single photo's caption about a millisecond)."""
+    readers = []
+    original = features.read_photo
+
+    def noting_read_photo(path, size=None):
+        readers.append(threading.current_thread())
+        return original(path, size)
+
+    monkeypatch.setattr(features, "read_photo", noting_read_photo)
+    batches = list(encode_photos(lite0, photos[:2], batch_size=3, progress=False))
+    assert [b.ok for b in batches] == [[0, 1]]
+    assert readers == [threading.current_thread()] * 2
+
+
 def test_real_flickr8k_photos_are_cached_as_encoded(lite0, flickr8k_root, tmp_path):
     names = sorted((flickr8k_root / "Images").iterdir())[:3]
     paths = [shutil.copyfile(p, tmp_path / p.name) for p in names]
