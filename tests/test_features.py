@@ -1,6 +1,7 @@
 """The feature cache with the real lite0 encoder: float16, keyed by (encoder, photo bytes), resumable, never stale or corrupt."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -338,6 +339,25 @@ def test_a_single_batch_is_read_in_the_calling_thread(lite0, photos, monkeypatch
     batches = list(encode_photos(lite0, photos[:2], batch_size=3, progress=False))
     assert [b.ok for b in batches] == [[0, 1]]
     assert readers == [threading.current_thread()] * 2
+
+
+def test_captioning_reads_each_photo_once_and_never_hashes_it(tiny_model_dir, reuse_encoders, photos, monkeypatch):
+    """A photo's hash keys the feature cache; a caption does not use the cache, so it never reads the file's
+    bytes a second time to hash them."""
+    from captioner.captioning import Captioner
+    from captioner.data import images
+
+    def hashing(*args, **kwargs):
+        raise AssertionError("the caption path hashed a photo")
+
+    for module, name in ((images, "file_sha256"), (features, "file_sha256"), (hashlib, "file_digest")):
+        monkeypatch.setattr(module, name, hashing)
+    reads = []
+    original = features.read_photo
+    monkeypatch.setattr(features, "read_photo", lambda path, size=None: reads.append(path) or original(path, size))
+    captions = Captioner.load(tiny_model_dir).caption(photos[:3])
+    assert [c.path for c in captions] == photos[:3] and not any(c.error for c in captions)
+    assert reads == photos[:3]
 
 
 def test_real_flickr8k_photos_are_cached_as_encoded(lite0, flickr8k_root, tmp_path):
