@@ -174,10 +174,12 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
         flat = rank.view(B, -1).topk(K, dim=1).indices  # [B, K]
         origin, words_bk = flat // V, flat % V
         logprob = total.view(B, -1).gather(1, flat)
-        collected = bonus.view(B, -1).gather(1, flat) if guide is not None else collected.gather(1, origin)
         if guide is not None:
+            collected = bonus.view(B, -1).gather(1, flat)
             left = left.gather(1, origin[..., None].expand_as(left))
             left = left.masked_fill(guide_words == words_bk[..., None], 0.0)
+        else:
+            collected = collected.gather(1, origin)
         lengths = new_len.gather(1, origin)
         rows = (origin + offsets).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
