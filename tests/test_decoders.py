@@ -1,11 +1,13 @@
 """Decoder shapes and the search: greedy, beam, <end>, maximum length, no <unk>."""
+import copy
 import math
 
 import pytest
 import torch
 
 from captioner.models.search import beam_search, greedy, sample
-from captioner.models.decoders import Decoder, DecoderConfig, KINDS
+from captioner.models.decoders import Decoder, DecoderConfig, KINDS, PackedLinear, PackedLSTMCell, pack
+from captioner.models.device import cpu_bf16
 from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 V, D, N = 50, 32, 9
@@ -204,3 +206,23 @@ def test_a_beam_wider_than_the_captions_to_find_gives_only_possible_ones():
         assert 1 <= len(hyps) < 40
         assert all(math.isfinite(h.logprob) and math.isfinite(h.score) for h in hyps)
         assert len({tuple(h.tokens) for h in hyps}) == len(hyps)
+
+
+@pytest.mark.skipif(not cpu_bf16(), reason="packing applies to bfloat16 decoders, which this CPU does not run")
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_packed_decoder_computes_exactly_what_the_bfloat16_one_does(kind):
+    plain = small(kind, seed=5).to(torch.bfloat16)
+    packed = pack(copy.deepcopy(plain))
+    assert any(isinstance(m, (PackedLinear, PackedLSTMCell)) for m in packed.modules())
+    assert not any(type(m) in (torch.nn.Linear, torch.nn.LSTMCell) for m in packed.modules())
+    assert packed.state_dict().keys() == plain.state_dict().keys()  # a model folder saves as before
+    pooled, grid = features(4)
+    captions = torch.randint(4, V, (4, 7), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        assert torch.equal(packed(pooled, grid, captions)[0], plain(pooled, grid, captions)[0])
+    guide = (torch.rand(4, 2), torch.randint(4, V, (4, 2)))
+    for got, expected in zip(beam_search(packed, pooled, grid, beam=3, max_len=10, guide=guide),
+                             beam_search(plain, pooled, grid, beam=3, max_len=10, guide=guide)):
+        assert [(h.tokens, h.logprob, h.score) for h in got] == [(h.tokens, h.logprob, h.score) for h in expected]
+        assert all(h.attention is None and g.attention is None or torch.equal(h.attention, g.attention)
+                   for h, g in zip(got, expected))

@@ -1,6 +1,7 @@
 """The feature cache with the real lite0 encoder: float16, keyed by (encoder, photo bytes), resumable, never stale or corrupt."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -322,6 +323,41 @@ def test_encode_photos_decodes_the_next_batch_while_the_network_runs(lite0, phot
     _close(torch.cat(grid), reference[1][:N_PHOTOS])
     bar = capsys.readouterr().err
     assert "9/9" in bar and ("photo/s" in bar or "s/photo" in bar)  # a progress bar with its rate
+
+
+def test_a_single_batch_is_read_in_the_calling_thread(lite0, photos, monkeypatch):
+    """One batch has nothing to overlap with, so no reader thread is started for it (a thread and its
+    hand-over cost a single photo's caption about a millisecond)."""
+    readers = []
+    original = features.read_photo
+
+    def noting_read_photo(path, size=None):
+        readers.append(threading.current_thread())
+        return original(path, size)
+
+    monkeypatch.setattr(features, "read_photo", noting_read_photo)
+    batches = list(encode_photos(lite0, photos[:2], batch_size=3, progress=False))
+    assert [b.ok for b in batches] == [[0, 1]]
+    assert readers == [threading.current_thread()] * 2
+
+
+def test_captioning_reads_each_photo_once_and_never_hashes_it(tiny_model_dir, reuse_encoders, photos, monkeypatch):
+    """A photo's hash keys the feature cache; a caption does not use the cache, so it never reads the file's
+    bytes a second time to hash them."""
+    from captioner.captioning import Captioner
+    from captioner.data import images
+
+    def hashing(*args, **kwargs):
+        raise AssertionError("the caption path hashed a photo")
+
+    for module, name in ((images, "file_sha256"), (features, "file_sha256"), (hashlib, "file_digest")):
+        monkeypatch.setattr(module, name, hashing)
+    reads = []
+    original = features.read_photo
+    monkeypatch.setattr(features, "read_photo", lambda path, size=None: reads.append(path) or original(path, size))
+    captions = Captioner.load(tiny_model_dir).caption(photos[:3])
+    assert [c.path for c in captions] == photos[:3] and not any(c.error for c in captions)
+    assert reads == photos[:3]
 
 
 def test_real_flickr8k_photos_are_cached_as_encoded(lite0, flickr8k_root, tmp_path):

@@ -176,11 +176,11 @@ def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
         return ok, np.stack(pixels) if pixels else np.empty((0, size, size, 3), np.uint8), errors, warned
 
     bar = tqdm(total=len(paths), desc="encoding", unit="photo", disable=not progress, dynamic_ncols=True)
-    with ThreadPoolExecutor(1) as reader:
+    with ThreadPoolExecutor(1) as reader:  # its thread starts with the second batch: the first has nothing to overlap
         batches = list(_batches(range(len(paths)), batch_size))
-        pending = reader.submit(read, batches[0]) if batches else None
+        pending = None
         for b in range(len(batches)):
-            ok, pixels, errors, warned = pending.result()
+            ok, pixels, errors, warned = pending.result() if pending else read(batches[0])
             if b + 1 < len(batches):
                 pending = reader.submit(read, batches[b + 1])
             pooled, grid = encoder(pixels) if ok else (torch.empty(0, device=encoder.device),) * 2

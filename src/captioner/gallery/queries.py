@@ -24,7 +24,7 @@ from ..features.cache import encode_photos
 from ..models.embedding import RetrievalConfig, photo_vectors, query_vectors, text_logprob
 from ..models.sentences import DIM
 from ..models.tags import tag_bonus
-from .catalogue import ROW, Row, vector
+from .catalogue import Row, vector
 
 if TYPE_CHECKING:
     from . import Gallery

@@ -15,7 +15,7 @@ from ..data.text import Vocab
 from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
 from .decode import DecodeConfig
-from .decoders import Decoder, DecoderConfig
+from .decoders import Decoder, DecoderConfig, pack
 from .device import fast_dtype, resolve
 
 FORMAT = 1
@@ -63,7 +63,8 @@ def load_model(folder: str | Path | None = None, fast: bool = False, device: str
 
     With `fast`, for captioning only: the decoder runs at the device's fast
     precision (device.fast_dtype: bfloat16 where the CPU supports it natively,
-    about three times faster per word).
+    about three times faster per word), its weights packed for oneDNN on the CPU
+    (decoders.pack), twice as fast again.
     """
     device = resolve(device)
     folder = Path(folder) if folder else DEFAULT_MODEL
@@ -89,7 +90,7 @@ def load_model(folder: str | Path | None = None, fast: bool = False, device: str
         raise CaptionerError(f"{folder} holds a damaged or incompatible model ({type(e).__name__}: {e})") from None
     decoder.eval().to(device)
     if fast:
-        decoder.to(fast_dtype(device))
+        pack(decoder.to(fast_dtype(device)))
     return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
                  DecodeConfig(**config.get("decode", {})), class_words, folder)
 

@@ -29,8 +29,11 @@ def word_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     policy trained on another (one that keeps mass on tokens never sampled) slowly
     moves its mass there.
     """
-    never = torch.tensor(NEVER, device=logits.device)
-    return (logits.float() / temperature).index_fill(-1, never, float("-inf")).log_softmax(-1)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return logits.index_fill(-1, _NEVER.to(logits.device), float("-inf")).log_softmax(-1)
+
+
+_NEVER = torch.tensor(NEVER)
 
 
 def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
@@ -151,67 +154,86 @@ def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam
     lengths = torch.zeros(B, K, device=device)
     done = torch.zeros(B, K, dtype=torch.bool, device=device)
     words = torch.full((B * K,), START_ID, dtype=torch.long, device=device)
-    history = torch.empty(B, K, 0, dtype=torch.long, device=device)
-    attention = None
+    history = torch.empty(B, K, 0, dtype=torch.long, device=device)  # kept step by step only for n-gram blocking
+    trail = []  # each step's (origin, word, attention): the beams are traced back through it at the end
     offsets = (torch.arange(B, device=device) * K)[:, None]
     for t in range(max_len + 1):
         logits, state, alpha = decoder.step(words, state, memory)
         logp = word_logprobs(logits).view(B, K, -1)
         if block_ngram:
             logp = _block_repeats(logp, history, block_ngram)
-        alpha = alpha.float() if alpha is not None else None
         V = logp.shape[-1]
+        if t == 0 and guide is not None:  # each guide word's column in the bonuses (V: no word)
+            columns = torch.where(guide_words < 0, V, guide_words)
         if t == max_len:  # out of room: every open beam ends here
             end_only = torch.full_like(logp, float("-inf"))
             end_only[..., END_ID] = logp[..., END_ID]
             logp = end_only
         # A finished beam's only continuation is <end> again, at no cost and no length.
-        logp = torch.where(done[..., None], float("-inf"), logp)
-        logp[..., END_ID] = torch.where(done, 0.0, logp[..., END_ID])
-        total = logprob[..., None] + logp  # [B, K, V]
-        bonus = collected[..., None].expand(B, K, V)
-        if guide is not None:  # each guide word's bonus not yet collected, in its word's column (V: no word)
-            columns = torch.where(guide_words < 0, V, guide_words)
-            bonus = bonus + left.new_zeros(B, K, V + 1).scatter_add_(2, columns, left)[..., :V]
-        new_len = lengths[..., None] + (~done[..., None]).float()
-        rank = (total + bonus) / new_len.clamp(min=1) ** length_penalty
-        top, flat = rank.view(B, -1).topk(K, dim=1)  # [B, K]
+        total = logp.masked_fill_(done[..., None], float("-inf"))
+        total[..., END_ID].masked_fill_(done, 0.0)
+        total += logprob[..., None]  # [B, K, V]
+        if guide is not None:  # each guide word's bonus not yet collected, in its word's column
+            bonus = collected[..., None] + left.new_zeros(B, K, V + 1).scatter_add_(2, columns, left)[..., :V]
+        else:
+            bonus = collected[..., None]
+        new_len = lengths + (~done).float()
+        rank = (total + bonus).div_(new_len.clamp(min=1)[..., None] ** length_penalty)
+        flat = rank.view(B, -1).topk(K, dim=1).indices  # [B, K]
         origin, words_bk = flat // V, flat % V
         logprob = total.view(B, -1).gather(1, flat)
-        collected = bonus.reshape(B, -1).gather(1, flat)
         if guide is not None:
+            collected = bonus.view(B, -1).gather(1, flat)
             left = left.gather(1, origin[..., None].expand_as(left))
             left = left.masked_fill(guide_words == words_bk[..., None], 0.0)
-        lengths = new_len.expand(B, K, V).reshape(B, -1).gather(1, flat)
+        else:
+            collected = collected.gather(1, origin)
+        lengths = new_len.gather(1, origin)
         rows = (origin + offsets).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
-        history = torch.cat([history.gather(1, origin[..., None].expand(-1, -1, history.shape[2])),
-                             words_bk[..., None]], 2)
-        if alpha is not None:
-            alpha = alpha.view(B, K, -1).gather(1, origin[..., None].expand(-1, -1, alpha.shape[-1]))
-            attention = alpha[:, :, None] if attention is None else torch.cat(
-                [attention.gather(1, origin[..., None, None].expand(-1, -1, *attention.shape[2:])), alpha[:, :, None]], 2)
+        if block_ngram:
+            history = torch.cat([history.gather(1, origin[..., None].expand(-1, -1, history.shape[2])),
+                                 words_bk[..., None]], 2)
+        trail.append((origin, words_bk, alpha))
         done = done.gather(1, origin) | (words_bk == END_ID)
         words = words_bk.view(-1)
         if done.all():
             break
+    tokens, attention = _trace(trail)
     score = (logprob + collected) / lengths.clamp(min=1) ** length_penalty
     # The captions leave for the host at once.
-    score, logprob, history = score.cpu(), logprob.cpu(), history.cpu()
+    order = score.argsort(1, descending=True).tolist()
+    tokens, logprob, score = tokens.tolist(), logprob.tolist(), score.tolist()
     attention = attention.cpu() if attention is not None else None
-    order = score.argsort(1, descending=True)
     out = []
     for b in range(B):
         hyps = []
-        for k in order[b].tolist():
-            if hyps and not math.isfinite(float(logprob[b, k])):  # a beam wider than there are captions to find
+        for k in order[b]:
+            if hyps and not math.isfinite(logprob[b][k]):  # a beam wider than there are captions to find
                 continue
-            seq = history[b, k].tolist()
+            seq = tokens[b][k]
             n = seq.index(END_ID) if END_ID in seq else len(seq)
             att = attention[b, k, :n + 1] if attention is not None else None
-            hyps.append(Hypothesis(seq[:n], float(logprob[b, k]), float(score[b, k]), att))
+            hyps.append(Hypothesis(seq[:n], logprob[b][k], score[b][k], att))
         out.append(hyps)
     return out
+
+
+def _trace(trail: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each final beam's words [B, K, T] and attention [B, K, T, N] (None without), followed back from the
+    last step through `trail`: each step's origin (the beam it extended) [B, K], word [B, K] and attention
+    [B * K, N] (rows in the order of the beams it extended)."""
+    B, K = trail[0][0].shape
+    at = torch.arange(K, device=trail[0][0].device).expand(B, K)  # where each final beam is at the step traced
+    words, alphas = [], []
+    for origin, word, alpha in reversed(trail):
+        words.append(word.gather(1, at))
+        at = origin.gather(1, at)
+        if alpha is not None:
+            alphas.append(alpha.float().view(B, K, -1).gather(1, at[..., None].expand(-1, -1, alpha.shape[-1])))
+    attention = torch.stack(alphas[::-1], 2) if alphas else None
+    return torch.stack(words[::-1], 2), attention
 
 
 @torch.inference_mode()
