@@ -62,7 +62,7 @@ def load_model(folder: str | Path | None = None, fast: bool = False) -> Model:
 
     With `fast`, for captioning only: the decoder runs in bfloat16 where the CPU
     supports it natively, about three times faster per word, its weights packed
-    for oneDNN (decoders.pack), twice as fast again.
+    for oneDNN once (decoders.pack), which halves the products again.
     """
     folder = Path(folder) if folder else DEFAULT_MODEL
     needed = ["model.safetensors", "config.json", "vocab.json"]
