@@ -325,6 +325,25 @@ def test_encode_photos_decodes_the_next_batch_while_the_network_runs(lite0, phot
     assert "9/9" in bar and ("photo/s" in bar or "s/photo" in bar)  # a progress bar with its rate
 
 
+def test_a_batch_meets_the_encoder_in_chunks_with_exactly_the_features_of_one_pass(lite0, photos, reference,
+                                                                                 monkeypatch):
+    """Each photo is encoded on its own, so a batch can go through the network ENCODER_CHUNK photos at a
+    time with the same features, and the heap holds the activations of fewer photos at once."""
+    sizes = []
+
+    class Counting:
+        spec = lite0.spec
+
+        def __call__(self, pixels):
+            sizes.append(len(pixels))
+            return lite0(pixels)
+
+    monkeypatch.setattr(features, "ENCODER_CHUNK", 4)
+    (batch,) = encode_photos(Counting(), photos, batch_size=len(photos), progress=False)
+    assert sizes == [4, 4, 1]
+    assert torch.equal(batch.pooled, reference[0]) and torch.equal(batch.grid, reference[1])
+
+
 def test_a_single_batch_is_read_in_the_calling_thread(lite0, photos, monkeypatch):
     """One batch has nothing to overlap with, so no reader thread is started for it (a thread and its
     hand-over cost a single photo's caption about a millisecond)."""

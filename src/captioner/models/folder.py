@@ -64,7 +64,7 @@ def load_model(folder: str | Path | None = None, fast: bool = False, device: str
     With `fast`, for captioning only: the decoder runs at the device's fast
     precision (device.fast_dtype: bfloat16 where the CPU supports it natively,
     about three times faster per word), its weights packed for oneDNN on the CPU
-    (decoders.pack), twice as fast again.
+    once (decoders.pack), which halves the products again.
     """
     device = resolve(device)
     folder = Path(folder) if folder else DEFAULT_MODEL
