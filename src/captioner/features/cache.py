@@ -158,7 +158,7 @@ ENCODER_CHUNK = 8
 """Photos per pass through the encoder. Each photo is encoded on its own, so chunks give exactly the features
 of one pass over the whole batch; but a pass over 16 photos at 224 px allocates activations of tens of MB each,
 which glibc's heap keeps and fragments: `benchmarks/caption_speed.py` peaked anywhere from 0.6 to 1.8 GB run
-to run. In chunks of 8 it peaks near 0.55 GB, and runs a little faster (fewer fresh pages to fault in)."""
+to run. In chunks of 8 it stays under 0.7 GB, and runs a little faster (fewer fresh pages to fault in)."""
 
 
 def _encode(encoder: Encoder, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

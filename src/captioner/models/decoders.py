@@ -322,7 +322,7 @@ def pack(decoder: nn.Module) -> nn.Module:
     in bfloat16 on a CPU whose torch has oneDNN; otherwise as it is."""
     weight = next(decoder.parameters())
     if (weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available()
-            or not hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            or not all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))):
         return decoder
     packed = {nn.Linear: PackedLinear, nn.LSTMCell: PackedLSTMCell}
     for module in list(decoder.modules()):
