@@ -45,7 +45,7 @@ def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Pa
     for data in datasets:
         photos = load_features(data, model.encoder, model.input_size, "dev", cache, progress, device)
         beams, probs = decode(model.decoder, photos.pooled, photos.grid, model.decode, tags, progress=progress)
-        captions = [" ".join(model.vocab.words[t] for t in hyps[0].tokens) for hyps in beams]
+        captions = [model.vocab.decode(hyps[0].tokens) for hyps in beams]
         names.append(Path(data).name)
         xs.append(confidence.features(beams, photos.pooled, centres, probs, tags.word_ids if tags else None))
         ciders.append(torch.from_numpy(photo_cider(captions, photos.references)))

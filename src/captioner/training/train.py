@@ -215,8 +215,10 @@ class Run:
         """The cross-entropy phase's steps, over which the learning rate and scheduled sampling move."""
         return math.ceil(len(self.owner) / self.cfg.train.batch_captions) * self.cfg.train.epochs
 
-    def optimizer(self, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.learned, lr=lr, weight_decay=self.cfg.train.weight_decay)
+
+def optimizer(cfg: Config, learned: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam over the decoder's learned parameters: a run's first, and the self-critical phase's fresh one."""
+    return torch.optim.Adam(learned, lr=lr, weight_decay=cfg.train.weight_decay)
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True,
@@ -271,7 +273,7 @@ def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None, de
         cider_row = {p: row for row, p in enumerate(scored)}
     decoder = build_decoder(cfg, vocab, split.pooled.shape[1], classifier).to(device)
     learned = [p for p in decoder.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(learned, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = optimizer(cfg, learned, cfg.train.lr)
     state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
              "config": cfg.to_dict()}
     log = []
@@ -298,7 +300,7 @@ def next_phase(run: Run) -> bool:
             return False
         if t.scst_start == "best":
             run.decoder.load_state_dict(load_file(str(Path(t.out) / "model" / "model.safetensors")))
-        run.opt = run.optimizer(t.scst_lr)
+        run.opt = optimizer(run.cfg, run.learned, t.scst_lr)
         s.update(scst_from=s["epoch"], bad_epochs=0)
     return not (run.scst and (s["epoch"] - s["scst_from"] >= t.scst_epochs or s["bad_epochs"] >= t.patience))
 
