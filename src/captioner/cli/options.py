@@ -30,10 +30,6 @@ positive_int = whole_number(1)
 port_number = whole_number(1, 65535)
 
 
-positive_int = whole_number(1)
-port_number = whole_number(1, 65535)
-
-
 def device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help="where the model runs: auto (default: a CUDA "
                    "GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps")
@@ -44,7 +40,7 @@ def ray_wanted(args: argparse.Namespace) -> bool:
     other than the CPU was asked for (Ray's actors run on the CPU)."""
     if not (args.ray or args.ray_address):
         return False
-    if getattr(args, "device", "auto") not in ("auto", "cpu"):
+    if args.device not in ("auto", "cpu"):
         raise CaptionerError(f"--ray runs the model on the CPU of each Ray actor: leave out --device {args.device}, "
                              "or leave out --ray to run on it here")
     from ..distributed.cluster import require_ray
