@@ -26,7 +26,10 @@ score with their own photo) matches nothing well.
 
 Stored in the model folder as retrieval.safetensors (the photo tower, the
 fine-tuned layers and the map; the rest of the text tower is the installed
-all-MiniLM-L6-v2). A model without one searches by caption vectors alone.
+all-MiniLM-L6-v2) and search.json (the search settings). The settings act at
+query time only, so choosing them again (`captioner align --retune`) rewrites
+search.json alone and every gallery indexed with the towers stays valid. A model
+without an embedding searches by caption vectors alone.
 """
 from __future__ import annotations
 
@@ -44,13 +47,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..data.text import clean
-from ..files import atomic_path
+from ..files import atomic_path, write_atomic
 from .search import caption_logprob
 from .sentences import DIM, SentenceEncoder, config, load_sentence_encoder, mean_pool, new_layers, run_layers
 
 log = logging.getLogger(__name__)
 
 FILE = "retrieval.safetensors"
+SETTINGS_FILE = "search.json"
 FORMAT = 2  # 1 (no format in the file): a head over the pooled vector beside frozen sentence vectors
 
 
@@ -64,6 +68,10 @@ class RetrievalConfig:
     rerank_weight: float = 0.05  # weight of log p(description | photo) when re-ranking
     rerank_pool: int = 30  # candidates re-ranked per query
     weak_score: float = 0.0  # a best match below this score matches nothing well
+
+
+SETTINGS = ("blend", "tag_weight", "rerank_weight", "rerank_pool", "weak_score")
+"""RetrievalConfig's search settings (in search.json); the rest is the towers' shape (in retrieval.safetensors)."""
 
 
 class PhotoTower(nn.Module):
@@ -154,8 +162,9 @@ def load(model_dir: Path | None, device: torch.device | None = None) -> Embeddin
                         f"only until `captioner align --model {model_dir}` trains it again")
             return None
         weights = {k: f.get_tensor(k).float() for k in f.keys()}
-    embedding = Embedding(RetrievalConfig(**json.loads(meta["config"])), weights["photo.mean"].shape[0],
-                          weights["photo.position"].shape[0])
+    settings = path.with_name(SETTINGS_FILE)  # older folders kept the settings in the towers' file
+    cfg = json.loads(meta["config"]) | (json.loads(settings.read_text()) if settings.is_file() else {})
+    embedding = Embedding(RetrievalConfig(**cfg), weights["photo.mean"].shape[0], weights["photo.position"].shape[0])
     embedding.load_state_dict(weights)
     return embedding.to(device).eval()
 
@@ -167,11 +176,19 @@ def record(model_dir: str | Path) -> dict:
 
 
 def save(model_dir: Path, embedding: Embedding, record: dict | None = None) -> None:
+    """The towers (with their shape and how they were trained) and the search settings, beside the model."""
     state = {k: v.detach().half().contiguous() if k not in ("photo.mean", "photo.std") else v.detach().contiguous()
              for k, v in embedding.state_dict().items()}
+    shape = {k: v for k, v in asdict(embedding.cfg).items() if k not in SETTINGS}
     with atomic_path(Path(model_dir) / FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": str(FORMAT), "config": json.dumps(asdict(embedding.cfg)),
+        save_file(state, str(tmp), metadata={"format": str(FORMAT), "config": json.dumps(shape),
                                              "record": json.dumps(record or {})})
+    save_settings(model_dir, embedding.cfg)
+
+
+def save_settings(model_dir: Path, cfg: RetrievalConfig) -> None:
+    """The search settings alone, in search.json: the towers' file, and so every gallery's model id, unchanged."""
+    write_atomic(Path(model_dir) / SETTINGS_FILE, json.dumps({k: getattr(cfg, k) for k in SETTINGS}, indent=1) + "\n")
 
 
 def caption_vectors(embedding: Embedding | None, captions: list[list[str]]) -> np.ndarray:

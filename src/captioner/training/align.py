@@ -27,7 +27,7 @@ from ..data.text import clean
 from ..errors import CaptionerError
 from ..features.splits import load_features
 from ..models.device import autocast
-from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, record, save, text_logprob
+from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, save, save_settings, text_logprob
 from ..models.sentences import DIM
 from ..models.tags import tag_bonus
 
@@ -321,5 +321,5 @@ def retune(model_dir: str | Path, data: list[str | Path], cache: str | Path | No
     before = asdict(embedding.cfg)
     trials = tune(captioner, embedding, dev, rerank, progress)
     if asdict(embedding.cfg) != before:
-        save(Path(model_dir), embedding, record(model_dir) | {"retuned_on": [p.name for p in dev]})
+        save_settings(Path(model_dir), embedding.cfg)
     return {"before": before, "config": asdict(embedding.cfg), "dev_trials": trials}
