@@ -50,11 +50,32 @@ def test_the_regression_ranks_good_captions_above_bad_ones_and_round_trips(tmp_p
     confidence.save(tmp_path, centres, fitted, {"dev": ["a"]})
     loaded_centres, loaded = confidence.load(tmp_path)
     assert torch.allclose(loaded_centres.float(), centres, atol=1e-3)
-    assert torch.allclose(loaded(x), p, atol=1e-6)
+    assert torch.allclose(loaded(x), p, atol=1e-6) and loaded.plain == confidence.LOW
+    fitted.plain = 0.71
+    confidence.save(tmp_path, centres, fitted, {"dev": ["a"]})
+    assert abs(confidence.load(tmp_path)[1].plain - 0.71) < 1e-6
     assert confidence.load(tmp_path / "nowhere") == (None, None)
 
 
-def test_a_caption_says_its_doubt_in_words_only_when_unsure():
-    assert confidence.say("a cat on a sofa", 0.9) == "a cat on a sofa"
-    assert confidence.say("a cat on a sofa", 0.2) == "I am not sure; it may be a cat on a sofa"
-    assert confidence.say("a cat on a sofa", None) == "a cat on a sofa"  # an uncalibrated model says nothing
+def test_a_caption_says_its_doubt_at_three_levels():
+    fitted = confidence.Confidence(torch.zeros(2), torch.zeros(()), torch.zeros(2), torch.ones(2), plain=0.7)
+    said = [confidence.say("a cat on a sofa", fitted.doubt(c)) for c in (0.9, 0.7, 0.6, 0.5, 0.2)]
+    assert said == (["a cat on a sofa"] * 2 + ["probably a cat on a sofa"] * 2
+                    + ["I am not sure; it may be a cat on a sofa"])
+    older = confidence.Confidence(torch.zeros(2), torch.zeros(()), torch.zeros(2), torch.ones(2))  # no plain saved
+    assert [older.doubt(c) for c in (0.6, 0.5, 0.4)] == [0, 0, 2]  # plain or unsure, as models said before levels
+
+
+def test_captions_are_said_plainly_from_where_every_dev_set_agrees_often_enough():
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(400, generator=g)
+    good = torch.rand(400, generator=g) < p  # the likelier, the better: a calibrated confidence
+    plain = confidence.choose_plain([(p, good)])
+    above = p >= plain
+    assert good[above].float().mean() >= confidence.AGREE and above.sum() >= confidence.MIN_PLAIN
+    lower = p >= plain - 0.05  # a threshold further down lets in too many bad captions
+    assert good[lower].float().mean() < confidence.AGREE + 0.02
+    worse = (p, torch.rand(400, generator=g) < p * 0.9)  # a dev set of weaker captions needs more confidence
+    assert confidence.choose_plain([(p, good), worse]) >= confidence.choose_plain([worse]) >= plain
+    assert confidence.choose_plain([(p, torch.zeros(400, dtype=torch.bool))]) == float(p.max())  # never agrees
+    assert confidence.choose_plain([(p * 0.4 + 0.3, torch.ones(400, dtype=torch.bool))]) == confidence.LOW  # all good

@@ -35,14 +35,15 @@ class Caption:
     vector: np.ndarray | None = None  # [D] float32: the encoder's pooled vector of the photo
     tags: list[Tag] = field(default_factory=list)  # what the encoder's classifier recognises, likeliest first
     confidence: float | None = None  # the chance the caption is right (None: the model is not calibrated)
+    doubt: int = 0  # how it is said: 0 plainly, 1 "probably ...", 2 "I am not sure; it may be ..." (confidence.py)
     error: str = ""
     warning: str = ""
     embedding: np.ndarray | None = None  # [384] float32: the photo in the search space (models/embedding.py)
 
     @property
     def said(self) -> str:
-        """The caption as a person should read or hear it: with doubt in words when its confidence is low."""
-        return confidence.say(self.text, self.confidence)
+        """The caption as a person should read or hear it: with its doubt in words."""
+        return confidence.say(self.text, self.doubt)
 
     @property
     def beam_texts(self) -> list[str]:
@@ -140,4 +141,4 @@ class Captioner:
         attention = best.attention.reshape(-1, side, side).numpy() if best.attention is not None else None
         return Caption(None, detokenize(words[0]), best.logprob, words[0],
                        [(detokenize(w), h.logprob) for w, h in zip(words[1:], beams[1:])], attention, vector, tags,
-                       sure, embedding=image)
+                       sure, self.confidence.doubt(sure) if sure is not None else 0, embedding=image)

@@ -95,6 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"the model selected on the dev split is in {model_dir}")
     return 0
 
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate
 
@@ -110,6 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"report: {result['html']}")
     return 0
 
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..training.calibrate import calibrate
 
@@ -118,11 +120,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"confidence saved in {args.model}; weights: "
-          + ", ".join(f"{name} {w:+.2f}" for name, w in result["weights"].items()))
+          + ", ".join(f"{name} {w:+.2f}" for name, w in result["weights"].items())
+          + f"; said plainly from {result['plain']:.2f}")
     for name, r in result["check"].items():
+        said = "; ".join(f"{hedge} {v['share']:.0%}" + (f" (CIDEr {v['cider']:.1f})" if v["cider"] is not None else "")
+                         for hedge, v in r["levels"].items())
         print(f"{name} ({r['photos']} photos): least confident fifth CIDEr {r['least_confident_fifth_cider']:.1f}, "
-              f"the rest {r['rest_cider']:.1f}; {r['below_low']:.0%} said with doubt")
+              f"the rest {r['rest_cider']:.1f}; said {said}")
     return 0
+
 
 def cmd_align(args: argparse.Namespace) -> int:
     from ..training.align import AlignConfig, align, retune

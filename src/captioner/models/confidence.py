@@ -14,8 +14,14 @@ caption's per-photo CIDEr-D reaches GOOD:
 - `familiar`: the cosine between the photo and the nearest of the training photos' centroids;
 - `agree`: how many of the best caption's words the beam's other captions share.
 
+A caption is said at one of three levels of doubt (HEDGES): plainly; "probably
+..."; or "I am not sure; it may be ..." when its confidence is below LOW (more
+likely wrong than right). Calibration chooses the confidence from which a
+caption is said plainly on the dev sets: the lowest at which the captions said
+plainly are good at least AGREE of the time on every one of them.
+
 The model folder keeps it in confidence.safetensors: the centroids (written by
-training) and the regression (written by calibration).
+training), the regression and the plain threshold (written by calibration).
 """
 from __future__ import annotations
 
@@ -33,7 +39,10 @@ from .search import Hypothesis
 FILE = "confidence.safetensors"
 FEATURES = ("logprob", "tag", "named", "unnamed", "familiar", "agree")
 GOOD = 0.2  # a caption is good when its CIDEr-D against the photo's references reaches this (1.0: 100 in papers)
-LOW = 0.5  # below this confidence a caption is said with doubt
+LOW = 0.5  # below this confidence a caption is said "I am not sure; it may be ..."
+AGREE = 0.8  # the captions said plainly are good at least this often on each dev set
+MIN_PLAIN = 20  # ... counted over at least this many of its photos
+HEDGES = ("{}", "probably {}", "I am not sure; it may be {}")  # by doubt: plain, probably, unsure
 CENTROIDS = 256
 
 
@@ -79,9 +88,28 @@ class Confidence:
     bias: torch.Tensor  # []
     mean: torch.Tensor  # [F]
     std: torch.Tensor  # [F]
+    plain: float = LOW  # from this confidence up a caption is said plainly (LOW: models calibrated before levels)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((x - self.mean) / self.std @ self.weights + self.bias)
+
+    def doubt(self, confidence: float) -> int:
+        """0: said plainly, 1: "probably ...", 2: "I am not sure; it may be ..." (HEDGES)."""
+        return 0 if confidence >= self.plain else 1 if confidence >= LOW else 2
+
+
+def choose_plain(sets: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The lowest confidence from which the captions said plainly are good at least AGREE of the time (over at
+    least MIN_PLAIN photos) in every one of `sets` (confidence [n], good [n] of a dev set each), and never below
+    LOW; a set whose captions never get there allows only its single most confident caption."""
+    needed = [LOW]
+    for p, good in sets:
+        order = p.argsort(descending=True)
+        share = good[order].float().cumsum(0) / torch.arange(1, len(p) + 1)  # [n]: good among the top k + 1
+        enough = (share >= AGREE) & (torch.arange(len(p)) + 1 >= min(MIN_PLAIN, len(p)))
+        last = int(enough.nonzero().max()) if enough.any() else 0  # the most photos said plainly and still good
+        needed.append(float(p[order[last]]))
+    return max(needed)
 
 
 def fit(x: torch.Tensor, good: torch.Tensor, l2: float = 1e-2, steps: int = 200) -> Confidence:
@@ -108,7 +136,7 @@ def save(folder: Path, centres: torch.Tensor, confidence: Confidence | None = No
     tensors = {"centroids": centres.half().contiguous()}
     if confidence is not None:
         tensors |= {"weights": confidence.weights, "bias": confidence.bias.reshape(1), "mean": confidence.mean,
-                    "std": confidence.std}
+                    "std": confidence.std, "plain": torch.tensor([confidence.plain])}
     with atomic_path(folder / FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"features": json.dumps(FEATURES), "fit": json.dumps(meta or {})})
 
@@ -124,11 +152,11 @@ def load(folder: Path, device: torch.device | None = None) -> tuple[torch.Tensor
             return f.get_tensor("centroids").to(device), None  # fitted on other features: calibrate again
         names = set(f.keys())
         tensors = {name: f.get_tensor(name).float().to(device) for name in names}
-    regression = Confidence(tensors["weights"], tensors["bias"][0], tensors["mean"], tensors["std"]) \
-        if "weights" in names else None
+    regression = Confidence(tensors["weights"], tensors["bias"][0], tensors["mean"], tensors["std"],
+                            float(tensors["plain"][0]) if "plain" in names else LOW) if "weights" in names else None
     return tensors["centroids"], regression
 
 
-def say(text: str, confidence: float | None) -> str:
-    """The caption as it is shown and read aloud: with doubt in words when its confidence is low."""
-    return f"I am not sure; it may be {text}" if confidence is not None and confidence < LOW else text
+def say(text: str, doubt: int) -> str:
+    """The caption as it is shown and read aloud, with its doubt (Confidence.doubt) in words."""
+    return HEDGES[doubt].format(text)

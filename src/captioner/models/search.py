@@ -131,7 +131,8 @@ the word, the entries for it add nothing more.
 
 @torch.inference_mode()
 def beam_search(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, beam: int = 3, max_len: int = 30,
-                length_penalty: float = 0.0, block_ngram: int = 0, guide: Guide | None = None) -> list[list[Hypothesis]]:
+                length_penalty: float = 0.0, block_ngram: int = 0,
+                guide: Guide | None = None) -> list[list[Hypothesis]]:
     """The `beam` best captions of each photo, best first.
 
     Candidates are ranked by (log-probability + the guide's bonuses collected) /

@@ -5,8 +5,11 @@ settings); its confidence features are weighed by a logistic regression against
 whether its caption's CIDEr-D reaches confidence.GOOD. The check is
 cross-fitted: each half of the photos is scored by a regression fitted on the
 other half, and for each dev set the mean per-photo CIDEr-D of its least
-confident fifth is compared with the rest's. The regression written into the
-model folder is then fitted on all the photos.
+confident fifth is compared with the rest's. The cross-fitted confidences also
+choose the confidence from which captions are said plainly
+(confidence.choose_plain), and each dev set reports the share of its captions
+said at each level of doubt and their mean CIDEr-D. The regression written into
+the model folder is then fitted on all the photos.
 """
 from __future__ import annotations
 
@@ -31,8 +34,10 @@ def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Pa
     on `device` (see models.device.resolve; the regression itself is fitted on the host).
 
     Returns, per dev set, the photos, the share whose confidence is below
-    confidence.LOW, and the mean per-photo CIDEr-D (x 100) of the least
-    confident fifth and of the rest (cross-fitted), and the regression's weights.
+    confidence.LOW, the mean per-photo CIDEr-D (x 100) of the least confident
+    fifth and of the rest, and the share and mean CIDEr-D of the captions said at
+    each level of doubt (all cross-fitted); the plain threshold; the regression's
+    weights.
     """
     model_dir, device = Path(model_dir), resolve(device)
     model = load_model(model_dir, fast=True, device=device)
@@ -55,15 +60,26 @@ def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Pa
     predicted = torch.empty(len(x))
     for h in (0, 1):
         predicted[half == h] = confidence.fit(x[half != h], good[half != h])(x[half == h])
+    per_set = list(zip(predicted.split([len(c) for c in ciders]), ciders))
     fitted = confidence.fit(x, good)
-    report, start = {}, 0
-    for name, c in zip(names, ciders):
-        p = predicted[start:start + len(c)]
-        start += len(c)
-        low = p <= p.quantile(0.2)
-        report[name] = {"photos": len(c), "below_low": round(float((p < confidence.LOW).float().mean()), 3),
-                        "least_confident_fifth_cider": round(100 * float(c[low].mean()), 1),
-                        "rest_cider": round(100 * float(c[~low].mean()), 1)}
-    meta = {"dev": names, "good": confidence.GOOD, "check": report}
+    fitted.plain = confidence.choose_plain([(p, c >= confidence.GOOD) for p, c in per_set])
+    report = {name: check(p, c, fitted) for name, (p, c) in zip(names, per_set)}
+    meta = {"dev": names, "good": confidence.GOOD, "agree": confidence.AGREE, "check": report}
     confidence.save(model_dir, centres, fitted, meta)
-    return {"check": report, "weights": dict(zip(confidence.FEATURES, fitted.weights.tolist()))}
+    return {"check": report, "plain": round(fitted.plain, 4),
+            "weights": dict(zip(confidence.FEATURES, fitted.weights.tolist()))}
+
+
+def check(p: torch.Tensor, cider: torch.Tensor, fitted: confidence.Confidence) -> dict:
+    """One dev set's photos' confidences p [n] (cross-fitted) against their captions' CIDEr-D [n]: how the
+    least confident fifth compares with the rest, and what is said at each level of doubt."""
+    low = p <= p.quantile(0.2)
+    doubt = torch.tensor([fitted.doubt(float(v)) for v in p])
+    levels = {}
+    for level, hedge in enumerate(("plain", "probably", "not sure")):
+        said = doubt == level
+        levels[hedge] = {"share": round(float(said.float().mean()), 3),
+                         "cider": round(100 * float(cider[said].mean()), 1) if said.any() else None}
+    return {"photos": len(p), "below_low": round(float((p < confidence.LOW).float().mean()), 3),
+            "least_confident_fifth_cider": round(100 * float(cider[low].mean()), 1),
+            "rest_cider": round(100 * float(cider[~low].mean()), 1), "levels": levels}

@@ -49,8 +49,9 @@ def caption_json(c: Caption, name: str, photo_id: int | None) -> dict:
     """A caption as the API returns it (`id`: the gallery photo's, None for an upload).
 
     Attention maps are flattened row by row, one per word and one for the end of the sentence. `caption`
-    is the model's sentence; `said` is how the page shows and reads it, with doubt in words when its
-    `confidence` (None: the model is not calibrated) is low; `tags` are what the encoder recognises.
+    is the model's sentence; `said` is how the page shows and reads it, with its `doubt` in words (0: said
+    plainly, 1: "probably ...", 2: "I am not sure; it may be ...", as its `confidence` says; None: the model
+    is not calibrated); `tags` are what the encoder recognises.
     """
     attention = None
     if c.attention is not None:
@@ -59,7 +60,8 @@ def caption_json(c: Caption, name: str, photo_id: int | None) -> dict:
     return {"id": photo_id, "name": name, "caption": c.text, "score": round(c.score, 4), "words": c.words,
             "alternatives": [{"caption": text, "score": round(score, 4)} for text, score in c.alternatives],
             "attention": attention, "tags": [t.to_json() for t in c.tags], "confidence":
-            None if c.confidence is None else round(c.confidence, 3), "said": c.said, "warning": c.warning}
+            None if c.confidence is None else round(c.confidence, 3), "doubt": c.doubt, "said": c.said,
+            "warning": c.warning}
 
 
 def match_json(m: Match) -> dict:

@@ -114,14 +114,14 @@ function showWords(answer) {
   $("looking").hidden = !answer.attention;
 }
 
-function showConfidence({ confidence, caption, said }) {
+function showConfidence({ confidence, doubt }) {
   const line = $("confidence");
   line.hidden = confidence === null;
   if (confidence === null) return;
   const percent = `${Math.round(confidence * 100)}%`;
-  line.classList.toggle("low", said !== caption);
-  line.textContent = said !== caption ? `Not sure (confidence ${percent}): it may be what it says, or not.`
-    : `Confidence ${percent}.`;
+  line.classList.toggle("low", doubt === 2);
+  line.textContent = [`Confidence ${percent}.`, `Probably right (confidence ${percent}).`,
+    `Not sure (confidence ${percent}): it may be what it says, or not.`][doubt];
 }
 
 function showTags(tags) {
