@@ -167,7 +167,8 @@ def ship(model: Path, summary: dict, config: str) -> None:
         coco_vocabulary=summary["coco_val_mini_diversity"]["vocabulary"],
         repeated=f"{summary['diversity']['repeated_word'] * 100:.1f}",
         confidence="\n".join(f"| {name} | {c['photos']} | {c['least_confident_fifth_cider']} | {c['rest_cider']} | "
-                             f"{c['below_low'] * 100:.0f}% |" for name, c in summary["confidence"].items()),
+                             + " | ".join(f"{v['share'] * 100:.0f}% ({v['cider']})" for v in c["levels"].values())
+                             + " |" for name, c in summary["confidence"].items()),
         stages="\n".join(f"| `{s['command']}` | {s['seconds']:.0f} |" for s in summary["stages"]))
     (dest / "MODEL_CARD.md").write_text(card)
     print(f"shipped to {dest}")
