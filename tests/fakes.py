@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 from captioner.captioning import Caption
 from captioner.models.tags import Tag
@@ -29,6 +30,7 @@ class FakeCaptioner:
         self.model = SimpleNamespace(folder=Path(model_folder))
         self.encoder = SimpleNamespace(spec=SimpleNamespace(dim=FAKE_DIM))
         self.embedding = None
+        self.device = torch.device("cpu")
         self.seconds_per_photo = seconds_per_photo
 
     def stream(self, paths, batch_size=16):
@@ -39,12 +41,12 @@ class FakeCaptioner:
                           tags=[Tag("tabby", 0.5, "cat")] if int(stem) % 3 == 0 else [])
 
 
-def fake_text_vectors(embedding, images, captions) -> np.ndarray:
+def fake_text_vectors(embedding, images, captions, device=None) -> np.ndarray:
     """`embedding.photo_vectors` without the sentence encoder: a seeded vector per caption."""
     return np.stack([fake_vector(c[0], 384) for c in captions])
 
 
-def fake_query_vectors(embedding, texts) -> np.ndarray:
+def fake_query_vectors(embedding, texts, device=None) -> np.ndarray:
     """`embedding.query_vectors` without the sentence encoder: the same seeded vector per text."""
     return np.stack([fake_vector(t, 384) for t in texts])
 

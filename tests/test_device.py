@@ -14,6 +14,7 @@ from captioner.models import confidence
 from captioner.models import device as devices
 from captioner.models.decode import DecodeConfig, decode
 from captioner.models.decoders import KINDS, Decoder, DecoderConfig
+from captioner.models.folder import load_model
 from captioner.models.search import Hypothesis, caption_logprob, sample
 from captioner.models.tags import Tagger, class_words
 from conftest import TINY_ENCODER, cached_encoder
@@ -175,3 +176,24 @@ def test_every_entry_point_refuses_a_device_this_machine_lacks_before_it_reads_o
         with pytest.raises(CaptionerError, match="^device mps is not available here"):
             call()
     assert list(tmp_path.iterdir()) == [] and {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()} == model
+
+
+def test_a_gallery_without_an_embedding_embeds_captions_and_queries_on_its_captioners_device(tiny_model_dir,
+                                                                                           tmp_path, monkeypatch):
+    from captioner.gallery import Gallery
+    from captioner.models import embedding, sentences
+
+    asked = []
+
+    def spy(device="auto"):
+        asked.append(device)
+        return sentences.load_sentence_encoder(device)
+
+    monkeypatch.setattr(embedding, "load_sentence_encoder", spy)
+    tiny = Captioner(load_model(tiny_model_dir), cached_encoder(TINY_ENCODER))
+    assert tiny.embedding is None  # the tiny model has no trained embedding: search falls back to the sentences
+    with Gallery.create(tmp_path / "g.db", captioner=tiny) as g:
+        g.index([EXAMPLES / "tabby_cat.jpg"], progress=False)
+        g.search("a cat")
+        g.similar(EXAMPLES / "tabby_cat.jpg")
+    assert len(asked) >= 3 and set(asked) == {tiny.device}  # never "auto" behind the captioner's back

@@ -173,7 +173,7 @@ def _commit(g: Gallery, captions: list[Caption], sha: dict[Path, str], stats: di
     if ok:
         pooled = np.stack([c.vector for c in ok])
         images = np.stack([c.embedding for c in ok]) if g.embedding is not None else None
-        text = photo_vectors(g.embedding, images, [c.beam_texts for c in ok])
+        text = photo_vectors(g.embedding, images, [c.beam_texts for c in ok], g.captioner.device)
         visual = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-8)
         for c, v, t in zip(ok, visual, text):
             rows.append(_row(c, sha, stats, (c.text, json.dumps(c.alternatives), c.score, None, now(), blob(v),

@@ -93,7 +93,7 @@ def search(g: Gallery, text: str, k: int = 8, rerank: bool = False) -> list[Matc
     if not text.strip():
         raise CaptionerError("the search text is empty")
     cfg = g.embedding.cfg if g.embedding is not None else RetrievalConfig()
-    q = query_vectors(g.embedding, [text])[0]
+    q = query_vectors(g.embedding, [text], device=g.captioner.device)[0]
     words = set(clean(text))
     wanted = max(k, cfg.rerank_pool) if rerank else k
     with g.catalogue.snapshot() as conn:
@@ -186,7 +186,7 @@ def _photo_vectors(g: Gallery, photo: str | Path | Caption) -> tuple[np.ndarray,
             raise CaptionerError(photo.error)
     visual = photo.vector / max(float(np.linalg.norm(photo.vector)), 1e-8)
     text = photo_vectors(g.embedding, None if photo.embedding is None else photo.embedding[None],
-                         [photo.beam_texts])[0]
+                         [photo.beam_texts], g.captioner.device)[0]
     return visual, text, file_sha256(photo.path) if Path(photo.path).is_file() else None
 
 

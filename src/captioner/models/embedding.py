@@ -191,10 +191,12 @@ def save_settings(model_dir: Path, cfg: RetrievalConfig) -> None:
     write_atomic(Path(model_dir) / SETTINGS_FILE, json.dumps({k: getattr(cfg, k) for k in SETTINGS}, indent=1) + "\n")
 
 
-def caption_vectors(embedding: Embedding | None, captions: list[list[str]]) -> np.ndarray:
-    """[n, 384]: per photo, the normalised mean of its captions' text vectors (best caption first)."""
+def caption_vectors(embedding: Embedding | None, captions: list[list[str]],
+                    device: str | torch.device = "auto") -> np.ndarray:
+    """[n, 384]: per photo, the normalised mean of its captions' text vectors (best caption first); without an
+    embedding, all-MiniLM-L6-v2's own vectors, computed on `device`."""
     flat = [c for group in captions for c in group]
-    vectors = embedding.text(flat) if embedding is not None else load_sentence_encoder().embed(flat)
+    vectors = embedding.text(flat) if embedding is not None else load_sentence_encoder(device).embed(flat)
     out, i = np.zeros((len(captions), DIM), np.float32), 0
     for row, group in enumerate(captions):
         mean = vectors[i:i + len(group)].mean(0)
@@ -203,18 +205,21 @@ def caption_vectors(embedding: Embedding | None, captions: list[list[str]]) -> n
     return out
 
 
-def photo_vectors(embedding: Embedding | None, images: np.ndarray | None, captions: list[list[str]]) -> np.ndarray:
+def photo_vectors(embedding: Embedding | None, images: np.ndarray | None, captions: list[list[str]],
+                  device: str | torch.device = "auto") -> np.ndarray:
     """[n, 384] caption vectors, or [n, 768] caption vectors beside the photos' image vectors [n, 384]."""
-    text = caption_vectors(embedding, captions)
+    text = caption_vectors(embedding, captions, device)
     if embedding is None:
         return text
     return np.concatenate([text, images], 1)
 
 
-def query_vectors(embedding: Embedding | None, texts: list[str], blend: float | None = None) -> np.ndarray:
-    """Descriptions' vectors [n, 384 or 768], comparable with `photo_vectors` by inner product."""
+def query_vectors(embedding: Embedding | None, texts: list[str], blend: float | None = None,
+                  device: str | torch.device = "auto") -> np.ndarray:
+    """Descriptions' vectors [n, 384 or 768], comparable with `photo_vectors` by inner product (`device`: as
+    caption_vectors')."""
     if embedding is None:
-        return load_sentence_encoder().embed(texts)
+        return load_sentence_encoder(device).embed(texts)
     t = embedding.text(texts)
     blend = embedding.cfg.blend if blend is None else blend
     return np.concatenate([(1 - blend) * t, blend * t], 1)
