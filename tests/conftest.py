@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random model folder, the real lite0 encoder (loaded once), the Flickr8k corpus."""
+"""Shared fixtures: a tiny random model folder, the real lite0 encoder (loaded once), the Flickr8k corpus, a decoder
+kind registered from outside the package."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import torch
 from captioner.models import encoders
 from captioner.models.encoders.base import Encoder
 from captioner.models.decode import DecodeConfig
-from captioner.models.decoders import Decoder, DecoderConfig
+from captioner.models.decoders import KINDS, Decoder, DecoderConfig, Dropout, Kind, unroll
 from captioner.models.device import resolve
 from captioner.models.folder import Model, save_model
 from captioner.data.text import END_ID, SPECIALS, Vocab
@@ -82,3 +83,35 @@ def flickr8k_root() -> Path:
     if not (root / "Images").is_dir():
         pytest.skip(f"Flickr8k corpus not found at {root}: set CAPTIONER_FLICKR8K")
     return root
+
+
+class GRUKind(torch.nn.Module):
+    """A decoder kind written outside the package, as a new one would be: a GRU cell that reads each word with
+    a dot-product glance at the grid."""
+
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, pooled_dim: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, cfg.embed_dim)
+        self.init = torch.nn.Linear(pooled_dim, cfg.hidden_dim)
+        self.cells = torch.nn.Linear(feature_dim, cfg.hidden_dim)
+        self.gru = torch.nn.GRUCell(cfg.embed_dim + cfg.hidden_dim, cfg.hidden_dim)
+        self.out = torch.nn.Linear(cfg.hidden_dim, vocab_size)
+        self.drop = Dropout(cfg.dropout)
+
+    def start(self, pooled, grid):
+        return (torch.tanh(self.init(pooled)),), (self.cells(grid),)  # state: h [B, H]; memory: cells [B, N, H]
+
+    def step(self, words, state, memory):
+        (h,), (cells,) = state, memory
+        alpha = (cells @ h[:, :, None]).squeeze(2).softmax(1)  # [B, N]
+        h = self.gru(torch.cat([words, (alpha[:, None] @ cells).squeeze(1)], 1), h)
+        return h, (h,), alpha
+
+    sequence = unroll
+
+
+@pytest.fixture
+def gru_kind(monkeypatch) -> str:
+    """GRUKind registered as the decoder kind "gru" for one test; the registry is as it was afterwards."""
+    monkeypatch.setitem(KINDS, "gru", Kind(f"{__name__}:GRUKind", "a GRU cell with a glance at the grid", attends=True))
+    return "gru"

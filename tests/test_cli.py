@@ -267,7 +267,7 @@ def test_a_calibrated_models_confidence_is_in_json_and_its_doubt_in_words(calibr
         assert len(record["caption"].split()) == TINY_MAX_LEN  # the model's sentence, without the doubt
 
 
-def test_attention_with_a_model_that_does_not_attend_says_so(tmp_path, reuse_encoders, odd, capsys):
+def test_attention_with_a_model_that_does_not_attend_says_so(tmp_path, reuse_encoders, odd, gru_kind, capsys):
     import torch
 
     from captioner.models.decode import DecodeConfig
@@ -284,5 +284,38 @@ def test_attention_with_a_model_that_does_not_attend_says_so(tmp_path, reuse_enc
     assert main(["caption", "--model", str(tmp_path / "merge"), "--attention", str(maps), str(odd["rgb_jpeg"])]) == 1
     err = capsys.readouterr().err
     assert err.startswith("captioner: error: --attention needs a model that attends to parts of the photo, and "
-                          "this one's decoder is merge")
+                          "this one's decoder is merge: use a model of kind attention or gru or transformer")
     assert not maps.exists()
+
+
+def test_a_registered_kind_is_listed_in_help_and_its_model_captions_with_attention(tmp_path, reuse_encoders, odd,
+                                                                                   gru_kind, capsys):
+    """A decoder kind added by a module and a registration alone (conftest.GRUKind): the commands' help lists
+    it, and a model folder of that kind saves, loads and captions with attention maps."""
+    import torch
+
+    from captioner.cli import build_parser
+    from captioner.data.text import SPECIALS, Vocab
+    from captioner.models.decode import DecodeConfig
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.models.folder import Model, load_model, save_model
+
+    for command, listed in (("train", "gru: a GRU cell with a glance at the grid"),
+                            ("caption", "attends: attention or gru or transformer")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert listed in " ".join(capsys.readouterr().out.split())  # the help's lines joined
+    vocab = Vocab([*SPECIALS, *TINY_WORDS])
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(kind=gru_kind, embed_dim=16, hidden_dim=16, dropout=0.0), len(vocab), 1280)
+    save_model(tmp_path / "gru", Model(decoder.eval(), vocab, "efficientnet-lite0", 224, DecodeConfig(beam=2)))
+    loaded = load_model(tmp_path / "gru").decoder
+    assert type(loaded.net).__name__ == "GRUKind"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in decoder.state_dict().items())
+    maps = tmp_path / "maps"
+    assert main(["caption", "--model", str(tmp_path / "gru"), "--json", "--attention", str(maps),
+                 str(odd["rgb_jpeg"])]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["caption"] and set(record["caption"].split()) <= set(TINY_WORDS)
+    with Image.open(maps / f"{odd['rgb_jpeg'].stem}.attention.png") as img:
+        img.verify()

@@ -5,8 +5,11 @@ import math
 import pytest
 import torch
 
-from captioner.models.search import beam_search, greedy, sample
-from captioner.models.decoders import Decoder, DecoderConfig, KINDS, PackedLinear, PackedLSTMCell, pack
+from captioner.errors import CaptionerError
+from captioner.models.decode import DecodeConfig, decode
+from captioner.models.search import beam_search, greedy, sample, word_logprobs
+from captioner.models.decoders import (Decoder, DecoderConfig, KINDS, PackedLinear, PackedLSTMCell, attending,
+                                       pack)
 from captioner.models.device import cpu_bf16
 from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
@@ -29,7 +32,7 @@ def test_forward_shapes(kind):
     captions = torch.randint(4, V, (3, 7))
     logits, attention = small(kind)(pooled, grid, captions)
     assert logits.shape == (3, 6, V)
-    if kind in ("attention", "transformer"):
+    if KINDS[kind].attends:
         assert attention.shape == (3, 6, N)
         assert torch.allclose(attention.sum(-1), torch.ones(3, 6), atol=1e-5)
     else:
@@ -74,6 +77,33 @@ def test_beam_scores_sorted_distinct_and_at_least_greedy():
         assert len({tuple(h.tokens) for h in hyps}) == 4
         assert hyps[0].logprob >= g.logprob - 1e-5  # a wider beam never finds a worse best caption
         assert hyps[0].attention.shape == (len(hyps[0].tokens) + 1, N)
+
+
+def test_a_new_kind_is_a_module_and_a_registration(gru_kind):
+    """A kind written outside the package (conftest.GRUKind) and registered trains, decodes through the one
+    decoding path, and is listed wherever the kinds are."""
+    assert gru_kind in KINDS and gru_kind in attending()
+    with pytest.raises(CaptionerError, match=f"unknown decoder kind 'gru2': choose one of .*, {gru_kind}$"):
+        Decoder(DecoderConfig(kind="gru2"), V, D)
+    decoder = small(gru_kind)
+    pooled, grid = features()
+    captions = torch.randint(4, V, (3, 7), generator=torch.Generator().manual_seed(2))
+    captions[:, 0] = START_ID
+    logits, attention = decoder(pooled, grid, captions)
+    assert logits.shape == (3, 6, V) and attention.shape == (3, 6, N)
+    assert torch.allclose(attention.sum(-1), torch.ones(3, 6), atol=1e-5)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), captions[:, 1:].flatten()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())  # every weight learns
+    beams, _ = decode(decoder, pooled, grid, DecodeConfig(beam=3, max_len=8))
+    for b, hyps in enumerate(beams):
+        assert len(hyps) == 3
+        best = hyps[0]
+        caption = torch.tensor([[START_ID, *best.tokens, END_ID]])
+        with torch.no_grad():
+            logits, attention = decoder(pooled[b:b + 1], grid[b:b + 1], caption)
+        # the search's caption, fed back with teacher forcing, has the log-probability and attention it found
+        assert word_logprobs(logits[0]).gather(1, caption[0, 1:, None]).sum() == pytest.approx(best.logprob, abs=1e-4)
+        assert torch.allclose(attention[0], best.attention, atol=1e-5)
 
 
 class Scripted(torch.nn.Module):

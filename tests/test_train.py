@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from captioner.training.config import config_from_dict
 from captioner.data.corpus import load_prepared, prepare
 from captioner.errors import CaptionerError
+from captioner.models.decoders import KINDS
 from captioner.models.device import resolve
 from captioner.models.folder import load_model
 from captioner.training.train import CHECKPOINT, train
@@ -51,7 +52,7 @@ def tiny_config(corpus: Path, out: Path, kind: str, **train) -> dict:
     }
 
 
-@pytest.mark.parametrize("kind", ["merge", "inject", "attention", "transformer"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_each_decoder_learns(mini_corpus, tmp_path, kind):
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / kind, kind, scheduled_sampling=0.25))
     model_dir = train(cfg, progress=False)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CaptionerError
+from ..models.decoders import attending, find_kind
 from .options import device_option, positive_int, ray_options, ray_wanted
 
 
@@ -23,7 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    '"confidence"} or {"path", "error"}; "caption" is the model\'s sentence, and "confidence" (0-1, '
                    'calibrated models only) the chance it is right: below 0.5 the plain output says "I am not sure"')
     p.add_argument("--attention", metavar="DIR", help="write a PNG per photo showing where each word looked "
-                   "(attention models)")
+                   f"(a model whose decoder attends: {' or '.join(attending())})")
     p.add_argument("--tags", action="store_true", help="also show what the encoder's ImageNet classifier "
                    'recognises: up to 5 labels with their probabilities and caption words (in --json: "tags")')
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
@@ -34,7 +35,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from ..captioning import Captioner
-    from ..models.decoders import ATTENDING
     from ..models.folder import load_model
     from ..visualize import save_attention
 
@@ -48,9 +48,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
         stream = captioner.stream
     if args.attention:
         kind = (captioner.model if captioner else load_model(args.model)).decoder.cfg.kind
-        if kind not in ATTENDING:
+        if not find_kind(kind).attends:
             raise CaptionerError(f"--attention needs a model that attends to parts of the photo, and this one's "
-                                 f"decoder is {kind}: use a model of kind {' or '.join(sorted(ATTENDING))} "
+                                 f"decoder is {kind}: use a model of kind {' or '.join(attending())} "
                                  "(the shipped default is one)")
         try:
             Path(args.attention).mkdir(parents=True, exist_ok=True)

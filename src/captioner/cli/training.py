@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..models.decoders import KINDS
 from .options import DEFAULT_DATA, device_option, positive_int
 
 
@@ -13,7 +14,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="Train a decoder; the epoch with the best dev-split CIDEr is kept in OUT/model. "
                        "Cross-entropy first; with [train] scst_epochs, self-critical training on CIDEr-D then "
                        "continues from the best cross-entropy epoch. A checkpoint is written every epoch: "
-                       "--resume continues a stopped run exactly.")
+                       "--resume continues a stopped run exactly. The config's [model] kind is the decoder: "
+                       + "; ".join(f"{name}: {kind.about}" for name, kind in KINDS.items()) + ".")
     p.add_argument("config", help="a TOML config file, or the name of one shipped with captioner (e.g. default, "
                    "flickr8k-attention; an unknown name lists them all)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder")
