@@ -5,7 +5,9 @@
 Single-photo latency is the median of --repeats calls of `Captioner.caption([photo])`
 on a loaded model (photo decode, encoder, tags, guided beam search, confidence),
 each call alternated with the encoder's own forward pass on the same photo's
-pixels, so that their ratio is measured side by side. Folder throughput is the
+pixels, so that their ratio is measured side by side, and with its two other
+parts: reading the photo into pixels, and `Captioner.describe` on its features
+(tags, guided beam search, confidence). Folder throughput is the
 median over --runs passes of `Captioner.caption([folder])`. Peak memory is this
 process's maximum resident set size.
 """
@@ -50,14 +52,22 @@ def main() -> None:
     captioner.caption(examples[:1], beam=args.beam)  # warm-up
     size = captioner.encoder.spec.input_size
     pixels = [to_pixels(load_photo(p, size), size)[None] for p in examples]
-    single, encoder = [], []
+    features = [captioner.encoder(p) for p in pixels]
+    single, encoder, reading, describing = [], [], [], []
     for i in range(args.repeats):
+        photo = examples[i % len(examples)]
         t = time.perf_counter()
         captioner.encoder(pixels[i % len(examples)])
         encoder.append(time.perf_counter() - t)
         t = time.perf_counter()
-        captioner.caption([examples[i % len(examples)]], beam=args.beam)
+        captioner.caption([photo], beam=args.beam)
         single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        to_pixels(load_photo(photo, size), size)
+        reading.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        captioner.describe(*features[i % len(examples)], beam=args.beam)
+        describing.append(time.perf_counter() - t)
     throughput = []
     for _ in range(args.runs):
         t = time.perf_counter()
@@ -72,6 +82,8 @@ def main() -> None:
         "single_photo_ms_median": round(1000 * statistics.median(single), 1),
         "encoder_forward_ms_median": round(1000 * statistics.median(encoder), 1),
         "single_photo_over_encoder": round(statistics.median(single) / statistics.median(encoder), 2),
+        "photo_read_ms_median": round(1000 * statistics.median(reading), 1),
+        "describe_ms_median": round(1000 * statistics.median(describing), 1),
         "single_photo_ms_all": [round(1000 * s, 1) for s in sorted(single)][::max(1, args.repeats // 10)],
         "folder_photos": len(photos), "folder_photos_per_s_median": round(statistics.median(throughput), 1),
         "folder_photos_per_s_runs": [round(x, 1) for x in throughput],
