@@ -16,7 +16,7 @@ LAYERS = {  # a module may import from its own package and from packages of a lo
     "models": 3,
     "features": 4,
     "captioning": 5,
-    "evaluation": 6, "visualize": 6,
+    "evaluation": 6, "visualize": 6, "video": 6,
     "training": 7, "gallery": 7,
     "distributed": 8, "web": 8,
     "cli": 9, "__main__": 10, "__init__": 10,
@@ -99,7 +99,7 @@ def test_one_module_runs_the_caption_search():
 
 def test_the_command_line_parser_and_the_package_import_no_torch():
     code = ("import sys, captioner, captioner.cli; captioner.cli.build_parser(); "
-            "print(sorted(m for m in ('torch', 'fastapi', 'faiss', 'ray') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'fastapi', 'faiss', 'ray', 'av') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -16,6 +16,7 @@ FEATURES = {
     "web": "the web app (captioner serve)",
     "train": "training and evaluation (captioner train, evaluate, calibrate)",
     "dinov2": "the dinov2-vits14 encoder",
+    "video": "video (captioner video)",
     "ray": "Ray (--ray and --ray-workers)",
 }
 """Each extra and what needs it, as the error names it."""
