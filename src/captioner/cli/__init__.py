@@ -1,5 +1,5 @@
 """The `captioner` command: one module per command or group of commands (caption, corpus, training, gallery,
-serve), assembled here.
+serve, video), assembled here.
 
 Exit status: 0 done, 1 failed work, 2 a usage error (argparse), 130 Ctrl+C. Every error ends in one sentence
 on stderr (`main` is the one place that turns exceptions into sentences); `--debug` or CAPTIONER_DEBUG=1 shows
@@ -16,7 +16,7 @@ import warnings
 
 from ..errors import CaptionerError
 from ..version import __version__
-from . import caption, corpus, gallery, serve, training
+from . import caption, corpus, gallery, serve, training, video
 
 EXAMPLES = """\
 examples:
@@ -30,6 +30,7 @@ examples:
   captioner search "a dog catching a frisbee"     find gallery photos by description
   captioner similar photo.jpg -k 5                gallery photos most like this one
   captioner serve                                 the web app on http://127.0.0.1:8000/, with the gallery
+  captioner video film.mp4 --vtt film.vtt         a caption for every scene of a video, stream or camera
 """
 
 
@@ -38,7 +39,7 @@ VERBOSE_HELP = "more messages: debugging detail, and the lines Ray itself prints
 QUIET_HELP = "fewer messages: warnings and errors only, and no progress bars"
 
 
-COMMANDS = (caption, corpus, training, gallery, serve)
+COMMANDS = (caption, corpus, training, gallery, serve, video)
 """The modules that add the commands, in the order `captioner --help` lists them."""
 
 

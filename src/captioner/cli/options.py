@@ -30,6 +30,17 @@ positive_int = whole_number(1)
 port_number = whole_number(1, 65535)
 
 
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (seconds, say), else a usage error (exit status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+    return value
+
+
 def device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help="where the model runs: auto (default: a CUDA "
                    "GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps")
