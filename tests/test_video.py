@@ -160,13 +160,13 @@ def test_a_scene_keeps_a_bounded_number_of_frames_however_long_it_is(captioner, 
     held = live_frames() - before
     assert 1 <= held <= 2  # the scene's keyframe (and the one PyAV may cache); never the 48 samples
     seen = []
-    original = scene_module._Gathering.add
+    original = scene_module.OpenScene.add
 
-    def add(self, candidate, thumb, keep):
-        original(self, candidate, thumb, keep)
+    def add(self, look, keep):
+        original(self, look, keep)
         seen.append(len(self.candidates))
 
-    monkeypatch.setattr(scene_module._Gathering, "add", add)
+    monkeypatch.setattr(scene_module.OpenScene, "add", add)
     list(scenes(captioner, videos["still"], every=0.25, config=config))
     assert len(seen) >= 45 and max(seen) < 2 * config.keep
 

@@ -5,7 +5,7 @@
 current scene or starts a new one (`SceneConfig`); a scene that ends is captioned once, by
 `Captioner.describe` on the features of its representative frame (the sample nearest the scene's mean), and
 yielded at once. Memory stays bounded however long a source runs: the read-ahead queue is short, and a scene
-keeps its running mean and at most 2 x `SceneConfig.keep` candidate frames, evenly spread over it.
+keeps its running means and at most 2 x `SceneConfig.keep` candidate frames, evenly spread over it.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ BATCH = 8  # samples encoded together at most (fewer when fewer are ready: a liv
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """When a sample starts a new scene: chosen on videos made for the purpose (benchmarks/video_scenes.py).
+    """When a sample starts a new scene: chosen with the shipped model's encoder (EfficientNet-Lite2) on videos
+    made for the purpose, as the most robust setting of a grid (benchmarks/video_scenes.py; BENCHMARKS.md).
 
     A change between two pictures is the cosine distance of the encoder's pooled vectors plus `colour` times the
     mean absolute difference of their 4 x 4 colour thumbnails (0-1). A sample starts a scene when its change from
@@ -37,8 +38,8 @@ class SceneConfig:
     small, the whole large). A scene that began at a change and would end after one sample was the middle of a
     dissolve, unlike both sides: the sample is dropped and the scene begins where it did, without it."""
 
-    cut: float = 0.3
-    drift: float = 0.4
+    cut: float = 0.4
+    drift: float = 0.35
     colour: float = 1.0
     keep: int = 8  # a scene keeps between keep and 2 x keep candidates for its representative frame
 
@@ -76,17 +77,20 @@ class Scene:
 
 
 @dataclass
-class _Candidate:
+class Look:
+    """One sample as the scene finder sees it."""
+
     time: float
-    unit: np.ndarray  # [D] the pooled vector, unit length
-    pooled: torch.Tensor  # [D]
-    grid: torch.Tensor  # [N, D]
-    frame: av.VideoFrame | None
+    unit: np.ndarray  # [D] the encoder's pooled vector, unit length
+    thumb: np.ndarray  # [THUMB * THUMB * 3] its colour thumbnail (`thumbnail`)
+    pooled: torch.Tensor | None = None  # [D] and [N, D]: the features a caption is made from
+    grid: torch.Tensor | None = None
+    frame: av.VideoFrame | None = None
 
 
 @dataclass
-class _Gathering:
-    """The scene being gathered: its running means and an evenly spread few of its samples."""
+class OpenScene:
+    """A scene being gathered: its running means and an evenly spread few of its samples."""
 
     start: float
     last: float
@@ -95,19 +99,20 @@ class _Gathering:
     after_change: bool = False  # it began where the picture changed (not at the start, nor after a break)
     count: int = 0
     stride: int = 1  # every stride-th sample is a candidate
-    candidates: list[_Candidate] = field(default_factory=list)
+    candidates: list[Look] = field(default_factory=list)
 
-    def add(self, candidate: _Candidate, thumb: np.ndarray, keep: int) -> None:
+    def add(self, look: Look, keep: int) -> None:
         if self.count % self.stride == 0:
-            self.candidates.append(candidate)
+            self.candidates.append(look)
             if len(self.candidates) == 2 * keep:
                 self.candidates, self.stride = self.candidates[::2], 2 * self.stride
-        self.units += candidate.unit
-        self.thumbs += thumb
+        self.units += look.unit
+        self.thumbs += look.thumb
         self.count += 1
-        self.last = candidate.time
+        self.last = look.time
 
-    def representative(self) -> _Candidate:
+    def representative(self) -> Look:
+        """The candidate nearest the scene's mean: its most typical frame."""
         mean = self.units / self.count
         return max(self.candidates, key=lambda c: float(c.unit @ mean))
 
@@ -120,9 +125,42 @@ def thumbnail(pixels: np.ndarray) -> np.ndarray:
 
 def change(unit_a: np.ndarray, thumb_a: np.ndarray, unit_b: np.ndarray, thumb_b: np.ndarray,
            config: SceneConfig) -> float:
-    """How much picture b differs from a (0: the same); the means of a scene may stand for a."""
+    """How much picture b differs from a (0: the same); a scene's sums may stand for a."""
     cosine = float(unit_a @ unit_b) / max(float(np.linalg.norm(unit_a) * np.linalg.norm(unit_b)), 1e-12)
     return 1.0 - cosine + config.colour * float(np.abs(thumb_a - thumb_b).mean())
+
+
+class SceneFinder:
+    """Where scenes begin, decided a sample at a time: `scenes` feeds it, benchmarks/video_scenes.py replays it
+    on stored samples to choose SceneConfig."""
+
+    def __init__(self, config: SceneConfig):
+        self.config = config
+        self.scene: OpenScene | None = None
+        self.previous: Look | None = None
+
+    def add(self, look: Look) -> tuple[OpenScene, float] | None:
+        """Take the next sample; returns the scene it ends and where (halfway between the two samples), if any."""
+        ended, scene = None, self.scene
+        if scene is None:
+            scene = OpenScene(look.time, look.time, np.zeros_like(look.unit), np.zeros_like(look.thumb))
+        elif (change(self.previous.unit, self.previous.thumb, look.unit, look.thumb, self.config) > self.config.cut
+              or change(scene.units, scene.thumbs / scene.count, look.unit, look.thumb, self.config)
+              > self.config.drift):
+            start = scene.start
+            if not (scene.count == 1 and scene.after_change):  # else its one sample was the middle of a dissolve
+                start = (scene.last + look.time) / 2
+                ended = scene, start
+            scene = OpenScene(start, look.time, np.zeros_like(look.unit), np.zeros_like(look.thumb), after_change=True)
+        scene.add(look, self.config.keep)
+        self.scene, self.previous = scene, look
+        return ended
+
+    def close(self, end: float) -> tuple[OpenScene, float] | None:
+        """End the scene so far at `end` (the picture stopped there), if there is one."""
+        ended = (self.scene, max(end, self.scene.last)) if self.scene else None
+        self.scene, self.previous = None, None
+        return ended
 
 
 def _read_ahead(items: Iterator[Sample | Break], stop: threading.Event, halt: threading.Event
@@ -193,16 +231,16 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
     stop = stop or threading.Event()
     halt = threading.Event()
     size = captioner.encoder.spec.input_size
+    finder = SceneFinder(config)
     number = 0
-    scene: _Gathering | None = None
-    previous: tuple[np.ndarray, np.ndarray] | None = None  # the last sample's unit vector and thumbnail
 
-    def finish(end: float) -> Scene:
+    def caption(ended: tuple[OpenScene, float]) -> Scene:
         nonlocal number
         number += 1
+        scene, end = ended
         best = scene.representative()
-        caption = captioner.describe(best.pooled[None], best.grid[None], beam=beam)[0]
-        return Scene(source.name, number, scene.start, max(end, scene.last), caption, best.time, best.frame)
+        said = captioner.describe(best.pooled[None], best.grid[None], beam=beam)[0]
+        return Scene(source.name, number, scene.start, end, said, best.time, best.frame)
 
     try:
         for batch in _read_ahead(samples(source, every, size, live, keyframes, halt), stop, halt):
@@ -213,26 +251,14 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
             k = 0
             for item in batch:
                 if isinstance(item, Break):
-                    if scene is not None:
-                        yield finish(item.time)
-                    scene, previous = None, None
-                    continue
-                unit, thumb = units[k], thumbnail(item.pixels)
-                candidate = _Candidate(item.time, unit, pooled[k], grid[k], item.frame)
-                k += 1
-                if scene is None:
-                    scene = _Gathering(item.time, item.time, np.zeros_like(unit), np.zeros_like(thumb))
-                elif (change(*previous, unit, thumb, config) > config.cut
-                      or change(scene.units, scene.thumbs / scene.count, unit, thumb, config) > config.drift):
-                    if scene.count == 1 and scene.after_change:  # its one sample was the middle of a dissolve
-                        start = scene.start
-                    else:
-                        start = (scene.last + item.time) / 2
-                        yield finish(start)
-                    scene = _Gathering(start, item.time, np.zeros_like(unit), np.zeros_like(thumb), after_change=True)
-                scene.add(candidate, thumb, config.keep)
-                previous = unit, thumb
-        if scene is not None:  # stopped: the scene so far
-            yield finish(scene.last + every)
+                    ended = finder.close(item.time)
+                else:
+                    ended = finder.add(Look(item.time, units[k], thumbnail(item.pixels), pooled[k], grid[k],
+                                            item.frame))
+                    k += 1
+                if ended:
+                    yield caption(ended)
+        if finder.scene is not None:  # stopped: the scene so far
+            yield caption(finder.close(finder.scene.last + every))
     finally:
         halt.set()
