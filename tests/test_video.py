@@ -399,3 +399,26 @@ def test_a_video_error_is_a_captioner_error_naming_the_source(captioner, videos)
         for _ in scenes(captioner, videos["truncated"]):
             pass
     assert str(videos["truncated"]) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_video_recorded_sideways_is_seen_upright(captioner, tmp_path):
+    """A phone held upright records sideways frames and a display rotation: frames are turned as players turn
+    them (FFmpeg's rotation is counterclockwise), before the encoder sees them and in the saved keyframe."""
+    path = tmp_path / "upright.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 96, 48, "yuv420p"
+        stream.set_display_rotation(90)
+        for i in range(2 * FPS):
+            pixels = np.zeros((48, 96, 3), np.uint8)
+            pixels[:, :48] = 255  # the stored frame's left half is white: shown upright, its bottom half
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    sample = next(samples(parse_source(path), 1.0, 32))
+    rows = sample.pixels.mean(axis=(1, 2))
+    assert rows[:12].mean() < 40 and rows[-12:].mean() > 215
+    (scene,) = scenes(captioner, path, keyframes=True)
+    keyframe = np.asarray(scene.keyframe())
+    assert keyframe.shape[:2] == (96, 48) and keyframe[:40].mean() < 40 and keyframe[-40:].mean() > 215

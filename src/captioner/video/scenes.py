@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..captioning import Caption, Captioner
-from .sources import Break, Sample, Source, parse_source, samples
+from .sources import Break, Sample, Source, parse_source, picture, samples
 
 READ_AHEAD = 8  # samples the reader may hold ready beyond the batch being encoded
 BATCH = 8  # samples encoded together at most (fewer when fewer are ready: a live source never waits)
@@ -67,7 +67,7 @@ class Scene:
         """The frame captioned, at the video's resolution (needs `keyframes=True`)."""
         if self.frame is None:
             raise ValueError("this scene kept no frame: ask scenes() for keyframes")
-        return self.frame.to_image()
+        return picture(self.frame)
 
     def to_json(self) -> dict:
         c = self.caption

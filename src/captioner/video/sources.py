@@ -32,6 +32,7 @@ from pathlib import Path
 import av
 import av.error
 import numpy as np
+from PIL import Image
 
 from ..data.images import to_pixels
 from ..errors import CaptionerError
@@ -170,12 +171,20 @@ def open_video(source: Source) -> tuple[av.container.InputContainer, av.VideoStr
     return container, stream
 
 
+def picture(frame: av.VideoFrame, shrunk: av.VideoFrame | None = None) -> Image.Image:
+    """The frame (or its `shrunk` copy) as an RGB image, turned upright as its video says it is shown (a phone
+    held upright records sideways, as a photo's EXIF orientation says)."""
+    image = (shrunk or frame).to_image()
+    return image.rotate(frame.rotation, expand=True) if frame.rotation else image
+
+
 def _shrink(frame: av.VideoFrame, size: int) -> np.ndarray:
     """The frame as `to_pixels` makes a photo: FFmpeg first shrinks a large frame to twice `size` (area
     averaging, and the YUV -> RGB conversion in the same pass), then the one bicubic squash to size x size."""
+    shrunk = None
     if frame.width > 2 * size and frame.height > 2 * size:
-        frame = frame.reformat(width=2 * size, height=2 * size, format="rgb24", interpolation="AREA")
-    return to_pixels(frame.to_image(), size)
+        shrunk = frame.reformat(width=2 * size, height=2 * size, format="rgb24", interpolation="AREA")
+    return to_pixels(picture(frame, shrunk), size)
 
 
 @dataclass
