@@ -96,6 +96,8 @@ def frame_stem(source: str) -> str:
 
 
 def cmd_video(args: argparse.Namespace) -> int:
+    import torch
+
     from ..captioning import Captioner
     from ..files import atomic_path
     from ..video.scenes import scenes
@@ -112,6 +114,9 @@ def cmd_video(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CaptionerError(f"cannot make the --frames folder {args.frames} ({e.strerror}): give a folder "
                                  "you may write to") from None
+    # One thread for the encoder, the other cores for FFmpeg's decoder: torch's default, a thread per core whose
+    # idle threads spin, slowed a 720p video several times over beside the decoder (BENCHMARKS.md, Video).
+    torch.set_num_threads(1)
     captioner = Captioner.load(args.model, device=args.device)
     stop = threading.Event()
     failed = 0

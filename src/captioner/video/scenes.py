@@ -226,6 +226,10 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
     `keyframes`: keep each scene's captioned frame (Scene.keyframe); `stop`: when set, the scene so far is
     captioned and yielded, and the iteration ends. Raises VideoError (one sentence) when the source cannot be
     read, after the scenes before the place it broke.
+
+    The encoder shares the CPU with FFmpeg's decoder: `captioner video` gives torch one thread
+    (`torch.set_num_threads(1)`), since its default, a thread per core whose idle threads spin, slows both
+    several times over.
     """
     source = source if isinstance(source, Source) else parse_source(source)
     stop = stop or threading.Event()
