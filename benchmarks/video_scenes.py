@@ -2,13 +2,15 @@
 on others.
 
     python benchmarks/video_scenes.py tune --videos /tmp/scene-videos/dev
+    python benchmarks/video_scenes.py tune --videos /tmp/scene-videos/dev --every 0.5
     python benchmarks/video_scenes.py report --videos /tmp/scene-videos/test-random /tmp/scene-videos/test-similar
 
-`tune` samples every video once (every 1 s, the shipped model's encoder), then replays `SceneFinder` on the
-stored samples for every setting of a grid, and prints how each does: the share of true changes found within
-1 s (cuts and dissolves apart) and the share of the changes it found that are false. The chosen setting is the
-most robust: the one whose worst found x (1 - false) over its neighbours in the grid is best (the middle one of
-those that tie).
+`tune` samples every video once (every --every seconds, the shipped model's encoder), then replays
+`SceneFinder` on the stored samples for every setting of a grid (SceneConfig's cut, drift and colour), and
+prints how each does: the share of true changes found within 1 s (cuts and dissolves apart) and the share of
+the changes it found that are false. The chosen setting is the most robust: the one whose worst found x
+(1 - false) over its neighbours in the grid is best (the middle one of those that tie). Then it prints the
+chosen setting with each --settle.
 
 `report` runs `captioner.video.scenes` itself (SceneConfig as shipped) on each video, scores its changes the same
 way, and compares each scene's caption with the caption of the photo it shows (the photo shown longest during
@@ -92,9 +94,9 @@ def looks(captioner: Captioner, video: Path, every: float) -> list[Look]:
     return out
 
 
-def starts(stored: list[Look], config: SceneConfig) -> list[float]:
-    """Where `SceneFinder` begins scenes (after the first) on stored samples."""
-    finder = SceneFinder(config)
+def starts(stored: list[Look], config: SceneConfig, every: float) -> list[float]:
+    """Where `SceneFinder` begins scenes (after the first) on samples stored every `every` seconds."""
+    finder = SceneFinder(config, every)
     return [end for ended in map(finder.add, stored) if ended for _, end in [ended]]
 
 
@@ -117,7 +119,8 @@ def tune(args: argparse.Namespace, captioner: Captioner) -> None:
     rows = {}
     for colour, cut, drift in itertools.product(args.colour, args.cut, args.drift):
         config = SceneConfig(cut=cut, drift=drift, colour=colour)
-        result = total([score(starts(seen, config), truth["changes"]) for seen, (_, truth) in zip(stored, made)])
+        result = total([score(starts(seen, config, args.every), truth["changes"])
+                        for seen, (_, truth) in zip(stored, made)])
         rows[colour, cut, drift] = result["found_%"] * (100 - result["false_%"]) / 100
         print(json.dumps({"colour": colour, "cut": cut, "drift": drift,
                           **{k: result[k] for k in ("found_%", "false_%", "cuts_found_%", "dissolves_found_%")}}))
@@ -134,6 +137,12 @@ def tune(args: argparse.Namespace, captioner: Captioner) -> None:
     colour, cut, drift = tied[(len(tied) - 1) // 2]
     print(json.dumps({"chosen": {"cut": cut, "drift": drift, "colour": colour}, "found_x_not_false": rows[colour, cut,
                       drift], "worst_of_its_neighbours": best, "settings_tied": len(tied)}))
+    for settle in args.settle:  # how long a scene begun at a change must last before another change counts
+        config = SceneConfig(cut=cut, drift=drift, colour=colour, settle=settle)
+        result = total([score(starts(seen, config, args.every), truth["changes"])
+                        for seen, (_, truth) in zip(stored, made)])
+        print(json.dumps({"chosen": {"cut": cut, "drift": drift, "colour": colour}, "settle": settle,
+                          **{k: result[k] for k in ("found_%", "false_%", "cuts_found_%", "dissolves_found_%")}}))
 
 
 def content(text: str) -> set[str]:
@@ -190,6 +199,8 @@ def main() -> None:
     parser.add_argument("--cut", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6])
     parser.add_argument("--drift", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 9.0])
     parser.add_argument("--colour", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    parser.add_argument("--settle", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0],
+                        help="tune: the settle times tried with the chosen setting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1, as captioner video uses)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

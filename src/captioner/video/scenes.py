@@ -35,12 +35,15 @@ class SceneConfig:
     A change between two pictures is the cosine distance of the encoder's pooled vectors plus `colour` times the
     mean absolute difference of their 4 x 4 colour thumbnails (0-1). A sample starts a scene when its change from
     the sample before is over `cut`, or its change from the scene's mean over `drift` (a dissolve: each step
-    small, the whole large). A scene that began at a change and would end after one sample was the middle of a
-    dissolve, unlike both sides: the sample is dropped and the scene begins where it did, without it."""
+    small, the whole large). A scene that began at a change and changes again before it has been seen for
+    `settle` seconds (its samples x the time between them) was the middle of a dissolve, unlike both sides: its
+    samples are dropped and the scene begins where it did, without them; so a shot shorter than that joins the
+    scene after it."""
 
     cut: float = 0.4
     drift: float = 0.35
     colour: float = 1.0
+    settle: float = 2.0  # seconds
     keep: int = 8  # a scene keeps between keep and 2 x keep candidates for its representative frame
 
 
@@ -93,10 +96,10 @@ class OpenScene:
     """A scene being gathered: its running means and an evenly spread few of its samples."""
 
     start: float
-    last: float
     units: np.ndarray  # [D] sum of the samples' unit vectors
     thumbs: np.ndarray  # [THUMB * THUMB * 3] sum of their thumbnails
     after_change: bool = False  # it began where the picture changed (not at the start, nor after a break)
+    last: float = 0.0  # its last sample's time
     count: int = 0
     stride: int = 1  # every stride-th sample is a candidate
     candidates: list[Look] = field(default_factory=list)
@@ -134,8 +137,8 @@ class SceneFinder:
     """Where scenes begin, decided a sample at a time: `scenes` feeds it, benchmarks/video_scenes.py replays it
     on stored samples to choose SceneConfig."""
 
-    def __init__(self, config: SceneConfig):
-        self.config = config
+    def __init__(self, config: SceneConfig, every: float):
+        self.config, self.every = config, every
         self.scene: OpenScene | None = None
         self.previous: Look | None = None
 
@@ -143,15 +146,15 @@ class SceneFinder:
         """Take the next sample; returns the scene it ends and where (halfway between the two samples), if any."""
         ended, scene = None, self.scene
         if scene is None:
-            scene = OpenScene(look.time, look.time, np.zeros_like(look.unit), np.zeros_like(look.thumb))
+            scene = OpenScene(look.time, np.zeros_like(look.unit), np.zeros_like(look.thumb))
         elif (change(self.previous.unit, self.previous.thumb, look.unit, look.thumb, self.config) > self.config.cut
               or change(scene.units, scene.thumbs / scene.count, look.unit, look.thumb, self.config)
               > self.config.drift):
             start = scene.start
-            if not (scene.count == 1 and scene.after_change):  # else its one sample was the middle of a dissolve
+            if not (scene.after_change and scene.count * self.every < self.config.settle):
                 start = (scene.last + look.time) / 2
                 ended = scene, start
-            scene = OpenScene(start, look.time, np.zeros_like(look.unit), np.zeros_like(look.thumb), after_change=True)
+            scene = OpenScene(start, np.zeros_like(look.unit), np.zeros_like(look.thumb), after_change=True)
         scene.add(look, self.config.keep)
         self.scene, self.previous = scene, look
         return ended
@@ -235,7 +238,7 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
     stop = stop or threading.Event()
     halt = threading.Event()
     size = captioner.encoder.spec.input_size
-    finder = SceneFinder(config)
+    finder = SceneFinder(config, every)
     number = 0
 
     def caption(ended: tuple[OpenScene, float]) -> Scene:
