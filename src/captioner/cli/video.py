@@ -47,8 +47,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "v4l2:DEVICE, avfoundation:INDEX, dshow:video=NAME)")
     p.add_argument("--model", help="a model folder written by `captioner train` (default: the shipped model)")
     p.add_argument("--every", type=positive_number, default=1.0, metavar="SECONDS",
-                   help="seconds between the frames looked at (default 1): scenes shorter than about twice this "
-                   "join the next, and a scene's start and end are found to within half of it")
+                   help="seconds between the frames looked at (default 1): a scene's start and end are found to "
+                   "within half of it, and a shot seen in one frame only, or for less than 2 s, joins the scene "
+                   "after it")
     p.add_argument("--beam", type=positive_int, default=None,
                    help="beam width (default: the model's, 3 for the shipped one)")
     p.add_argument("--json", action="store_true", help='one JSON object per scene, in order: {"source", "start", '

@@ -35,10 +35,10 @@ class SceneConfig:
     A change between two pictures is the cosine distance of the encoder's pooled vectors plus `colour` times the
     mean absolute difference of their 4 x 4 colour thumbnails (0-1). A sample starts a scene when its change from
     the sample before is over `cut`, or its change from the scene's mean over `drift` (a dissolve: each step
-    small, the whole large). A scene that began at a change and changes again before it has been seen for
-    `settle` seconds (its samples x the time between them) was the middle of a dissolve, unlike both sides: its
-    samples are dropped and the scene begins where it did, without them; so a shot shorter than that joins the
-    scene after it."""
+    small, the whole large). A scene that began at a change and changes again after one sample, or before it has
+    been seen for `settle` seconds (its samples x the time between them), was the middle of a dissolve, unlike
+    both sides: its samples are dropped and the scene begins where it did, without them; so a shot shorter than
+    that joins the scene after it."""
 
     cut: float = 0.4
     drift: float = 0.35
@@ -151,7 +151,8 @@ class SceneFinder:
               or change(scene.units, scene.thumbs / scene.count, look.unit, look.thumb, self.config)
               > self.config.drift):
             start = scene.start
-            if not (scene.after_change and scene.count * self.every < self.config.settle):
+            settling = scene.count == 1 or scene.count * self.every < self.config.settle
+            if not (scene.after_change and settling):
                 start = (scene.last + look.time) / 2
                 ended = scene, start
             scene = OpenScene(start, np.zeros_like(look.unit), np.zeros_like(look.thumb), after_change=True)
