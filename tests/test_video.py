@@ -179,6 +179,8 @@ def test_plain_output_is_a_line_per_scene(run, videos):
     spans = [(seconds(*m.groups()[:3]), seconds(*m.groups()[3:6])) for m in parsed]
     assert len(spans) == 6 and spans[0][0] == 0.0
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:]))
+    code, tagged, _ = run(videos["film"], "--tags")  # each scene's line, then what the classifier recognised
+    assert code == 0 and tagged[::2] == lines and all(line.startswith("  tags: ") for line in tagged[1::2])
 
 
 def parse_vtt(text: str) -> list[tuple[str, str, str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import CaptionerError
 from ..models.decoders import attending, find_kind
-from .options import device_option, positive_int, ray_options, ray_wanted
+from .options import device_option, positive_int, ray_options, ray_wanted, tags_line
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +80,5 @@ def cmd_caption(args: argparse.Namespace) -> int:
         print(c.said if len(args.photos) == 1 and Path(args.photos[0]).is_file() else f"{c.path}: {c.said}",
               flush=True)
         if args.tags:
-            print("  tags: " + (", ".join(f"{t.label} {t.p:.0%}" + (f" ({t.word})" if t.word else "")
-                                          for t in c.tags) or "none"), flush=True)
+            print(tags_line(c.tags), flush=True)
     return 1 if failed else 0

@@ -1,4 +1,4 @@
-"""What several commands share: numbers with ranges, Ray's and the gallery's options."""
+"""What several commands share: numbers with ranges, Ray's and the gallery's options, how tags are shown."""
 from __future__ import annotations
 
 import argparse
@@ -74,3 +74,9 @@ def gallery_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help=f"the gallery database (default: {DEFAULT_DB})")
     p.add_argument("--model", help="the model folder that indexed the gallery (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def tags_line(tags: list) -> str:
+    """A caption's tags (models.tags.Tag) as `captioner caption --tags` and `video --tags` show them."""
+    return "  tags: " + (", ".join(f"{t.label} {t.p:.0%}" + (f" ({t.word})" if t.word else "") for t in tags)
+                         or "none")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import device_option, positive_int, positive_number
+from .options import device_option, positive_int, positive_number, tags_line
 
 log = logging.getLogger("captioner.cli.video")
 
@@ -152,8 +152,7 @@ def cmd_video(args: argparse.Namespace) -> int:
                     where = f"{name}: " if len(names) > 1 else ""
                     print(f"{where}{clock(scene.start)} -> {clock(scene.end)}  {scene.said}", flush=True)
                     if args.tags:
-                        print("  tags: " + (", ".join(f"{t.label} {t.p:.0%}" + (f" ({t.word})" if t.word else "")
-                                                      for t in scene.caption.tags) or "none"), flush=True)
+                        print(tags_line(scene.caption.tags), flush=True)
             except VideoError as e:
                 failed += 1
                 if args.json:

@@ -44,7 +44,7 @@ class SceneConfig:
     drift: float = 0.35
     colour: float = 1.0
     settle: float = 2.0  # seconds
-    keep: int = 8  # a scene keeps between keep and 2 x keep candidates for its representative frame
+    keep: int = 8  # a scene keeps fewer than 2 x keep candidates for its representative frame, evenly spread
 
 
 THUMB = 4  # the colour thumbnail is THUMB x THUMB cells of the encoder's input
@@ -247,8 +247,8 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
         number += 1
         scene, end = ended
         best = scene.representative()
-        said = captioner.describe(best.pooled[None], best.grid[None], beam=beam)[0]
-        return Scene(source.name, number, scene.start, end, said, best.time, best.frame)
+        made = captioner.describe(best.pooled[None], best.grid[None], beam=beam)[0]
+        return Scene(source.name, number, scene.start, end, made, best.time, best.frame)
 
     try:
         for batch in _read_ahead(samples(source, every, size, live, keyframes, halt), stop, halt):
@@ -261,8 +261,9 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
                 if isinstance(item, Break):
                     ended = finder.close(item.time)
                 else:
-                    ended = finder.add(Look(item.time, units[k], thumbnail(item.pixels), pooled[k], grid[k],
-                                            item.frame))
+                    # copies, so that a kept candidate does not keep its whole batch
+                    ended = finder.add(Look(item.time, units[k], thumbnail(item.pixels), pooled[k].clone(),
+                                            grid[k].clone(), item.frame))
                     k += 1
                 if ended:
                     yield caption(ended)
