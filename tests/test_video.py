@@ -424,3 +424,47 @@ def test_a_video_recorded_sideways_is_seen_upright(captioner, tmp_path):
     (scene,) = scenes(captioner, path, keyframes=True)
     keyframe = np.asarray(scene.keyframe())
     assert keyframe.shape[:2] == (96, 48) and keyframe[:40].mean() < 40 and keyframe[-40:].mean() > 215
+
+
+def test_a_live_stream_that_comes_back_empty_is_tried_again_with_longer_waits_and_said_once(videos):
+    """After a drop, openings that give no picture are more tries, each waiting longer, with no new message."""
+    import logging
+
+    data = videos["live"].read_bytes()[:60_000]  # about 1 s of the stream
+    requests: list[float] = []
+
+    class Once(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(time.monotonic())
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            if len(requests) == 1:
+                self.wfile.write(data)  # then the connection closes: a drop; later ones bring nothing
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Once)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("captioner.video.sources")
+    logger.addHandler(handler)
+    stop = threading.Event()
+    got: list = []
+    source = parse_source(f"http://127.0.0.1:{server.server_address[1]}/live.ts")
+    reader = threading.Thread(target=lambda: got.extend(samples(source, 1.0, 32, live=True, stop=stop)))
+    try:
+        reader.start()
+        time.sleep(6.5)
+        stop.set()
+        reader.join(timeout=10)
+    finally:
+        logger.removeHandler(handler)
+        server.shutdown()
+    assert not reader.is_alive() and any(hasattr(s, "pixels") for s in got)
+    assert sum("dropped" in m for m in said) == 1 and not any("reopened" in m for m in said), said
+    gaps = np.diff(requests)
+    assert 3 <= len(requests) <= 4 and all(b > a for a, b in zip(gaps, gaps[1:])), gaps  # waits 1 s, 2 s, 4 s

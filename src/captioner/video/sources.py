@@ -258,7 +258,8 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
     stop = stop or threading.Event()
     began = None  # the monotonic clock at the first frame
     last = 0.0  # the latest time given
-    wait = 1.0  # before the next attempt to reopen: doubles up to BACKOFF_MAX
+    wait = 1.0  # before the next attempt to reopen a dropped live source: doubles up to BACKOFF_MAX
+    dropped = False  # a drop was said, and no picture has come since
     while not stop.is_set():
         try:
             container, stream = open_video(source)
@@ -271,9 +272,6 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
             continue
         if live is None:
             live = source.kind == "camera" or (source.kind == "stream" and not container.duration)
-        if began is not None:
-            log.info(f"{source.name}: reopened; the scenes go on")
-            wait = 1.0
         offset = last if began is None else max(last, time.monotonic() - began)  # a live source runs in real time
         reading, problem, declared = _Reading(), "", None
         if container.duration:
@@ -282,6 +280,9 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
             with container:
                 for t, pixels, frame in _connection(container, stream, every, size, keep, stop, reading):
                     began = began or time.monotonic()
+                    if dropped:
+                        log.info(f"{source.name}: reopened at {clock(offset)}; the scenes go on")
+                        dropped, wait = False, 1.0
                     last = offset + t - reading.origin
                     yield Sample(last, pixels, frame)
         except (av.error.FFmpegError, OSError) as e:
@@ -305,9 +306,12 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
                              f"{'broke (' + problem + ')' if problem else 'ended'}: "
                              + ("check that the stream is on" if source.remote else "check that it is a whole video"))
         if live:
-            log.warning(f"{source.name}: the stream dropped at {clock(stopped)} ({problem or 'it ended'}); opening "
-                        "it again (waiting 1 s, then longer each time)")
+            if reading.origin is not None:  # said once a drop; an opening that gave no picture is one more try
+                log.warning(f"{source.name}: the stream dropped at {clock(stopped)} ({problem or 'it ended'}); "
+                            "opening it again (waiting 1 s, then longer each time)")
+                dropped = True
             stop.wait(wait)
+            wait = min(BACKOFF_MAX, 2 * wait)
             continue
         if problem:
             raise VideoError(f"{source.name} is damaged and could not be read after {clock(last)} ({problem}); "
