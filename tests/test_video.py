@@ -83,6 +83,12 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     whole = made["film"].read_bytes()
     made["truncated"] = folder / "truncated.mkv"
     made["truncated"].write_bytes(whole[:int(0.6 * len(whole))])
+    # A video with 8% of its bytes, from 45% on, overwritten by noise.
+    damaged = bytearray(whole)
+    start, length = int(0.45 * len(whole)), int(0.08 * len(whole))
+    damaged[start:start + length] = np.random.default_rng(5).integers(0, 256, length, dtype=np.uint8).tobytes()
+    made["damaged"] = folder / "damaged.mkv"
+    made["damaged"].write_bytes(bytes(damaged))
     # One still picture for 12 s: one long scene.
     shots, changes = shots_of(["still"], [12.0], [])
     made["still"] = folder / "still.mp4"
@@ -249,6 +255,24 @@ def test_a_truncated_file_gives_the_scenes_before_and_says_where_it_stopped(run,
     spans = [LINE.match(line) for line in lines]
     assert len(spans) >= 2 and all(spans), lines
     assert abs(seconds(*spans[-1].groups()[3:6]) - seconds(*stopped.groups())) <= 1.0
+
+
+def test_a_damaged_file_gives_its_scenes_and_one_sentence_saying_where(run, videos):
+    """Noise in the middle of a file: the demuxer finds its feet after it and the decoder patches what it can;
+    the scenes all come, with one sentence saying where the video is damaged (or, had the demuxer given up,
+    the scenes before and where it stopped)."""
+    code, lines, err = run(videos["damaged"])
+    message = one_sentence(err)
+    where = re.search(r"is damaged (?:at|and could not be read after) (\d\d):(\d\d):(\d\d\.\d)", message)
+    assert where and str(videos["damaged"]) in message, message
+    spans = [LINE.match(line) for line in lines]
+    assert all(spans) and seconds(*spans[0].groups()[:3]) == 0.0
+    damaged_at = seconds(*where.groups())
+    assert 0.3 * 19.5 < damaged_at < 0.7 * 19.5  # the noise is 45-53% of the way through the file
+    if code == 0:
+        assert abs(seconds(*spans[-1].groups()[3:6]) - truth(videos["film"])["duration"]) <= 0.5
+    else:
+        assert code == 1 and seconds(*spans[-1].groups()[3:6]) >= damaged_at - 1.0
 
 
 @pytest.mark.parametrize("which, expected", [

@@ -53,6 +53,7 @@ READ_TIMEOUT = 10.0  # seconds without data before a stream counts as dropped
 BACKOFF_MAX = 30.0  # the longest wait between attempts to reopen a dropped live source
 MAX_PENDING = 256  # packets kept undecoded at most (a source that marks no keyframes is then decoded as it comes)
 FILE_END_SLACK = 1.0  # a file whose packets stop this much before its declared duration was cut short
+GAP = 1.0  # seconds of missing packets that mean broken data was skipped
 
 
 class VideoError(CaptionerError):
@@ -193,7 +194,7 @@ class _Reading:
 
     origin: float | None = None  # its first frame's time
     reached: float | None = None  # where its packets reached
-    damaged: list[float] = field(default_factory=list)  # where the decoder met broken data (and went on)
+    damaged: list[float] = field(default_factory=list)  # where packets were missing or broken (and it went on)
 
 
 def _connection(container: av.container.InputContainer, stream: av.VideoStream, every: float, size: int,
@@ -234,6 +235,8 @@ def _connection(container: av.container.InputContainer, stream: av.VideoStream, 
             return
         stamp = packet.dts if packet.dts is not None else packet.pts
         if stamp is not None:
+            if reading.reached is not None and float(stamp * base) > reading.reached + GAP:
+                reading.damaged.append(reading.reached)  # packets lost: the demuxer skipped broken data
             end = float((stamp + (packet.duration or 0)) * base)
             reading.reached = max(end, reading.reached or end)
         if packet.is_keyframe:
@@ -293,12 +296,13 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
         if reading.origin is not None:
             stopped = max(last, offset + (reading.reached or 0.0) - reading.origin)
             yield Break(stopped)
-            if reading.damaged:
-                more = len(reading.damaged) - 1
-                log.warning(f"{source.name}: the video is damaged at "
-                            f"{clock(offset + reading.damaged[0] - reading.origin)}"
+            damage = sorted(reading.damaged)
+            places = [t for i, t in enumerate(damage) if i == 0 or t > damage[i - 1] + GAP]  # nearby damage: one place
+            if places:
+                more = len(places) - 1
+                log.warning(f"{source.name}: the video is damaged at {clock(offset + places[0] - reading.origin)}"
                             + (f" and {more} more place{'s' * (more > 1)}" if more else "")
-                            + ": the decoder skipped or patched broken frames, so the scenes there may be wrong")
+                            + ": frames there are missing or broken, so the scenes around it may be wrong")
         if stop.is_set():
             return
         if began is None:
