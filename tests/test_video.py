@@ -142,8 +142,7 @@ def test_scenes_are_found_at_cuts_and_dissolves_and_captioned_from_their_photo(c
     for before, after, change in zip(found, found[1:], changes):
         assert before.end == after.start and abs(after.start - change) <= 1.0, (after.start, change)
     assert found[0].start == 0.0 and abs(found[-1].end - truth(videos["film"])["duration"]) <= 0.5
-    words = {s.caption.text for s in found}
-    assert len(words) == len(found)  # six photos, six different captions
+    assert len({s.caption.text for s in found}) == len(found)  # six photos, six different captions
     said = dict(zip([p.stem for p in EXAMPLES], [s.caption.text for s in found]))
     assert "cat" in said["tabby_cat"] and re.search(r"\b(cup|coffee)\b", said["cup_of_coffee"])
     assert "tripod" in said["man_with_camera_on_tripod"]
