@@ -55,7 +55,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help='one JSON object per scene, in order: {"source", "start", '
                    '"end" (seconds), "caption", "confidence", "tags", "score", "keyframe" (the time of the frame '
                    'captioned), and "frame" with --frames}, or {"source", "error"}; "caption" is the model\'s '
-                   'sentence: below 0.5 confidence the plain output and the subtitles say "I am not sure"')
+                   'sentence, which the plain output and the subtitles say with its doubt ("probably ...", "I am not '
+                   'sure; it may be ...") when its confidence is low')
     p.add_argument("--vtt", metavar="FILE", help="write WebVTT subtitles, a cue per scene (one SOURCE)")
     p.add_argument("--srt", metavar="FILE", help="write SubRip subtitles, a cue per scene (one SOURCE)")
     p.add_argument("--frames", metavar="DIR", help="save each scene's captioned frame as a JPEG in DIR "
