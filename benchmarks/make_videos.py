@@ -1,8 +1,9 @@
 """Videos made for finding scenes: photos shown one after another, each with a slow zoom or pan, changing by hard
 cuts and by dissolves, written as real H.264 with PyAV, and the truth about them beside each (JSON).
 
-    python benchmarks/make_videos.py --split dev --count 10 --seed 1 --out /tmp/scene-videos/dev
-    python benchmarks/make_videos.py --split test --count 10 --seed 2 --order similar --out /tmp/scene-videos/test
+    python benchmarks/make_videos.py --split dev --count 10 --seed 1 --order similar --dissolve 0.5 3 \
+        --motion 0.25 --out /tmp/scene-videos/dev
+    python benchmarks/make_videos.py --split test --count 10 --seed 2 --out /tmp/scene-videos/test-random
 
 Each photo is shown 3-7 s (the issue's range) with a slow zoom or pan; half the changes are cuts, half dissolves
 (films use both; a dissolve's change is its middle). `--order similar` follows each photo with one its captions
