@@ -47,7 +47,7 @@ class EncodeActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["paths"][0]]
-        (ok, pooled, grid, errors, warned), = encode_photos(self.encoder, paths, len(paths), progress=False)
+        (ok, pooled, grid, errors, warned, _), = encode_photos(self.encoder, paths, len(paths), progress=False)
         spec = self.encoder.spec
         out_pooled = np.zeros((len(paths), spec.dim), np.float32)
         out_grid = np.zeros((len(paths), spec.grid * spec.grid, spec.dim), np.float32)
