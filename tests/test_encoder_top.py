@@ -153,3 +153,16 @@ def test_encoder_top_0_trains_the_frozen_encoder_as_before(mini_corpus, tmp_path
     assert not (model_dir / TOP_FILE).exists() and load_model(model_dir).top is None
     assert sorted(p.name for p in (mini_corpus / "features").iterdir() if "below" not in p.name) == [
         cached_encoder(TINY_ENCODER).spec.key]
+
+
+def test_features_top_caches_the_map_below_the_top(mini_corpus, tmp_path, capsys):  # noqa: F811
+    from captioner.cli import main
+
+    assert main(["features", "--data", str(mini_corpus), "--encoder", TINY_ENCODER, "--top", "1", "--cache",
+                 str(tmp_path), "--device", "cpu", "-q"]) == 0
+    bottom = cached_encoder(TINY_ENCODER, top=1)
+    assert "efficientnet-lite0 maps below its top (K = 1)" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == [bottom.spec.key]
+    cache = FeatureCache.open(tmp_path, bottom.spec.key)
+    _, cells = cache.load(list(cache.rows))
+    assert cells.shape == (len(cache.rows), 49, bottom.spec.dim) and len(cache.rows) >= 49  # 50 photos, maybe a twin
