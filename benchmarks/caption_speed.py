@@ -66,8 +66,7 @@ def main() -> None:
         to_pixels(load_photo(photo, size), size)
         reading.append(time.perf_counter() - t)
         t = time.perf_counter()
-        pooled, grid, tuned = features[i % len(examples)]
-        captioner.describe(pooled, grid, beam=args.beam, tuned=tuned)
+        captioner.describe(*features[i % len(examples)], beam=args.beam)
         describing.append(time.perf_counter() - t)
     throughput = []
     for _ in range(args.runs):

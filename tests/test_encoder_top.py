@@ -105,6 +105,7 @@ def test_a_model_with_a_top_captions_through_it_and_keeps_the_encoders_own_featu
     captions = captioner.caption(paths)
     assert all(c.text and not c.error for c in captions)
     assert np.array_equal(np.stack([c.vector for c in captions]), whole.pooled.numpy())
+    assert [c.text for c in captioner.describe(*features)] == [c.text for c in captions]  # the one path
     assert [t.label for t in captions[0].tags] == [t.label for t in captioner.describe(whole.pooled[:1],
                                                                                        whole.grid[:1])[0].tags]
     for cached, fresh in zip((split.pooled, split.grid, *split.decoded), (*features[:2], *features.tuned)):

@@ -119,12 +119,12 @@ class Captioner:
                 results[i] = replace(c, path=paths[i], warning=warned.get(i, ""))
             yield from (results[i] for i in sorted(results))
 
-    def describe(self, pooled: torch.Tensor, grid: torch.Tensor, beam: int | None = None,
-                 tuned: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Caption]:
+    def describe(self, pooled: torch.Tensor, grid: torch.Tensor,
+                 tuned: tuple[torch.Tensor, torch.Tensor] | None = None, beam: int | None = None) -> list[Caption]:
         """Captions of photos given by their encoder features, pooled [B, C] and grid [B, N, C], decoded with the
         model's settings (`beam` in place of its width): what every caption of this model comes from.
-        A model with a fine-tuned encoder top decodes `tuned`, that top's (pooled, grid) (encoders.base.Features);
-        its tags, confidence, vector and search embedding read the encoder's own all the same.
+        A model with a fine-tuned encoder top decodes `tuned`, that top's (pooled, grid), and its tags, confidence,
+        vector and search embedding read the encoder's own: `describe(*captioner.encoder(pixels))` gives both.
         The features may be on any device: they move to the captioner's."""
         pooled, grid = pooled.to(self.device), grid.to(self.device)
         settings = self.model.decode.override(beam=beam)
