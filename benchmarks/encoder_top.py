@@ -6,7 +6,7 @@ encoder frozen and with its last K blocks and head trained at a scale of the dec
 
 Each --run is K or K:SCALE (`[train] encoder_top` and `encoder_lr_scale`; SCALE defaults to 0.1). Every run is
 configs/default.toml with the corpus given as its only training corpus, EPOCHS cross-entropy epochs (the
-learning-rate schedule compressed to them), no self-critical epochs, the same seed, and greedy dev CIDEr on
+learning-rate schedule compressed to them), no self-critical epochs, one seed (--seed), and greedy dev CIDEr on
 the corpus's dev split and each --dev corpus's: the dev splits only, never a test split. Runs go one after
 another into WORK/<name> (a stopped run resumes; a finished one is read back). Prints each run's dev CIDEr and
 seconds per epoch (training and dev scoring, as metrics.jsonl records them) as a markdown table.
@@ -26,12 +26,12 @@ from captioner.training.train import CHECKPOINT, LOG, train
 
 
 def run_config(data: str, dev: list[str], cache: str, out: Path, epochs: int, top: int, scale: float,
-               threads: int) -> dict:
+               threads: int, seed: int) -> dict:
     """configs/default.toml on `data` alone, `epochs` cross-entropy epochs and no self-critical ones."""
     values = tomllib.loads((SHIPPED / "default.toml").read_text())
     values["data"] = values["data"] | {"corpora": [{"prepared": data}], "dev": [data, *dev], "cache": cache}
     values["train"] |= {"out": str(out), "epochs": epochs, "patience": epochs, "scst_epochs": 0,
-                        "encoder_top": top, "encoder_lr_scale": scale, "threads": threads}
+                        "encoder_top": top, "encoder_lr_scale": scale, "threads": threads, "seed": seed}
     return values
 
 
@@ -49,16 +49,18 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, type=parse_run, metavar="K[:SCALE]")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0, help="[train] seed of every run (runs of seed S > 0 are "
+                        "named ...-seedS)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     rows = []
     for top, scale in args.run:
-        name = f"top{top}" + (f"-x{scale:g}" if top else "")
+        name = f"top{top}" + (f"-x{scale:g}" if top else "") + (f"-seed{args.seed}" if args.seed else "")
         out = work / name
         cfg = config_from_dict(run_config(args.data, args.dev, args.cache or str(work / "features"), out,
-                                          args.epochs, top, scale, args.threads))
+                                          args.epochs, top, scale, args.threads, args.seed))
         log_path = out / LOG
         done = log_path.exists() and len(log_path.read_text().splitlines()) >= args.epochs
         if not done:
@@ -76,7 +78,7 @@ def main() -> None:
     for name, top, scale, log in rows:
         curve = ", ".join(f"{r['dev_cider']:.1f} ({', '.join(f'{v:.1f}' for v in r['dev'].values())})" for r in log)
         seconds = statistics.median(r["seconds"] for r in log)
-        print(f"| {name} | {top} | {scale:g} | {curve} | {seconds:.0f} |")
+        print(f"| {name} | {top} | {f'{scale:g}' if top else '-'} | {curve} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":
