@@ -50,14 +50,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-_ENCODERS: dict[tuple[str, int, torch.device], Encoder] = {}
+_ENCODERS: dict[tuple[str, int, torch.device, int], Encoder] = {}
 
 
-def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE, device="auto") -> Encoder:
-    """`encoders.load_encoder`, loading each (name, size, device) once per test session (loading takes seconds)."""
-    key = (name, input_size, resolve(device))
+def cached_encoder(name: str, input_size: int = encoders.DEFAULT_INPUT_SIZE, device="auto", top: int = 0) -> Encoder:
+    """`encoders.load_encoder`, loading each (name, size, device, top) once per test session (loading takes
+    seconds)."""
+    key = (name, input_size, resolve(device), top)
     if key not in _ENCODERS:
-        _ENCODERS[key] = encoders.load_encoder(name, input_size, device)
+        _ENCODERS[key] = encoders.load_encoder(name, input_size, device, top)
     return _ENCODERS[key]
 
 

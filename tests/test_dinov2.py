@@ -41,7 +41,8 @@ def features(dinov2, pixels) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_gives_a_cls_vector_and_a_16_by_16_grid_of_float32_features(dinov2, features):
-    pooled, grid = features
+    pooled, grid, tuned = features
+    assert tuned is None  # no fine-tuned top
     assert pooled.shape == (2, 384) and pooled.dtype == torch.float32
     assert grid.shape == (2, 256, 384) and grid.dtype == torch.float32
     assert torch.isfinite(pooled).all() and torch.isfinite(grid).all()
@@ -50,9 +51,9 @@ def test_gives_a_cls_vector_and_a_16_by_16_grid_of_float32_features(dinov2, feat
 
 
 def test_is_deterministic_and_independent_of_batch_mates(dinov2, pixels, features):
-    pooled, grid = dinov2(pixels)
+    pooled, grid, _ = dinov2(pixels)
     assert torch.equal(pooled, features[0]) and torch.equal(grid, features[1])
-    alone_pooled, alone_grid = dinov2(pixels[1:])
+    alone_pooled, alone_grid, _ = dinov2(pixels[1:])
     torch.testing.assert_close(alone_pooled, features[0][1:], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(alone_grid, features[1][1:], atol=1e-4, rtol=1e-4)
 
@@ -77,7 +78,7 @@ def test_grid_cells_are_row_by_row_so_a_mirrored_photo_gives_mirrored_columns(di
 
 def test_other_sizes_are_multiples_of_the_patch_size(dinov2):
     encoder = cached_encoder("dinov2-vits14", 112)
-    pooled, grid = encoder(np.zeros((1, 112, 112, 3), np.uint8))
+    pooled, grid, _ = encoder(np.zeros((1, 112, 112, 3), np.uint8))
     assert encoder.spec.grid == 8 and pooled.shape == (1, 384) and grid.shape == (1, 64, 384)
     with pytest.raises(CaptionerError, match="multiple of its patch size 14"):
         load_encoder("dinov2-vits14", 225)

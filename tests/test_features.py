@@ -310,7 +310,7 @@ def test_encode_photos_decodes_the_next_batch_while_the_network_runs(lite0, phot
 
     monkeypatch.setattr(features, "read_photo", noting_read_photo)
     positions, pooled, grid, errors = [], [], [], {}
-    for ok, p, g, e, _ in encode_photos(Watching(), paths, batch_size=3, progress=True):
+    for ok, p, g, e, _, _ in encode_photos(Watching(), paths, batch_size=3, progress=True):
         assert len(ok) == len(p) == len(g)
         positions += ok
         pooled.append(p)

@@ -16,7 +16,7 @@ from .models import confidence, embedding
 from .models.decode import decode
 from .models.device import resolve
 from .models.encoders import load_encoder
-from .models.encoders.base import Encoder
+from .models.encoders.base import Encoder, with_tuned_top
 from .models.folder import Model, load_model
 from .models.search import Hypothesis
 from .models.tags import Tag, tagger
@@ -88,10 +88,12 @@ class Captioner:
     def load(cls, model_dir: str | Path | None = None, search: bool = False,
              device: str | torch.device = "auto") -> Captioner:
         """The model in `model_dir`, or the default model shipped with captioner (`search`: see Captioner.search),
-        on `device` (auto, cpu, cuda or mps: see models.device.resolve)."""
+        on `device` (auto, cpu, cuda or mps: see models.device.resolve). A model with a fine-tuned encoder top
+        gets its encoder with that top beside the encoder's own (see encoders.base.with_tuned_top)."""
         device = resolve(device)
         model = load_model(model_dir, fast=True, device=device)
-        return cls(model, load_encoder(model.encoder, model.input_size, device), search)
+        encoder = load_encoder(model.encoder, model.input_size, device, model.top_blocks)
+        return cls(model, encoder if model.top is None else with_tuned_top(encoder, model.top), search)
 
     @property
     def device(self) -> torch.device:
@@ -111,19 +113,23 @@ class Captioner:
                progress: bool = False) -> Iterator[Caption]:
         """Like `caption`, yielding each caption as soon as its batch is done."""
         paths = expand_paths(photos)
-        for ok, pooled, grid, errors, warned in encode_photos(self.encoder, paths, batch_size, progress):
+        for ok, pooled, grid, errors, warned, tuned in encode_photos(self.encoder, paths, batch_size, progress):
             results = {i: Caption(paths[i], error=msg) for i, msg in errors.items()}
-            for i, c in zip(ok, self.describe(pooled, grid, beam=beam) if ok else []):
+            for i, c in zip(ok, self.describe(pooled, grid, beam=beam, tuned=tuned) if ok else []):
                 results[i] = replace(c, path=paths[i], warning=warned.get(i, ""))
             yield from (results[i] for i in sorted(results))
 
-    def describe(self, pooled: torch.Tensor, grid: torch.Tensor, beam: int | None = None) -> list[Caption]:
+    def describe(self, pooled: torch.Tensor, grid: torch.Tensor,
+                 tuned: tuple[torch.Tensor, torch.Tensor] | None = None, beam: int | None = None) -> list[Caption]:
         """Captions of photos given by their encoder features, pooled [B, C] and grid [B, N, C], decoded with the
         model's settings (`beam` in place of its width): what every caption of this model comes from.
+        A model with a fine-tuned encoder top decodes `tuned`, that top's (pooled, grid), and its tags, confidence,
+        vector and search embedding read the encoder's own: `describe(*captioner.encoder(pixels))` gives both.
         The features may be on any device: they move to the captioner's."""
         pooled, grid = pooled.to(self.device), grid.to(self.device)
         settings = self.model.decode.override(beam=beam)
-        beams, probs = decode(self.model.decoder, pooled, grid, settings, self.tagger)
+        decoded = [t.to(self.device) for t in tuned] if tuned is not None else (pooled, grid)
+        beams, probs = decode(self.model.decoder, *decoded, settings, self.tagger, tagged=pooled)
         n = len(beams)
         tags = self.tagger.tags(probs) if self.tagger else [[] for _ in range(n)]
         sure = self.confidence(confidence.features(beams, pooled, self.centroids, probs, self.tagger.word_ids

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..data.readers import READERS
 from ..models.encoders import DEFAULT_INPUT_SIZE, ENCODERS
-from .options import DEFAULT_DATA, device_option, positive_int, ray_options, ray_wanted
+from .options import DEFAULT_DATA, device_option, positive_int, ray_options, ray_wanted, whole_number
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=positive_int, default=DEFAULT_INPUT_SIZE,
                    help=f"photos are squashed to this square (default {DEFAULT_INPUT_SIZE})")
     p.add_argument("--cache", help="the feature cache folder (default: DATA/features)")
+    p.add_argument("--top", type=whole_number(0), default=0, metavar="K",
+                   help="cache the map below the encoder's last K blocks instead, what training with [train] "
+                   "encoder_top = K reads (default 0: the features)")
     device_option(p)
     ray_options(p, "encode")
     p.set_defaults(run=cmd_features)
@@ -61,11 +64,12 @@ def cmd_features(args: argparse.Namespace) -> int:
         from ..distributed.batch import encode_stream
         from ..distributed.cluster import DEVICE
 
-        encode = encode_stream(args.encoder, args.input_size, args.ray_actors, args.ray_address)
+        encode = encode_stream(args.encoder, args.input_size, args.ray_actors, args.ray_address, args.top)
         device = DEVICE  # the features' key names the precision of the actors' device
     prepared = load_prepared(args.data)
     cache_root = args.cache or str(Path(args.data) / "features")
     cache, hashes = ensure_features(prepared, args.encoder, args.input_size, cache_root, ("train", "dev", "test"),
-                                    progress=not args.quiet, encode=encode, device=device)
-    print(f"{len(hashes):,} photos have {args.encoder} features in {cache.folder}")
+                                    progress=not args.quiet, encode=encode, device=device, top=args.top)
+    what = f"{args.encoder} maps below its top (K = {args.top})" if args.top else f"{args.encoder} features"
+    print(f"{len(hashes):,} photos have {what} in {cache.folder}")
     return 0

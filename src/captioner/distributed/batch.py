@@ -39,15 +39,16 @@ class CaptionActor:
 
 
 class EncodeActor:
-    """Holds one loaded encoder; encodes one batch of photo paths per call: pooled, grid, error, warning a photo."""
+    """Holds one loaded encoder (with `top`, its bottom: see load_encoder); encodes one batch of photo paths per
+    call: pooled, grid, error, warning a photo."""
 
-    def __init__(self, encoder: str, input_size: int, cpus: float):
+    def __init__(self, encoder: str, input_size: int, cpus: float, top: int = 0):
         pin_threads(cpus)
-        self.encoder = load_encoder(encoder, input_size, DEVICE)
+        self.encoder = load_encoder(encoder, input_size, DEVICE, top)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(p) for p in batch["paths"][0]]
-        (ok, pooled, grid, errors, warned), = encode_photos(self.encoder, paths, len(paths), progress=False)
+        (ok, pooled, grid, errors, warned, _), = encode_photos(self.encoder, paths, len(paths), progress=False)
         spec = self.encoder.spec
         out_pooled = np.zeros((len(paths), spec.dim), np.float32)
         out_grid = np.zeros((len(paths), spec.grid * spec.grid, spec.dim), np.float32)
@@ -94,11 +95,13 @@ def caption_stream(model: str | None = None, actors: int | None = None, address:
     return stream
 
 
-def encode_stream(encoder: str, input_size: int, actors: int | None = None, address: str | None = None):
-    """A drop-in for `encode_photos` that encodes on Ray actors: the same batches, in the same order."""
+def encode_stream(encoder: str, input_size: int, actors: int | None = None, address: str | None = None,
+                  top: int = 0):
+    """A drop-in for `encode_photos` that encodes on Ray actors (with `top`, the map below the encoder's top): the
+    same batches, in the same order."""
     def encode(paths: Sequence[Path], batch_size: int = 32, progress: bool = True):
         start = 0
-        for batch in run_ordered(EncodeActor, {"encoder": encoder, "input_size": input_size},
+        for batch in run_ordered(EncodeActor, {"encoder": encoder, "input_size": input_size, "top": top},
                                  [str(p) for p in paths], batch_size, actors, address, progress):
             failed = [bool(e) for e in batch["error"]]
             ok = [i for i, bad in enumerate(failed) if not bad]

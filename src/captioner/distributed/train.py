@@ -1,6 +1,7 @@
 """Distributed training on Ray Train: the usual training loop in N workers of a TorchTrainer (gloo, CPU).
 
-Each worker holds the grid features of its shard of the training photos and
+Each worker holds the grid features of its shard of the training photos (with a
+fine-tuned encoder top, every photo's map below it: they are small) and
 trains on its part of every batch; gradients are averaged over the workers
 (parallel.py). Rank 0 chooses the epoch on the dev sets and writes the
 checkpoint, the logs and the model folder in the usual format, so `--resume`
@@ -44,7 +45,7 @@ def train_on_ray(cfg: Config, workers: int, resume: bool = False, stop_after: in
     folder."""
     cfg = absolute(cfg)
     check_run(cfg, resume)
-    cache_training_features(cfg.data, progress, DEVICE)  # once, before the workers read the cache (their key)
+    cache_training_features(cfg.data, progress, DEVICE, cfg.train.encoder_top)  # once, before the workers read it
     connect(address)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

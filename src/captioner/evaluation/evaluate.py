@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data.text import detokenize
-from ..features.splits import load_features
+from ..features.splits import model_features
 from ..models.decode import decode
 from ..models.device import resolve
 from ..models.encoders import load_encoder
@@ -32,9 +32,9 @@ def evaluate(model_dir: str | Path | None, data: str | Path, split: str = "test"
     given = {"beam": beam, "length_penalty": length_penalty, "block_ngram": block_ngram, "tag_weight": tag_weight}
     settings = model.decode.override(**given)
     tags = tagger(model, load_encoder(model.encoder, model.input_size, device)) if settings.tag_weight else None
-    photos = load_features(data, model.encoder, model.input_size, split, cache, progress, device)
+    photos = model_features(model, data, split, cache, progress, device)
     started = time.time()
-    beams, _ = decode(model.decoder, photos.pooled, photos.grid, settings, tags, batch_size, progress)
+    beams, _ = decode(model.decoder, *photos.decoded, settings, tags, batch_size, progress, tagged=photos.pooled)
     seconds = time.time() - started
     captions = [[model.vocab.words[t] for t in hyps[0].tokens] for hyps in beams]
     ids = [str(p) for p in photos.paths]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..data.images import TruncatedPhotoWarning, file_sha256, read_photo, to_pixels
 from ..errors import CaptionerError
 from ..files import atomic_path, write_atomic
-from ..models.encoders.base import Encoder
+from ..models.encoders.base import Encoder, Features
 
 INDEX = "index.json"
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class Batch(NamedTuple):
     grid: torch.Tensor  # [len(ok), N, D]
     errors: dict[int, str]  # position -> why that photo could not be read
     warnings: dict[int, str]  # position -> the warning that came with that photo (a truncated file)
+    tuned: tuple[torch.Tensor, torch.Tensor] | None = None  # a model's fine-tuned top's features (Features.tuned)
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -161,10 +162,12 @@ which glibc's heap keeps and fragments: `benchmarks/caption_speed.py` peaked any
 to run. In chunks of 8 it stays under 0.7 GB, and runs a little faster (fewer fresh pages to fault in)."""
 
 
-def _encode(encoder: Encoder, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(encoder: Encoder, pixels: np.ndarray) -> Features:
     """`encoder(pixels)`, ENCODER_CHUNK photos at a time."""
     parts = [encoder(pixels[i:i + ENCODER_CHUNK]) for i in range(0, len(pixels), ENCODER_CHUNK)]
-    return torch.cat([pooled for pooled, _ in parts]), torch.cat([grid for _, grid in parts])
+    tuned = None if parts[0].tuned is None else (torch.cat([p.tuned[0] for p in parts]),
+                                                 torch.cat([p.tuned[1] for p in parts]))
+    return Features(torch.cat([p.pooled for p in parts]), torch.cat([p.grid for p in parts]), tuned)
 
 
 def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
@@ -196,9 +199,9 @@ def encode_photos(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32,
             ok, pixels, errors, warned = pending.result() if pending else read(batches[0])
             if b + 1 < len(batches):
                 pending = reader.submit(read, batches[b + 1])
-            pooled, grid = _encode(encoder, pixels) if ok else (torch.empty(0, device=encoder.device),) * 2
+            features = _encode(encoder, pixels) if ok else Features(*(torch.empty(0, device=encoder.device),) * 2)
             bar.update(len(batches[b]))
-            yield Batch(ok, pooled, grid, errors, warned)
+            yield Batch(ok, features.pooled, features.grid, errors, warned, features.tuned)
     bar.close()
 
 
@@ -224,7 +227,7 @@ def build_cache(encoder: Encoder, paths: Sequence[Path], root: str | Path, shard
     if todo:
         todo_hashes, todo_paths = list(todo), list(todo.values())
         buffer: tuple[list[str], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-        for ok, pooled, grid, errors, warned in encode(todo_paths, batch_size, progress):
+        for ok, pooled, grid, errors, warned, _ in encode(todo_paths, batch_size, progress):
             failed.update({todo_paths[i]: msg for i, msg in errors.items()})
             for msg in warned.values():
                 warnings.warn(msg, TruncatedPhotoWarning, stacklevel=2)

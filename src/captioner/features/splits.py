@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,6 +11,8 @@ from ..data.corpus import Prepared, load_prepared
 from ..data.text import PAD_ID, Vocab
 from ..errors import CaptionerError
 from ..models.encoders import load_encoder
+from ..models.encoders.base import with_tuned_top
+from ..models.folder import Model
 from ..settings import section
 from .cache import FeatureCache, build_cache
 
@@ -51,6 +53,12 @@ class Split:
     grid: torch.Tensor  # [n, N, D] float16
     references: list[list[str]]  # cleaned captions per photo (tokens joined by spaces)
     raw: list[list[str]]  # the captions as written, for the COCO toolkit's tokenizer
+    tuned: tuple[torch.Tensor, torch.Tensor] | None = None  # a model's fine-tuned top's pooled and grid (float16)
+
+    @property
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (pooled, grid) a model's decoder reads: its fine-tuned top's, or the encoder's own."""
+        return self.tuned if self.tuned is not None else (self.pooled, self.grid)
 
     def captions(self, vocab: Vocab, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every caption as ids [m, L] (`<start> .. <end>`, padded) and the photo each belongs to [m]."""
@@ -67,13 +75,14 @@ class Split:
 
 def ensure_features(prepared: Prepared, encoder: str, input_size: int, cache_root: str | Path,
                     splits: tuple[str, ...], progress: bool = True, encode: Callable | None = None,
-                    device: str | torch.device = "auto") -> tuple[FeatureCache, dict[str, str]]:
+                    device: str | torch.device = "auto", top: int = 0) -> tuple[FeatureCache, dict[str, str]]:
     """Encode the corpus photos of `splits` not cached yet, on `device`; returns the cache and each photo's hash.
 
-    `encode`: how photos are encoded (see `build_cache`; default: here, one batch after another)."""
+    `encode`: how photos are encoded (see `build_cache`; default: here, one batch after another).
+    `top`: the features are the map below the encoder's last `top` blocks (see load_encoder)."""
     images = [im for im in prepared.images if im["split"] in splits]
     paths = [prepared.image_root / im["image"] for im in images]
-    cache, hashes, failed = build_cache(load_encoder(encoder, input_size, device), paths, cache_root,
+    cache, hashes, failed = build_cache(load_encoder(encoder, input_size, device, top), paths, cache_root,
                                         progress=progress, encode=encode)
     if failed:
         reason = next(iter(failed.values()))
@@ -113,34 +122,54 @@ class TrainingData:
 
 
 def encoded(folder: str | Path, encoder: str, input_size: int, splits: tuple[str, ...],
-            cache: str | Path | None = None, progress: bool = True,
-            device: str | torch.device = "auto") -> tuple[Prepared, FeatureCache, dict[str, str]]:
-    """The prepared corpus in `folder`, its feature cache with every photo of `splits` encoded (on `device`), and
-    their hashes."""
+            cache: str | Path | None = None, progress: bool = True, device: str | torch.device = "auto",
+            top: int = 0) -> tuple[Prepared, FeatureCache, dict[str, str]]:
+    """The prepared corpus in `folder`, its feature cache with every photo of `splits` encoded (on `device`; with
+    `top`, the map below the encoder's top), and their hashes."""
     prepared = load_prepared(folder)
     features, hashes = ensure_features(prepared, encoder, input_size, cache or Path(folder) / "features", splits,
-                                       progress, device=device)
+                                       progress, device=device, top=top)
     return prepared, features, hashes
 
 
 def load_features(folder: str | Path, encoder: str, input_size: int, split: str, cache: str | Path | None = None,
-                  progress: bool = True, device: str | torch.device = "auto") -> Split:
+                  progress: bool = True, device: str | torch.device = "auto", top: int = 0) -> Split:
     """The photos of one split of the prepared corpus in `folder` with their features (encoded on `device` if not
-    cached; loaded to the host)."""
-    return load_split(*encoded(folder, encoder, input_size, (split,), cache, progress, device), split)
+    cached; loaded to the host; with `top`, the map below the encoder's last `top` blocks)."""
+    return load_split(*encoded(folder, encoder, input_size, (split,), cache, progress, device, top), split)
 
 
-def cache_training_features(data: DataConfig, progress: bool = True, device: str | torch.device = "auto") -> None:
+def model_features(model: Model, folder: str | Path, split: str, cache: str | Path | None = None,
+                   progress: bool = True, device: str | torch.device = "auto", batch_size: int = 256) -> Split:
+    """The photos of one split with the features `model` reads: its encoder's own and, where the model has a
+    fine-tuned top, that top's beside them (Split.tuned), both computed on `device` from the cached map below
+    the tops (loaded to the host)."""
+    if model.top is None:
+        return load_features(folder, model.encoder, model.input_size, split, cache, progress, device)
+    below = load_features(folder, model.encoder, model.input_size, split, cache, progress, device,
+                          model.top_blocks)
+    encoder = with_tuned_top(load_encoder(model.encoder, model.input_size, device, model.top_blocks), model.top)
+    parts = [encoder.above(below.grid[i:i + batch_size]) for i in range(0, len(below.paths), batch_size)]
+
+    def host(tensors: list[torch.Tensor]) -> torch.Tensor:  # float16 on the host, as cached features are
+        return torch.cat(tensors).half().cpu()
+
+    return replace(below, pooled=host([p.pooled for p in parts]), grid=host([p.grid for p in parts]),
+                   tuned=(host([p.tuned[0] for p in parts]), host([p.tuned[1] for p in parts])))
+
+
+def cache_training_features(data: DataConfig, progress: bool = True, device: str | torch.device = "auto",
+                            top: int = 0) -> None:
     """Encode (on `device`) what `load_training` would read and is not cached yet, without loading it."""
     for corpus in data.corpora:
         if corpus.share > 0:
-            encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress, device)
+            encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache, progress, device, top)
     for folder in data.dev:
-        encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress, device)
+        encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress, device, top)
 
 
-def load_training(data: DataConfig, progress: bool = True, owns=None,
-                  device: str | torch.device = "auto") -> TrainingData:
+def load_training(data: DataConfig, progress: bool = True, owns=None, device: str | torch.device = "auto",
+                  top: int = 0) -> TrainingData:
     """Every corpus of `data` with its features (encoding what is not cached yet, on `device`; loaded to the
     host) and one vocabulary.
 
@@ -148,13 +177,14 @@ def load_training(data: DataConfig, progress: bool = True, owns=None,
     the corpora were prepared with) across all the train splits: for one corpus,
     the vocabulary `prepare` wrote. With `owns` (a data-parallel worker's
     `parallel.Workers.owns`), only the training photos it names get their grid read.
+    With `top`, each photo's features are the map below the encoder's last `top` blocks (pooled: its mean).
     """
     training = [c for c in data.corpora if c.share > 0]
     train_splits, prepared_all = [], []
     start = 0
     for corpus in training:
         prepared, cache, hashes = encoded(corpus.prepared, data.encoder, data.input_size, ("train",), data.cache,
-                                          progress, device)
+                                          progress, device, top)
         count = sum(im["split"] == "train" for im in prepared.images)
         grid_of = owns(start + count)[start:].tolist() if owns else None
         train_splits.append(load_split(prepared, cache, hashes, "train", grid_of))
@@ -163,7 +193,7 @@ def load_training(data: DataConfig, progress: bool = True, owns=None,
     dev = {}
     for folder in data.dev:
         prepared, cache, hashes = encoded(folder, data.encoder, data.input_size, ("dev",), data.cache, progress,
-                                          device)
+                                          device, top)
         name = Path(folder).name if sum(Path(f).name == Path(folder).name for f in data.dev) == 1 else folder
         dev[name] = load_split(prepared, cache, hashes, "dev")
     min_count = min(p.min_count for p in prepared_all)

@@ -131,7 +131,8 @@ def _rerank(g: Gallery, text: str, scored: list[tuple[Row, dict]], weight: float
 
 
 def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Each photo's (pooled, grid) features: encoded from its file, kept for the next queries.
+    """Each photo's (pooled, grid) features as the captioner's decoder reads them (a fine-tuned top's, where the
+    model has one): encoded from its file, kept for the next queries.
 
     Kept by id and content hash, so a kept entry is only ever served for the photo it was encoded from, even
     where an id came back for another photo (galleries an older captioner wrote).
@@ -139,9 +140,9 @@ def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torc
     with g.grids_lock:
         todo = [r for r in rows if (r.id, r.sha256) not in g.grids]
     if todo:
-        for ok, pooled, grid, _, _ in encode_photos(g.captioner.encoder, [r.path for r in todo], batch_size=16,
-                                                    progress=False):
-            pooled, grid = pooled.cpu(), grid.cpu()  # kept in host memory, not the device's
+        for ok, pooled, grid, _, _, tuned in encode_photos(g.captioner.encoder, [r.path for r in todo],
+                                                           batch_size=16, progress=False):
+            pooled, grid = (t.cpu() for t in (tuned or (pooled, grid)))  # the decoder's, kept in host memory
             with g.grids_lock:
                 for j, p, gr in zip(ok, pooled, grid):
                     g.grids[todo[j].id, todo[j].sha256] = (p, gr)

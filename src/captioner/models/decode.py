@@ -39,19 +39,21 @@ GREEDY = DecodeConfig(beam=1)
 
 
 def decode(decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, settings: DecodeConfig,
-           tagger: Tagger | None = None, batch_size: int = 100,
-           progress: bool = False) -> tuple[list[list[Hypothesis]], torch.Tensor | None]:
+           tagger: Tagger | None = None, batch_size: int = 100, progress: bool = False,
+           tagged: torch.Tensor | None = None) -> tuple[list[list[Hypothesis]], torch.Tensor | None]:
     """Each photo's captions, best first, and its class probabilities [n, C] (None without a `tagger`).
 
-    pooled [n, C] and grid [n, N, C] are the encoder's features. With a tagger
+    pooled [n, C] and grid [n, N, C] are the features the decoder reads. With a tagger
     and `settings.tag_weight`, the search is guided toward the words of the
-    photo's likely classes. One beam, unguided and unblocked, is greedy search
-    (the same captions, cheaper).
+    photo's likely classes, which the tagger finds in `tagged` [n, C] (default:
+    pooled; the encoder's own where the decoder reads a fine-tuned top). One beam,
+    unguided and unblocked, is greedy search (the same captions, cheaper).
     """
+    tagged = pooled if tagged is None else tagged
     beams, probs = [], []
     for start in tqdm(range(0, len(pooled), batch_size), desc="captioning", unit="batch", disable=not progress):
         p, g = pooled[start:start + batch_size], grid[start:start + batch_size]
-        classes = tagger.probabilities(p) if tagger else None
+        classes = tagger.probabilities(tagged[start:start + batch_size]) if tagger else None
         guide = tagger.guide(classes, settings.tag_weight) if tagger and settings.tag_weight else None
         if settings.beam == 1 and guide is None and not settings.block_ngram:
             beams += [[h] for h in greedy(decoder, p, g, settings.max_len)]

@@ -1,4 +1,5 @@
-"""A model is a folder: model.safetensors, config.json, vocab.json, tags.json, MODEL_CARD.md.
+"""A model is a folder: model.safetensors, config.json, vocab.json, tags.json, MODEL_CARD.md, and for a model
+whose encoder top was fine-tuned, encoder_top.safetensors (that top's weights).
 
 No pickle: loading runs no code.
 """
@@ -19,6 +20,8 @@ from .decoders import Decoder, DecoderConfig, pack
 from .device import fast_dtype, resolve
 
 FORMAT = 1
+TOP_FORMAT = 2  # a model with a fine-tuned encoder top: a captioner that reads only format 1 would ignore the top
+TOP_FILE = "encoder_top.safetensors"
 DEFAULT_MODEL = Path(__file__).parents[1] / "assets" / "default"
 
 
@@ -31,6 +34,8 @@ class Model:
     decode: DecodeConfig
     class_words: list[str] | None = None  # the caption word of each of the encoder's classes (tags.json)
     folder: Path | None = None  # where it was loaded from
+    top_blocks: int = 0  # its decoder reads the encoder with its last top_blocks blocks and head fine-tuned...
+    top: dict[str, torch.Tensor] | None = None  # ...to these weights (encoders.base.Top's; None: the encoder's own)
 
 
 def save_model(folder: str | Path, model: Model, card: str = "") -> None:
@@ -40,9 +45,14 @@ def save_model(folder: str | Path, model: Model, card: str = "") -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.decoder.state_dict().items()}  # loads anywhere
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": str(FORMAT)})
+    encoder = {"name": model.encoder, "input_size": model.input_size}
+    if model.top is not None:
+        with atomic_path(folder / TOP_FILE) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.top.items()}, str(tmp))
+        encoder["top"] = model.top_blocks
     config = {
-        "format": FORMAT,
-        "encoder": {"name": model.encoder, "input_size": model.input_size},
+        "format": FORMAT if model.top is None else TOP_FORMAT,
+        "encoder": encoder,
         "decoder": asdict(model.decoder.cfg),
         "feature_dim": model.decoder.feature_dim,
         "classes": model.decoder.classes,
@@ -75,9 +85,15 @@ def load_model(folder: str | Path | None = None, fast: bool = False, device: str
                              "pass a folder written by `captioner train`")
     try:
         config = json.loads((folder / "config.json").read_text())
-        if config.get("format") != FORMAT:
+        if config.get("format") not in (FORMAT, TOP_FORMAT):
             raise CaptionerError(f"{folder}/config.json has model format {config.get('format')!r}, "
-                                 f"this captioner reads format {FORMAT}: upgrade captioner or retrain")
+                                 f"this captioner reads formats {FORMAT} and {TOP_FORMAT}: upgrade captioner or "
+                                 "retrain")
+        top_blocks = config["encoder"].get("top", 0)
+        if top_blocks and not (folder / TOP_FILE).is_file():
+            raise CaptionerError(f"{folder} is not a complete model folder (no {TOP_FILE}, the weights of its "
+                                 "fine-tuned encoder top): copy the whole folder")
+        top = load_file(str(folder / TOP_FILE)) if top_blocks else None
         vocab = Vocab.load(folder / "vocab.json")
         decoder = Decoder(DecoderConfig(**config["decoder"]), len(vocab), config["feature_dim"],
                           config.get("classes", 0))
@@ -92,5 +108,5 @@ def load_model(folder: str | Path | None = None, fast: bool = False, device: str
     if fast:
         pack(decoder.to(fast_dtype(device)))
     return Model(decoder, vocab, config["encoder"]["name"], config["encoder"]["input_size"],
-                 DecodeConfig(**config.get("decode", {})), class_words, folder)
+                 DecodeConfig(**config.get("decode", {})), class_words, folder, top_blocks, top)
 

@@ -25,7 +25,7 @@ from ..captioning import Captioner
 from ..data.corpus import load_prepared
 from ..data.text import clean
 from ..errors import CaptionerError
-from ..features.splits import load_features
+from ..features.splits import load_features, model_features
 from ..models.device import autocast
 from ..models.embedding import Embedding, RetrievalConfig, photo_vectors, save, save_settings, text_logprob
 from ..models.sentences import DIM
@@ -52,10 +52,11 @@ class AlignConfig:
 class Pairs:
     """Photos (features) and their captions, for training or choosing the embedding."""
 
-    pooled: torch.Tensor  # [n, C]
+    pooled: torch.Tensor  # [n, C] the encoder's own features: what the embedding reads
     grid: torch.Tensor  # [n, N, C]
     captions: list[list[str]]
     name: str = ""
+    tuned: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # the decoder's, if its own
     states: torch.Tensor = field(default=None, repr=False)  # [m, T, 384] float16: each caption after the frozen layers
     keep: torch.Tensor = field(default=None, repr=False)  # [m, T]
     owner: torch.Tensor = field(init=False, repr=False)  # [m]: the photo of each caption
@@ -207,7 +208,7 @@ def tune(captioner, embedding: Embedding, dev: list[Pairs], rerank: bool = True,
     model, cfg = captioner.model, embedding.cfg
     sets = []
     for p in dev:
-        captions = captioner.describe(p.pooled, p.grid)  # as the gallery stores them
+        captions = captioner.describe(p.pooled, p.grid, tuned=p.tuned)  # as the gallery stores them
         photos = photo_vectors(embedding, embedding.images(p.pooled, p.grid), [c.beam_texts for c in captions])
         queries = [c for group in p.captions for c in group]
         tags = [[asdict(t) for t in c.tags] for c in captions]
@@ -242,7 +243,8 @@ def tune(captioner, embedding: Embedding, dev: list[Pairs], rerank: bool = True,
     likelihoods = []
     for first, (p, _, queries, *_) in zip(firsts, sets):
         candidates = np.argsort(-first, 1)[:, :max(pools)]
-        logprob = np.stack([text_logprob(model, p.pooled[c], p.grid[c], q)
+        pooled, grid = p.tuned if p.tuned is not None else (p.pooled, p.grid)  # what the decoder reads
+        logprob = np.stack([text_logprob(model, pooled[c], grid[c], q)
                             for q, c in tqdm(list(zip(queries, candidates)), desc=f"likelihood {p.name}",
                                              unit="query", disable=not progress)])
         likelihoods.append((candidates, logprob))
@@ -276,14 +278,16 @@ def _rsum(trial: dict) -> float:
 
 
 def load_pairs(model, data: list[str | Path], split: str, cache: str | Path | None,
-               progress: bool, device: torch.device | str = "auto") -> list[Pairs]:
+               progress: bool, device: torch.device | str = "auto", decoded: bool = False) -> list[Pairs]:
     """The photos of `split` in each prepared corpus that has any, with their features (encoded on `device` if
-    not cached) and captions."""
+    not cached) and captions; `decoded`: with what the model's decoder reads too, where that is a fine-tuned
+    top's (Pairs.tuned), to caption them."""
     out = []
     for folder in data:
         if any(im["split"] == split for im in load_prepared(folder).images):
-            s = load_features(folder, model.encoder, model.input_size, split, cache, progress, device)
-            out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}"))
+            s = model_features(model, folder, split, cache, progress, device) if decoded else \
+                load_features(folder, model.encoder, model.input_size, split, cache, progress, device)
+            out.append(Pairs(s.pooled, s.grid, s.raw, f"{Path(folder).name} {split}", s.tuned))
     return out
 
 
@@ -294,7 +298,8 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
     splits, save it beside the model; on `device` (see models.device.resolve)."""
     captioner = Captioner.load(model_dir, device=device)
     model = captioner.model
-    train, dev = (load_pairs(model, data, split, cache, progress, captioner.device) for split in ("train", "dev"))
+    train = load_pairs(model, data, "train", cache, progress, captioner.device)
+    dev = load_pairs(model, data, "dev", cache, progress, captioner.device, decoded=True)
     if not train or not dev:
         raise CaptionerError("align needs a corpus with a train split and one with a dev split")
     cfg, tc = cfg or RetrievalConfig(), tc or AlignConfig()
@@ -315,7 +320,7 @@ def retune(model_dir: str | Path, data: list[str | Path], cache: str | Path | No
     if embedding is None:
         raise CaptionerError(f"{model_dir} has no search embedding to tune: train one with `captioner align "
                              f"--model {model_dir}`")
-    dev = load_pairs(captioner.model, data, "dev", cache, progress, captioner.device)
+    dev = load_pairs(captioner.model, data, "dev", cache, progress, captioner.device, decoded=True)
     if not dev:
         raise CaptionerError("retuning needs a corpus with a dev split")
     before = asdict(embedding.cfg)

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CaptionerError
 from ..evaluation.metrics import photo_cider
-from ..features.splits import load_features
+from ..features.splits import model_features
 from ..models import confidence
 from ..models.decode import decode
 from ..models.device import resolve
@@ -48,8 +48,9 @@ def calibrate(model_dir: str | Path, datasets: list[str | Path], cache: str | Pa
     tags = tagger(model, load_encoder(model.encoder, model.input_size, device))
     names, xs, ciders = [], [], []
     for data in datasets:
-        photos = load_features(data, model.encoder, model.input_size, "dev", cache, progress, device)
-        beams, probs = decode(model.decoder, photos.pooled, photos.grid, model.decode, tags, progress=progress)
+        photos = model_features(model, data, "dev", cache, progress, device)
+        beams, probs = decode(model.decoder, *photos.decoded, model.decode, tags, progress=progress,
+                              tagged=photos.pooled)
         captions = [model.vocab.decode(hyps[0].tokens) for hyps in beams]
         names.append(Path(data).name)
         xs.append(confidence.features(beams, photos.pooled, centres, probs, tags.word_ids if tags else None))

@@ -29,6 +29,11 @@ class TrainConfig:
     scheduled_sampling: float = 0.0  # the chance an input word is the model's own guess, reached at the last step
     attention_reg: float = 1.0  # doubly stochastic attention regularisation (attention decoders)
     patience: int = 4  # end a phase after this many epochs without a better dev CIDEr
+    # Fine-tune the encoder's top with the decoder in the cross-entropy phase: its last encoder_top blocks and
+    # head run on the cached map below them, at encoder_lr_scale x the decoder's learning rate, their BatchNorm
+    # statistics kept; self-critical training keeps the top as cross-entropy left it. 0: the encoder is frozen.
+    encoder_top: int = 0
+    encoder_lr_scale: float = 0.1
     # Self-critical sequence training after cross-entropy: sample captions, reward each by its
     # CIDEr-D against the photo's references, push up those above the baseline.
     scst_epochs: int = 0

@@ -1,6 +1,7 @@
 """Training: whole captions with teacher forcing, dev-split selection by CIDEr, exact resume."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -24,7 +25,8 @@ from ..models.decode import GREEDY, decode
 from ..models.decoders import Decoder
 from ..models.device import autocast, resolve
 from ..models.encoders import load_encoder
-from ..models.folder import Model, save_model
+from ..models.encoders.base import Top
+from ..models.folder import TOP_FILE, Model, save_model
 from ..models.glove import GLOVE_DIM, glove_vectors
 from ..models.search import word_logprobs
 from ..models.tags import class_words, probabilities
@@ -42,11 +44,36 @@ CHECKPOINT = "checkpoint.safetensors"
 LOG = "metrics.jsonl"
 
 
-def caption_split(decoder: Decoder, split: Split, vocab: Vocab, max_len: int, batch_size: int = 500) -> list[str]:
+def caption_split(run: Run, split: Split, batch_size: int = 500) -> list[str]:
     """Greedy captions of every photo of a split (how dev scoring chooses the epoch)."""
-    decoder.eval()
-    beams, _ = decode(decoder, split.pooled, split.grid, GREEDY.override(max_len=max_len), batch_size=batch_size)
-    return [vocab.decode(hyps[0].tokens) for hyps in beams]
+    run.decoder.eval()
+    if run.top is None:
+        pooled, grid = split.pooled, split.grid
+    else:
+        with torch.no_grad():
+            parts = [photo_features(run, split, torch.arange(i, min(i + batch_size, len(split.paths))))
+                     for i in range(0, len(split.paths), batch_size)]
+        pooled, grid = torch.cat([p for p, _ in parts]), torch.cat([g for _, g in parts])
+    beams, _ = decode(run.decoder, pooled, grid, GREEDY.override(max_len=run.data.max_len), batch_size=batch_size)
+    return [run.data.vocab.decode(hyps[0].tokens) for hyps in beams]
+
+
+def photo_features(run: Run, split: Split, photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the decoder reads of these photos of `split`, on its device: their cached features, or with a
+    fine-tuned top, its features from their cached map below it (with gradient while it trains)."""
+    device = run.decoder.device
+    if run.top is None:
+        return split.pooled[photos].to(device), split.grid[photos].to(device)
+    with autocast(device, enabled=run.cfg.train.bf16), torch.set_grad_enabled(torch.is_grad_enabled() and not run.scst):
+        return run.top(split.grid[photos].to(device))
+
+
+@torch.inference_mode()
+def own_pooled(top: Top, cells: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The encoder's own pooled vectors [n, D] (what its classifier reads) from the map below its top, cells
+    [n, N, C], computed where the cells are."""
+    with autocast(cells.device):
+        return torch.cat([top(cells[i:i + batch_size])[0] for i in range(0, len(cells), batch_size)])
 
 
 def build_decoder(cfg: Config, vocab: Vocab, feature_dim: int, classifier: torch.nn.Linear | None) -> Decoder:
@@ -175,6 +202,8 @@ def check_run(cfg: Config, resume: bool) -> None:
         raise CaptionerError(f"{out / CHECKPOINT} does not exist: there is nothing to resume (start without --resume)")
     if cfg.train.scst_epochs:
         check_scst(cfg.train)
+    if cfg.train.encoder_top < 0 or cfg.train.encoder_lr_scale < 0:
+        raise CaptionerError("[train] encoder_top and encoder_lr_scale must not be negative")
 
 
 @dataclass
@@ -182,9 +211,9 @@ class Run:
     """What a training run works on, and where it is (`state`, saved in every checkpoint)."""
 
     cfg: Config
-    data: TrainingData
+    data: TrainingData  # with a top: each photo's features are the map below it
     decoder: Decoder
-    learned: list[torch.nn.Parameter]
+    top: Top | None  # the encoder's top, fine-tuned in the cross-entropy phase ([train] encoder_top)
     opt: torch.optim.Optimizer
     state: dict  # epoch, step, best_cider, best_epoch, bad_epochs, scst_from (the epoch self-critical began)
     log: list[dict]  # one record per epoch, as metrics.jsonl holds them
@@ -198,13 +227,18 @@ class Run:
     cider: CiderD | None  # the self-critical reward, over the photos of scst_pools
     cider_row: dict[int, int]  # photo -> its row in `cider`
     words: list[str] | None  # the caption word of each of the encoder's classes (tags.json)
-    centres: torch.Tensor  # where the training photos lie (the confidence's centroids)
+    centres: torch.Tensor  # where the training photos lie (the confidence's centroids, of the encoder's own features)
     workers: Workers | None
 
     @property
     def lead(self) -> bool:
         """Whether this process chooses the epoch and writes the files (the only one, or rank 0)."""
         return self.workers is None or self.workers.rank == 0
+
+    @property
+    def learned(self) -> list[torch.nn.Parameter]:
+        """What the optimiser trains now: the decoder's learned parameters (and the top's, in cross-entropy)."""
+        return [p for group in self.opt.param_groups for p in group["params"]]
 
     @property
     def scst(self) -> bool:
@@ -216,9 +250,14 @@ class Run:
         return math.ceil(len(self.owner) / self.cfg.train.batch_captions) * self.cfg.train.epochs
 
 
-def optimizer(cfg: Config, learned: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam over the decoder's learned parameters: a run's first, and the self-critical phase's fresh one."""
-    return torch.optim.Adam(learned, lr=lr, weight_decay=cfg.train.weight_decay)
+def optimizer(cfg: Config, decoder: Decoder, lr: float, top: Top | None = None) -> torch.optim.Optimizer:
+    """Adam over the decoder's learned parameters, and the top's at encoder_lr_scale x the rate (its group's
+    lr_scale): a run's first, and the self-critical phase's fresh one (without the top)."""
+    groups = [{"params": [p for p in decoder.parameters() if p.requires_grad]}]
+    if top is not None:
+        scale = cfg.train.encoder_lr_scale
+        groups.append({"params": list(top.parameters()), "lr": lr * scale, "lr_scale": scale})
+    return torch.optim.Adam(groups, lr=lr, weight_decay=cfg.train.weight_decay)
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, progress: bool = True,
@@ -253,12 +292,16 @@ def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None, de
     or the checkpoint's with `resume`."""
     out = Path(cfg.train.out)
     lead = workers is None or workers.rank == 0
-    data = load_training(cfg.data, progress and lead, workers.owns if workers else None, device)
+    blocks = cfg.train.encoder_top
+    # A worker holds only its part of the grids; with a top, every map below it (small), for the features below.
+    owns = workers.owns if workers and not blocks else None
+    data = load_training(cfg.data, progress and lead, owns, device, blocks)
     split, vocab = data.train, data.vocab
     # The classifier names the classes' words from every training photo's features: where those are, the host.
-    classifier = load_encoder(cfg.data.encoder, cfg.data.input_size, split.pooled.device).classifier
-    words = class_words(probabilities(classifier, split.pooled), split.references, vocab) \
-        if classifier is not None else None
+    encoder = load_encoder(cfg.data.encoder, cfg.data.input_size, split.pooled.device, blocks)
+    classifier = encoder.classifier
+    own = own_pooled(encoder.top, split.grid) if blocks else split.pooled  # the encoder's own pooled vectors
+    words = class_words(probabilities(classifier, own), split.references, vocab) if classifier is not None else None
     captions, owner = split.captions(vocab, data.max_len)
     counts = torch.bincount(owner, minlength=len(split.paths))
     pools = [torch.nonzero(data.source == i).squeeze(1) for i in range(len(data.shares))]
@@ -271,14 +314,14 @@ def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None, de
                                  "training: lower [train] scst_min_refs")
         cider = CiderD([[r.split() for r in split.references[p]] for p in scored])
         cider_row = {p: row for row, p in enumerate(scored)}
-    decoder = build_decoder(cfg, vocab, split.pooled.shape[1], classifier).to(device)
-    learned = [p for p in decoder.parameters() if p.requires_grad]
-    opt = optimizer(cfg, learned, cfg.train.lr)
+    top = copy.deepcopy(encoder.top).requires_grad_(True).to(device) if blocks else None
+    decoder = build_decoder(cfg, vocab, top.dim if top else split.pooled.shape[1], classifier).to(device)
+    opt = optimizer(cfg, decoder, cfg.train.lr, top)
     state = {"epoch": 0, "step": 0, "best_cider": -1.0, "best_epoch": 0, "bad_epochs": 0, "scst_from": None,
              "config": cfg.to_dict()}
     log = []
     if resume:
-        state = checkpoint.load(out / CHECKPOINT, decoder, opt)
+        state = checkpoint.load(out / CHECKPOINT, decoder, opt, top)
         if state["config"] != cfg.to_dict():
             raise CaptionerError(f"{out / CHECKPOINT} was made with a different config: resume with the same "
                                  "config file")
@@ -286,21 +329,24 @@ def start(cfg: Config, resume: bool, progress: bool, workers: Workers | None, de
             log = [json.loads(line) for line in (out / LOG).read_text().splitlines()][:state["epoch"]]
     if lead:
         out.mkdir(parents=True, exist_ok=True)
-    return Run(cfg, data, decoder, learned, opt, state, log, captions, (captions != PAD_ID).sum(1), owner, counts,
-               owner.argsort(stable=True).split(counts.tolist()), pools, scst_pools, cider, cider_row, words,
-               confidence.centroids(split.pooled), workers)
+    return Run(cfg, data, decoder, top, opt, state, log, captions, (captions != PAD_ID).sum(1), owner,
+               counts, owner.argsort(stable=True).split(counts.tolist()), pools, scst_pools, cider, cider_row, words,
+               confidence.centroids(own), workers)
 
 
 def next_phase(run: Run) -> bool:
     """Whether the run goes on; after the last cross-entropy epoch (or when dev stopped improving), starts the
-    self-critical phase if there is one: from the best epoch or the last, with a fresh optimiser."""
+    self-critical phase if there is one: from the best epoch or the last, with a fresh optimiser for the decoder
+    (a fine-tuned top stays as it is from then on)."""
     t, s = run.cfg.train, run.state
     if not run.scst and (s["epoch"] >= t.epochs or s["bad_epochs"] >= t.patience):
         if not t.scst_epochs:
             return False
         if t.scst_start == "best":
             run.decoder.load_state_dict(load_file(str(Path(t.out) / "model" / "model.safetensors")))
-        run.opt = optimizer(run.cfg, run.learned, t.scst_lr)
+            if run.top is not None:
+                run.top.load_state_dict(load_file(str(Path(t.out) / "model" / TOP_FILE)))
+        run.opt = optimizer(run.cfg, run.decoder, t.scst_lr)
         s.update(scst_from=s["epoch"], bad_epochs=0)
     return not (run.scst and (s["epoch"] - s["scst_from"] >= t.scst_epochs or s["bad_epochs"] >= t.patience))
 
@@ -338,11 +384,11 @@ def train_step(run: Run, photos: torch.Tensor, generator: torch.Generator) -> tu
         photos, norm = workers.part(photos, run.counts, lengths, run.rows_of)
     if not run.scst:
         for group in run.opt.param_groups:
-            group["lr"] = learning_rate(cfg, s["step"], total_steps)
+            group["lr"] = learning_rate(cfg, s["step"], total_steps) * group.get("lr_scale", 1.0)
     run.opt.zero_grad(set_to_none=True)
     count, value = 0, 0.0
     if len(photos):  # a worker's part of a small batch may be empty
-        pooled, grid = split.pooled[photos].to(device), split.grid[photos].to(device)  # the batch, to the decoder
+        pooled, grid = photo_features(run, split, photos)  # the batch, on the decoder's device
         idx = torch.cat([run.rows_of[p] for p in photos.tolist()])  # the batch's reference captions
         which = torch.repeat_interleave(torch.arange(len(photos)), run.counts[photos]).to(device)  # caption -> photo
         references = run.captions[idx, :int(lengths[idx].max())].to(device)
@@ -363,7 +409,7 @@ def train_step(run: Run, photos: torch.Tensor, generator: torch.Generator) -> tu
     if workers:
         workers.average_gradients(run.learned)
     if cfg.train.grad_clip:
-        torch.nn.utils.clip_grad_norm_(run.decoder.parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(run.learned, cfg.train.grad_clip)
     run.opt.step()
     s["step"] += 1
     return count, value
@@ -375,8 +421,7 @@ def end_epoch(run: Run, seen: int, total: float, started: float, progress: bool)
     epoch, scst = s["epoch"] + 1, run.scst
     dev = -1.0
     if run.lead:
-        predictions = {name: caption_split(run.decoder, split, run.data.vocab, run.data.max_len)
-                       for name, split in run.data.dev.items()}
+        predictions = {name: caption_split(run, split) for name, split in run.data.dev.items()}
         scores = {name: dev_cider(predictions[name], split.references) for name, split in run.data.dev.items()}
         dev = sum(scores.values()) / len(scores)  # what chooses the epoch
         sample = next(iter(predictions.values()))[0]
@@ -389,8 +434,10 @@ def end_epoch(run: Run, seen: int, total: float, started: float, progress: bool)
     if dev > s["best_cider"]:
         s.update(best_cider=dev, best_epoch=epoch, bad_epochs=0)
         if run.lead:
+            top = None if run.top is None else run.top.state_dict()
             save_model(out / "model", Model(run.decoder, run.data.vocab, cfg.data.encoder, cfg.data.input_size,
-                                            cfg.decode, run.words), card=training_card(cfg, record))
+                                            cfg.decode, run.words, top_blocks=cfg.train.encoder_top, top=top),
+                       card=training_card(cfg, record))
             confidence.save(out / "model", run.centres)
     else:
         s["bad_epochs"] += 1
@@ -398,7 +445,7 @@ def end_epoch(run: Run, seen: int, total: float, started: float, progress: bool)
     if not run.lead:
         workers.from_first(0.0)  # wait for rank 0's checkpoint (and model) before the next epoch may read them
         return
-    checkpoint.save(out / CHECKPOINT, run.decoder, run.opt, s)
+    checkpoint.save(out / CHECKPOINT, run.decoder, run.opt, s, run.top)
     run.log.append(record)
     write_atomic(out / LOG, "".join(json.dumps(r) + "\n" for r in run.log))
     plot_curve(run.log, out / "curve.png")
@@ -417,8 +464,11 @@ def end_epoch(run: Run, seen: int, total: float, started: float, progress: bool)
 
 def training_card(cfg: Config, record: dict) -> str:
     """A first model card: how this model was trained; `captioner evaluate` adds test metrics."""
+    t = cfg.train
+    tuned = f"its last {t.encoder_top} blocks and head fine-tuned at {t.encoder_lr_scale:g}x the decoder's " \
+            f"learning rate" if t.encoder_top else "frozen"
     return (f"# captioner model\n\n"
-            f"- encoder: {cfg.data.encoder} at {cfg.data.input_size}x{cfg.data.input_size} (frozen)\n"
+            f"- encoder: {cfg.data.encoder} at {cfg.data.input_size}x{cfg.data.input_size} ({tuned})\n"
             f"- decoder: {cfg.model.kind}, {json.dumps(asdict(cfg.model))}\n"
             f"- corpora: {', '.join(f'{c.prepared} (share {c.share:g})' for c in cfg.data.corpora)}; "
             f"dev: {', '.join(cfg.data.dev)}\n"
