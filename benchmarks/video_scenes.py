@@ -88,7 +88,7 @@ def looks(captioner: Captioner, video: Path, every: float) -> list[Look]:
     out = []
     for i in range(0, len(taken), 8):
         batch = taken[i:i + 8]
-        pooled, _ = captioner.encoder(np.stack([s.pixels for s in batch]))
+        pooled = captioner.encoder(np.stack([s.pixels for s in batch])).pooled
         units = torch.nn.functional.normalize(pooled.float(), dim=1).cpu().numpy()
         out += [Look(s.time, u, thumbnail(s.pixels)) for s, u in zip(batch, units)]
     return out

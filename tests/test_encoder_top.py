@@ -5,6 +5,7 @@ encoder as before."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,27 @@ def test_features_top_caches_the_map_below_the_top(mini_corpus, tmp_path, capsys
     cache = FeatureCache.open(tmp_path, bottom.spec.key)
     _, cells = cache.load(list(cache.rows))
     assert cells.shape == (len(cache.rows), 49, bottom.spec.dim) and len(cache.rows) >= 49  # 50 photos, maybe a twin
+
+
+def test_a_video_is_captioned_from_the_tuned_features_of_its_scenes(tuned_run, tmp_path, reuse_encoders):
+    import av
+
+    from captioner.video.scenes import scenes
+
+    film = tmp_path / "two.mp4"
+    with av.open(str(film), "w") as out:
+        stream = out.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for photo in ("tabby_cat", "cup_of_coffee"):
+            picture = load_photo(Path(__file__).parents[1] / "examples" / f"{photo}.jpg").resize((160, 96))
+            for _ in range(15):  # 3 s each, a cut between
+                out.mux(stream.encode(av.VideoFrame.from_image(picture)))
+        out.mux(stream.encode())
+    captioner = Captioner.load(tuned_run, device="cpu")
+    given = []
+    describe = captioner.describe
+    captioner.describe = lambda pooled, grid, tuned=None, beam=None: given.append(tuned) or describe(
+        pooled, grid, tuned, beam)
+    found = list(scenes(captioner, film))
+    assert len(found) == 2 and all(s.caption.text for s in found)
+    assert len(given) == 2 and all(t is not None and t[0].shape[0] == t[1].shape[0] == 1 for t in given)

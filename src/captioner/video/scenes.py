@@ -88,6 +88,7 @@ class Look:
     thumb: np.ndarray  # [THUMB * THUMB * 3] its colour thumbnail (`thumbnail`)
     pooled: torch.Tensor | None = None  # [D] and [N, D]: the features a caption is made from
     grid: torch.Tensor | None = None
+    tuned: tuple[torch.Tensor, torch.Tensor] | None = None  # a fine-tuned encoder top's ([D], [N, D]), if any
     frame: av.VideoFrame | None = None
 
 
@@ -247,14 +248,15 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
         number += 1
         scene, end = ended
         best = scene.representative()
-        made = captioner.describe(best.pooled[None], best.grid[None], beam=beam)[0]
+        tuned = None if best.tuned is None else tuple(t[None] for t in best.tuned)
+        made = captioner.describe(best.pooled[None], best.grid[None], tuned, beam=beam)[0]
         return Scene(source.name, number, scene.start, end, made, best.time, best.frame)
 
     try:
         for batch in _read_ahead(samples(source, every, size, live, keyframes, halt), stop, halt):
             taken = [s for s in batch if isinstance(s, Sample)]
             if taken:
-                pooled, grid = captioner.encoder(np.stack([s.pixels for s in taken]))  # [B, D], [B, N, D]
+                pooled, grid, tuned = captioner.encoder(np.stack([s.pixels for s in taken]))  # [B, D], [B, N, D]
                 units = torch.nn.functional.normalize(pooled.float(), dim=1).cpu().numpy()
             k = 0
             for item in batch:
@@ -263,7 +265,9 @@ def scenes(captioner: Captioner, source: str | os.PathLike[str] | Source, every:
                 else:
                     # copies, so that a kept candidate does not keep its whole batch
                     ended = finder.add(Look(item.time, units[k], thumbnail(item.pixels), pooled[k].clone(),
-                                            grid[k].clone(), item.frame))
+                                            grid[k].clone(),
+                                            None if tuned is None else (tuned[0][k].clone(), tuned[1][k].clone()),
+                                            item.frame))
                     k += 1
                 if ended:
                     yield caption(ended)
