@@ -87,7 +87,7 @@ def test_training_moves_the_tops_weights_but_not_its_batchnorm_statistics(tuned_
     assert config["format"] == 2 and config["encoder"] == {"name": TINY_ENCODER, "input_size": 224, "top": 1}
     checkpoint = load_file(str(tuned_run.parent / CHECKPOINT))
     assert {k[len("top."):] for k in checkpoint if k.startswith("top.")} == set(original)
-    assert "fine-tuned at 0.5x" in (tuned_run / "MODEL_CARD.md").read_text()
+    assert "its last block and head fine-tuned at 0.5x" in (tuned_run / "MODEL_CARD.md").read_text()
 
 
 def test_a_model_with_a_top_captions_through_it_and_keeps_the_encoders_own_features_for_the_rest(

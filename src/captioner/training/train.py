@@ -465,8 +465,9 @@ def end_epoch(run: Run, seen: int, total: float, started: float, progress: bool)
 def training_card(cfg: Config, record: dict) -> str:
     """A first model card: how this model was trained; `captioner evaluate` adds test metrics."""
     t = cfg.train
-    tuned = f"its last {t.encoder_top} blocks and head fine-tuned at {t.encoder_lr_scale:g}x the decoder's " \
-            f"learning rate" if t.encoder_top else "frozen"
+    blocks = f"{t.encoder_top} blocks" if t.encoder_top > 1 else "block"
+    tuned = f"its last {blocks} and head fine-tuned at {t.encoder_lr_scale:g}x the decoder's learning rate" \
+        if t.encoder_top else "frozen"
     return (f"# captioner model\n\n"
             f"- encoder: {cfg.data.encoder} at {cfg.data.input_size}x{cfg.data.input_size} ({tuned})\n"
             f"- decoder: {cfg.model.kind}, {json.dumps(asdict(cfg.model))}\n"
