@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--cache", help="a feature cache to keep and reuse (photos already in it are not encoded "
                         "again); default: a new one in the work folder")
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.toml"))
+    parser.add_argument("--train-threads", type=int, default=0, metavar="N",
+                        help="torch threads for training ([train] threads; default 0: all cores)")
     parser.add_argument("--ship", action="store_true", help="copy the model into src/captioner/assets/default")
     args = parser.parse_args()
 
@@ -95,6 +97,10 @@ def main() -> None:
     config["data"]["dev"] = [str(work / Path(p).name) for p in config["data"]["dev"]]
     config["data"]["cache"] = str(cache)
     config["train"]["out"] = str(out)
+    if args.train_threads:
+        config["train"]["threads"] = args.train_threads
+    top = config["train"].get("encoder_top", 0)
+    below = ["--top", str(top)] if top else []  # a fine-tuned top trains and reads the maps below it
     cfg_path = work / "config.toml"
     cfg_path.write_text("\n".join(f"[{section}]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items())
                                   for section, values in config.items()) + "\n")
@@ -107,7 +113,8 @@ def main() -> None:
     run([*exe, "prepare", "coco", str(Path(args.coco) / "captions_val2017.json"), "--images",
          str(Path(args.coco) / "Images"), "--out", str(coco)], log)
     for data in (flickr8k, cc, coco):
-        run([*exe, "features", "--data", str(data), "--cache", str(cache), "--encoder", config["data"]["encoder"]], log)
+        run([*exe, "features", "--data", str(data), "--cache", str(cache), "--encoder", config["data"]["encoder"],
+             *below], log)
     run([*exe, "train", str(cfg_path)], log)
     run([sys.executable, str(ROOT / "benchmarks" / "tune_decoding.py"), "--model", str(out / "model"), *dev,
          "--cache", str(cache), "--beams", "3", "--length-penalties", "0,0.5", "--tag-weights", "0,1,2,4",
@@ -118,6 +125,10 @@ def main() -> None:
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(coco), "--split", "dev", "--cache",
          str(cache), "--out", str(out / "model" / "eval-coco-val-mini"), "--json"], log)
     total = time.time() - started  # raw corpora to evaluated captioner
+    if top:  # the embedding's photo tower reads the encoder's own features
+        for data in (flickr8k, cc, coco):
+            run([*exe, "features", "--data", str(data), "--cache", str(cache), "--encoder",
+                 config["data"]["encoder"]], log)
     run([*exe, "align", "--model", str(out / "model"), "--data", str(flickr8k), "--data", str(cc), "--data",
          str(coco), "--cache", str(cache)], log)
     report = json.loads((out / "model" / "eval-test" / "report.json").read_text())
@@ -148,9 +159,12 @@ def ship(model: Path, summary: dict, config: str) -> None:
     dest = ROOT / "src" / "captioner" / "assets" / "default"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in ("config.json", "vocab.json", "tags.json", "confidence.safetensors", "retrieval.safetensors"):
-        shutil.copyfile(model / name, dest / name)
-    # float16 halves the package; the decoder loads it back into float32.
+    for name in ("config.json", "vocab.json", "tags.json", "confidence.safetensors", "retrieval.safetensors",
+                 "search.json", "encoder_top.safetensors"):
+        if (model / name).is_file():  # a frozen encoder has no top of its own
+            shutil.copyfile(model / name, dest / name)
+    # float16 halves the package; the decoder loads it back into float32. The encoder's top (a few MB) stays
+    # float32: its BatchNorm statistics are as the encoder's own.
     weights = {k: v.half() for k, v in load_file(str(model / "model.safetensors")).items()}
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "1"})
     test, coco = summary["test"], summary["coco_val_mini"]
