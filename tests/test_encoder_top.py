@@ -5,6 +5,7 @@ encoder as before."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,30 @@ def test_a_model_with_a_top_captions_through_it_and_keeps_the_encoders_own_featu
     beams, _ = decode(captioner.model.decoder, *[t[:4] for t in split.decoded], captioner.model.decode,
                       captioner.tagger, tagged=split.pooled[:4])
     assert all(b[0].tokens for b in beams)
+
+
+def test_align_can_train_the_photo_tower_on_the_tuned_top_and_captions_are_placed_by_what_it_read(
+        tuned_run, mini_corpus, tmp_path, capsys, reuse_encoders):  # noqa: F811
+    """`align --photo-features tuned`: the photo tower trains on the top's features, its file says so, and the
+    one caption path places each photo in the search space from those features; by default it reads the
+    encoder's own."""
+    from captioner.cli import main
+
+    paths = model_features(load_model(tuned_run), mini_corpus, "dev", progress=False, device="cpu").paths[:3]
+    for features_read in ("tuned", "own"):
+        model_dir = tmp_path / features_read
+        shutil.copytree(tuned_run, model_dir)
+        assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--epochs", "1",
+                     "--photo-features", features_read, "--json", "-q"]) == 0
+        assert json.loads(capsys.readouterr().out)["config"]["tuned"] == (features_read == "tuned")
+        captioner = Captioner.load(model_dir, search=True, device="cpu")
+        assert captioner.embedding.cfg.tuned == (features_read == "tuned")  # saved with the towers
+        features = captioner.encoder(_pixels(paths))
+        placed = np.stack([c.embedding for c in captioner.describe(*features)])
+        tuned = captioner.embedding.images(*features.tuned)
+        own = captioner.embedding.images(features.pooled, features.grid)
+        assert np.allclose(placed, tuned if features_read == "tuned" else own, atol=1e-5)
+        assert not np.allclose(tuned, own, atol=1e-3)
 
 
 def test_resume_carries_the_top(mini_corpus, tmp_path):  # noqa: F811

@@ -123,8 +123,9 @@ class Captioner:
                  tuned: tuple[torch.Tensor, torch.Tensor] | None = None, beam: int | None = None) -> list[Caption]:
         """Captions of photos given by their encoder features, pooled [B, C] and grid [B, N, C], decoded with the
         model's settings (`beam` in place of its width): what every caption of this model comes from.
-        A model with a fine-tuned encoder top decodes `tuned`, that top's (pooled, grid), and its tags, confidence,
-        vector and search embedding read the encoder's own: `describe(*captioner.encoder(pixels))` gives both.
+        A model with a fine-tuned encoder top decodes `tuned`, that top's (pooled, grid), and its tags, confidence
+        and vector read the encoder's own (its search embedding reads what its config says):
+        `describe(*captioner.encoder(pixels))` gives both.
         The features may be on any device: they move to the captioner's."""
         pooled, grid = pooled.to(self.device), grid.to(self.device)
         settings = self.model.decode.override(beam=beam)
@@ -135,7 +136,8 @@ class Captioner:
         sure = self.confidence(confidence.features(beams, pooled, self.centroids, probs, self.tagger.word_ids
                                                    if self.tagger else None)).tolist() \
             if self.confidence else [None] * n
-        images = self.embedding.images(pooled, grid) if self.search and self.embedding else [None] * n
+        images = self.embedding.images(*(decoded if self.embedding.cfg.tuned else (pooled, grid))) \
+            if self.search and self.embedding else [None] * n
         return [self._caption(hyps, vector, photo_tags, c, image) for hyps, vector, photo_tags, c, image
                 in zip(beams, pooled.float().cpu().numpy(), tags, sure, images)]
 

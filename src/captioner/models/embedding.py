@@ -63,6 +63,7 @@ class RetrievalConfig:
     width: int = 256  # the photo tower's attention width
     heads: int = 4  # its attention heads
     text_layers: int = 1  # top layers of all-MiniLM-L6-v2 fine-tuned
+    tuned: bool = False  # the photo tower reads the decoder's features (a fine-tuned top's), not the encoder's
     blend: float = 0.7  # weight of the image vector against the caption vector
     tag_weight: float = 0.5  # a query word naming a photo's tag adds this x the tag's probability
     rerank_weight: float = 0.05  # weight of log p(description | photo) when re-ranking

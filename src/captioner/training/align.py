@@ -52,7 +52,7 @@ class AlignConfig:
 class Pairs:
     """Photos (features) and their captions, for training or choosing the embedding."""
 
-    pooled: torch.Tensor  # [n, C] the encoder's own features: what the embedding reads
+    pooled: torch.Tensor  # [n, C] the encoder's own features
     grid: torch.Tensor  # [n, N, C]
     captions: list[list[str]]
     name: str = ""
@@ -64,6 +64,11 @@ class Pairs:
     def __post_init__(self) -> None:
         self.owner = torch.repeat_interleave(torch.arange(len(self.captions)),
                                              torch.tensor([len(g) for g in self.captions]))
+
+    def seen(self, cfg: RetrievalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the photo tower reads: the encoder's own (pooled, grid), or with `cfg.tuned` the decoder's (its
+        fine-tuned top's, where the model has one)."""
+        return self.tuned if cfg.tuned and self.tuned is not None else (self.pooled, self.grid)
 
     def encode_text(self, embedding: Embedding, progress: bool) -> None:
         """Run every caption through the frozen layers once, on the embedding's device (training then runs only
@@ -107,7 +112,7 @@ def contrastive_loss(embedding: Embedding, t: torch.Tensor, v: torch.Tensor, pho
 def dev_scores(embedding: Embedding, pairs: Pairs, batch_size: int = 512) -> np.ndarray:
     """[captions, photos] text-to-image similarity on a dev set (captions encoded through the frozen layers)."""
     embedding.eval()
-    images = torch.from_numpy(embedding.images(pairs.pooled, pairs.grid, batch_size))
+    images = torch.from_numpy(embedding.images(*pairs.seen(embedding.cfg), batch_size))
     texts = torch.cat([embedding.text_from(*pairs.text_batch(torch.arange(i, min(i + batch_size, len(pairs.owner)))))
                        for i in range(0, len(pairs.owner), batch_size)])
     return (texts.cpu() @ images.T).numpy()
@@ -120,8 +125,8 @@ def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, 
     `device` (None: the host); the features and caption states stay on the host, each batch moves."""
     torch.manual_seed(tc.seed)
     g = torch.Generator().manual_seed(tc.seed)
-    pooled = torch.cat([p.pooled for p in train])
-    grid = torch.cat([p.grid for p in train])
+    pooled = torch.cat([p.seen(cfg)[0] for p in train])
+    grid = torch.cat([p.seen(cfg)[1] for p in train])
     embedding = Embedding(cfg, pooled.shape[1], grid.shape[1], tc.dropout).to(device)
     embedding.text_top.load_state_dict(embedding.base.layers[embedding.frozen:].state_dict())
     x = pooled.float()
@@ -209,7 +214,7 @@ def tune(captioner, embedding: Embedding, dev: list[Pairs], rerank: bool = True,
     sets = []
     for p in dev:
         captions = captioner.describe(p.pooled, p.grid, tuned=p.tuned)  # as the gallery stores them
-        photos = photo_vectors(embedding, embedding.images(p.pooled, p.grid), [c.beam_texts for c in captions])
+        photos = photo_vectors(embedding, embedding.images(*p.seen(cfg)), [c.beam_texts for c in captions])
         queries = [c for group in p.captions for c in group]
         tags = [[asdict(t) for t in c.tags] for c in captions]
         named = np.array([[tag_bonus(set(clean(q)), photo, 1.0) for photo in tags] for q in queries])  # [q, n]
@@ -298,11 +303,11 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
     splits, save it beside the model; on `device` (see models.device.resolve)."""
     captioner = Captioner.load(model_dir, device=device)
     model = captioner.model
-    train = load_pairs(model, data, "train", cache, progress, captioner.device)
+    cfg, tc = cfg or RetrievalConfig(), tc or AlignConfig()
+    train = load_pairs(model, data, "train", cache, progress, captioner.device, decoded=cfg.tuned)
     dev = load_pairs(model, data, "dev", cache, progress, captioner.device, decoded=True)
     if not train or not dev:
         raise CaptionerError("align needs a corpus with a train split and one with a dev split")
-    cfg, tc = cfg or RetrievalConfig(), tc or AlignConfig()
     embedding, history = train_embedding(train, dev, cfg, tc, progress, captioner.device)
     trials = tune(captioner, embedding, dev, rerank, progress)
     record = {"train": {p.name: len(p.captions) for p in train}, "train_config": asdict(tc), "epochs": history}
