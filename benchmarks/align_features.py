@@ -1,9 +1,10 @@
-"""What the search embedding's photo tower should read, for a model with a fine-tuned encoder top: the encoder's
-own features, or the top's (the decoder's). Trains the embedding both ways on the same captions and prints
-the dev recall (text -> photo) of every epoch; no search settings are tuned.
+"""How to train the search embedding of a model with a fine-tuned encoder top: its photo tower reading the
+encoder's own features or the top's (the decoder's), with or without soft targets for captions worded alike.
+Trains the embedding each way asked on the same captions and prints the dev recall (text -> photo) of every
+epoch; no search settings are tuned.
 
     python benchmarks/align_features.py --model runs/top/model --data data/flickr8k --data data/coco-val-mini \\
-        --cache features/ --epochs 6 --threads 1
+        --cache features/ --epochs 6 --threads 1 --way own --way tuned --way tuned+soft
 
 Dev splits only: the epoch and the choice are made there.
 """
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--cache", help="the feature cache folder")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--way", action="append", choices=("own", "tuned", "own+soft", "tuned+soft"),
+                        help="features the tower reads, +soft: soft targets (repeatable; default own and tuned)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,10 +38,9 @@ def main() -> None:
     train = load_pairs(captioner.model, args.data, "train", args.cache, True, "cpu", decoded=True)
     dev = load_pairs(captioner.model, args.data, "dev", args.cache, True, "cpu", decoded=True)
     results = {}
-    for tuned in (False, True):
-        name = "tuned" if tuned else "own"
-        _, history = train_embedding(train, dev, RetrievalConfig(tuned=tuned), AlignConfig(epochs=args.epochs),
-                                     progress=False)
+    for name in args.way or ["own", "tuned"]:
+        _, history = train_embedding(train, dev, RetrievalConfig(tuned=name.startswith("tuned")),
+                                     AlignConfig(epochs=args.epochs, soft=name.endswith("+soft")), progress=False)
         results[name] = history
         for record in history:
             each = ", ".join(f"{p.name} R@1 {record[p.name]['R@1']:.1f} R@10 {record[p.name]['R@10']:.1f}"

@@ -312,6 +312,36 @@ def test_an_embedding_saved_before_search_json_keeps_the_settings_in_its_file(tm
     assert load(tmp_path).cfg == cfg
 
 
+def test_captions_worded_alike_share_the_contrastive_target_between_their_photos():
+    import math
+
+    import torch.nn.functional as F
+
+    from captioner.models.embedding import Embedding, RetrievalConfig
+    from captioner.training.align import contrastive_loss, wordings
+
+    assert wordings(["A dog runs.", "the dog runs", "a dog runs fast", "Dog runs"]).tolist() == [0, 0, 1, 0]
+    embedding = Embedding(RetrievalConfig(width=16, heads=2), feature_dim=8, cells=4)
+    torch.manual_seed(0)
+    t, v = F.normalize(torch.randn(4, 384), dim=-1), F.normalize(torch.randn(4, 384), dim=-1)
+    photo = torch.tensor([0, 0, 1, 2])  # captions 0 and 1 are of one photo
+    # Without wordings (or all different): InfoNCE over the other photos, the same photo's other caption left out
+    logits = embedding.log_scale.exp() * (t @ v.T)
+    twin = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    target = torch.arange(4)
+    expected = (F.cross_entropy(logits.masked_fill(twin, -math.inf), target)
+                + F.cross_entropy(logits.T.masked_fill(twin, -math.inf), target)) / 2
+    assert torch.allclose(contrastive_loss(embedding, t, v, photo, 0.0), expected, atol=1e-5)
+    assert torch.allclose(contrastive_loss(embedding, t, v, photo, 0.5, torch.tensor([0, 1, 2, 3])),
+                          contrastive_loss(embedding, t, v, photo, 0.5), atol=1e-6)
+    # Captions 2 and 3 are worded alike: each lying nearest the other's photo is much less of a mistake
+    t[2], t[3] = v[3], v[2]
+    alike = torch.tensor([0, 1, 2, 2])
+    for hardest in (0.0, 0.5):
+        assert contrastive_loss(embedding, t, v, photo, hardest, alike) < contrastive_loss(embedding, t, v, photo,
+                                                                                           hardest)
+
+
 def test_the_smallest_rerank_pool_within_a_point_of_the_best_is_chosen():
     from captioner.training.align import choose_rerank
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 WEAK_QUANTILE = 0.05  # weak_score: the score below which this share of dev captions rank their own photo
 MARGIN = 0.2  # the VSE++ loss's margin
+ARTICLES = frozenset({"a", "an", "the"})
 
 
 @dataclass
@@ -45,6 +46,7 @@ class AlignConfig:
     text_lr: float = 5e-5  # the fine-tuned text layers'
     dropout: float = 0.5  # on the photo tower's input features
     hardest: float = 0.5  # weight of the VSE++ hardest-negative loss beside InfoNCE
+    soft: bool = False  # captions worded alike (but for articles) share the target between their photos
     seed: int = 0
 
 
@@ -90,19 +92,25 @@ class Pairs:
 
 
 def contrastive_loss(embedding: Embedding, t: torch.Tensor, v: torch.Tensor, photo: torch.Tensor,
-                     hardest: float) -> torch.Tensor:
+                     hardest: float, wording: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of matching text [B, 384] and image [B, 384] vectors (+ VSE++ hardest).
 
     photo [B] names each pair's photo: another caption of the same photo is no negative, it is left out.
+    wording [B] (optional) names each caption's words but for articles: captions worded alike describe each
+    other's photos as well as their own, so the target is shared evenly between them (soft targets), and
+    neither is the other's negative.
     """
     sims = t @ v.T  # [B, B]: row i's match is column i
-    target = torch.arange(len(t), device=t.device)
-    twin = (photo[:, None] == photo[None, :]) & (target[:, None] != target[None, :])
-    logits = (embedding.log_scale.exp().clamp(max=100) * sims).masked_fill(twin, -math.inf)
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    own = torch.eye(len(t), dtype=torch.bool, device=t.device)
+    twin = (photo[:, None] == photo[None, :]) & ~own
+    alike = own if wording is None else (wording[:, None] == wording[None, :]) & ~twin  # symmetric, own in it
+    target = alike.float() / alike.sum(1, keepdim=True)  # [B, B]: rows (and so columns) sum to 1
+    logits = embedding.log_scale.exp().clamp(max=100) * sims
+    loss = sum(-(target * F.log_softmax(x.masked_fill(twin, -math.inf), 1).masked_fill(twin, 0)).sum(1).mean()
+               for x in (logits, logits.T)) / 2
     if hardest:
         positive = sims.diag()
-        negatives = sims.masked_fill(twin | (target[:, None] == target[None, :]), -2.0)
+        negatives = sims.masked_fill(twin | alike, -2.0)
         loss = loss + hardest * (F.relu(MARGIN + negatives.max(1).values - positive)
                                  + F.relu(MARGIN + negatives.max(0).values - positive)).mean()
     return loss
@@ -138,6 +146,7 @@ def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, 
     row = torch.cat([torch.arange(len(p.owner)) for p in train])  # its row there
     offsets = torch.cumsum(torch.tensor([0] + [len(p.captions) for p in train[:-1]]), 0)
     photo = torch.cat([p.owner + offsets[k] for k, p in enumerate(train)])  # its photo in pooled and grid
+    wording = wordings([c for p in train for group in p.captions for c in group]) if tc.soft else None
     text_params = list(embedding.text_top.parameters())
     others = [p for n, p in embedding.named_parameters() if not n.startswith("text_top.")]
     opt = torch.optim.AdamW([{"params": others, "lr": tc.lr}, {"params": text_params, "lr": tc.text_lr}],
@@ -161,7 +170,8 @@ def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, 
             with autocast(embedding.device, enabled=embedding.base.bf16):
                 t = embedding.text_from(states, keep)
                 v = embedding.photo(pooled[batch].to(embedding.device), grid[batch].to(embedding.device))
-            loss = contrastive_loss(embedding, t.float(), v.float(), batch.to(embedding.device), tc.hardest)
+            loss = contrastive_loss(embedding, t.float(), v.float(), batch.to(embedding.device), tc.hardest,
+                                    None if wording is None else wording[idx].to(embedding.device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -178,6 +188,14 @@ def train_embedding(train: list[Pairs], dev: list[Pairs], cfg: RetrievalConfig, 
             best, best_state = score, copy.deepcopy(embedding.state_dict())
     embedding.load_state_dict(best_state)
     return embedding.eval(), history
+
+
+def wordings(captions: list[str]) -> torch.Tensor:
+    """[len(captions)]: the same number for captions of the same words but for articles ("A dog runs." and "the
+    dog runs"), a different one otherwise."""
+    ids: dict[tuple[str, ...], int] = {}
+    return torch.tensor([ids.setdefault(tuple(w for w in clean(c) if w not in ARTICLES), len(ids))
+                         for c in captions])
 
 
 def _text_rows(train: list[Pairs], source: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
