@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import tempfile
 from pathlib import Path
 
 from captioner.evaluation.evaluate import evaluate
@@ -33,9 +34,13 @@ def main() -> None:
     parser.add_argument("--block-ngrams", default="0", help="n-gram sizes no caption may repeat (0: no blocking)")
     parser.add_argument("--tag-weights", default="0", help="guided decoding weights of the tags' words (0: none)")
     parser.add_argument("--write", action="store_true", help="store the best setting in the model's config.json")
+    parser.add_argument("--out", help="keep each setting's evaluation report in this folder (default: none kept; "
+                        "never the model folder, which may be the shipped one)")
     args = parser.parse_args()
     datasets = args.data or ["data/flickr8k"]
     rows = []
+    scratch = tempfile.TemporaryDirectory()
+    reports = Path(args.out or scratch.name)
     for beam, penalty, block, weight in itertools.product(map(int, args.beams.split(",")),
                                                           floats(args.length_penalties),
                                                           map(int, args.block_ngrams.split(",")),
@@ -48,13 +53,14 @@ def main() -> None:
             name = Path(data).name
             result = evaluate(args.model, data, "dev", beam=beam, length_penalty=penalty, block_ngram=block,
                               tag_weight=weight, cache=args.cache, progress=False,
-                              out=Path(args.model) / f"eval-dev-{name}-b{beam}-lp{penalty}-block{block}-tag{weight}")
+                              out=reports / f"eval-dev-{name}-b{beam}-lp{penalty}-block{block}-tag{weight}")
             row |= {f"{name} {k}": round(v, 1) for k, v in result["scores"].items() if k in ("BLEU-4", "CIDEr")}
             row |= {f"{name} words": result["diversity"]["vocabulary"],
                     f"{name} distinct": round(result["diversity"]["distinct_captions"], 3)}
         row["CIDEr"] = round(sum(row[f"{Path(d).name} CIDEr"] for d in datasets) / len(datasets), 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    scratch.cleanup()
     best = max(rows, key=lambda r: r["CIDEr"])  # ties: the first, i.e. the narrower beam, no blocking, no tags
     chosen = {k: best[k] for k in ("beam", "length_penalty", "block_ngram", "tag_weight")}
     print(f"best on dev: {json.dumps(chosen)} (mean CIDEr {best['CIDEr']})")
