@@ -180,6 +180,9 @@ def test_without_ray_the_flag_says_what_to_install(monkeypatch, capsys, tmp_path
     assert main(["caption", str(EXAMPLES / "tabby_cat.jpg"), "--ray"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'captioner[ray]'" in err
+    assert main(["video", str(EXAMPLES / "tabby_cat.jpg"), "--ray"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'captioner[ray]'" in err
     (tmp_path / "c.toml").write_text("")
     assert main(["train", str(tmp_path / "c.toml"), "--ray-workers", "2"]) == 1
     assert "pip install 'captioner[ray]'" in capsys.readouterr().err
@@ -259,11 +262,12 @@ def test_subtitles_on_ray_are_the_local_ones(local_ray, clips, tmp_path, capsys)
         assert there == here and here.count(" --> ") == 3
 
 
-@pytest.mark.parametrize("source, extra, expected", [
-    ("film", ["--live"], "--ray captions video files, a file per task, and --live is for streams"),
+@pytest.mark.parametrize("other, extra, expected", [
+    ("two", ["--live"], "--ray captions video files, a file per task, and --live is for streams"),
     ("http://127.0.0.1:9/live.ts", [], "http://127.0.0.1:9/live.ts is a stream, which runs until stopped"),
     ("/dev/video98", [], "/dev/video98 is a camera, which runs until stopped"),
 ])
-def test_streams_and_cameras_are_not_for_ray(clips, capsys, source, extra, expected):
-    code, lines, err = video_run(capsys, clips["one"], clips["two"] if source == "film" else source, "--ray", *extra)
+def test_streams_and_cameras_are_not_for_ray(clips, capsys, other, extra, expected):
+    """Refused in one sentence before anything runs: no Ray is started (this test has none), nothing printed."""
+    code, lines, err = video_run(capsys, clips["one"], clips.get(other, other), "--ray", *extra)
     assert code == 1 and not lines and len(err) == 1 and expected in err[0], err

@@ -130,7 +130,7 @@ def scenes_here(args: argparse.Namespace, names: list[str], stop: threading.Even
     return found()
 
 
-def scenes_on_ray(args: argparse.Namespace, names: list[str]) -> Iterator:
+def scenes_on_cluster(args: argparse.Namespace, names: list[str]) -> Iterator:
     """The scenes of each file, found on Ray (a file per task), as `scenes_here` gives them; streams and cameras
     are refused, since they run until stopped."""
     from ..distributed.video import scenes_on_ray
@@ -178,7 +178,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             raise CaptionerError(f"cannot make the --frames folder {args.frames} ({e.strerror}): give a folder "
                                  "you may write to") from None
     stop = threading.Event()
-    found = scenes_on_ray(args, names) if ray else scenes_here(args, names, stop)
+    found = scenes_on_cluster(args, names) if ray else scenes_here(args, names, stop)
     stems = frame_stems(names)
     failed = 0
     # On Ray, Ctrl+C interrupts at once (the scenes so far are printed and in the subtitles): the files in flight
