@@ -252,6 +252,27 @@ def test_broken_files_on_ray_say_their_local_sentences_and_the_others_keep_their
     assert sum(line.startswith("  tags: ") for line in lines) == sum(scenes.values())  # each scene's line, its tags
 
 
+def test_an_actor_killed_partway_through_a_file_costs_the_file_again_and_nothing_twice(local_ray, clips, tmp_path):
+    from captioner.distributed.video import ScenesActor, scenes_on_ray
+
+    marker = tmp_path / "killed-once"
+
+    class DiesOnce(ScenesActor):
+        """Kills its own process after its first scene, once: Ray restarts the actor and runs that file again."""
+
+        def __call__(self, batch):
+            for n, row in enumerate(super().__call__(batch)):
+                if n == 1 and not marker.exists():
+                    marker.touch()
+                    os._exit(1)
+                yield row
+
+    names = [str(clips["one"]), str(clips["two"])]
+    found = [(i, s.to_json()) for i, s, _ in scenes_on_ray(names, actors=1)]
+    again = [(i, s.to_json()) for i, s, _ in scenes_on_ray(names, actors=1, actor=DiesOnce)]
+    assert marker.exists() and again == found and [i for i, _ in found] == [0, 0, 0, 1, 1, 1]
+
+
 def test_subtitles_on_ray_are_the_local_ones(local_ray, clips, tmp_path, capsys):
     for where, extra in (("here", []), ("ray", ["--ray"])):
         code, _, err = video_run(capsys, clips["two"], "--vtt", tmp_path / f"{where}.vtt", "--srt",

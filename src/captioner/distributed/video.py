@@ -1,10 +1,11 @@
 """Video files on Ray: a file per task, on an actor pool that loads the model once per actor.
 
 The files become a Ray Dataset of one row each (batch.run_ordered, batches of one); an actor runs
-`video.scenes.scenes` on its file exactly as `captioner video` does here, and sends back a row per scene as it
-ends (the scene as JSON, its keyframe as JPEG bytes), then one last row with the file's error sentence, if any,
-and the warnings said while reading it. Files come back in the order given, a file's scenes in order, each as
-soon as it and the files before it are done.
+`video.scenes.scenes` on its file exactly as `captioner video` does here, and yields a row per scene as it ends
+(the scene as JSON, its keyframe as JPEG bytes), then one last row with the file's error sentence, if any, and
+the warnings said while reading it. Ray Data gathers a file's rows into its output blocks (of up to its target
+block size), so the driver gets a file's scenes, in order, once the file is done and the files before it are:
+files come back in the order given.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ class ScenesActor:
 
 
 def scenes_on_ray(names: Sequence[str], model: str | None = None, every: float = 1.0, beam: int | None = None,
-                  keyframes: bool = False, actors: int | None = None, address: str | None = None
-                  ) -> Iterator[Found]:
+                  keyframes: bool = False, actors: int | None = None, address: str | None = None,
+                  actor: type = ScenesActor) -> Iterator[Found]:
     """The scenes of the video files `names` found on Ray actors (`actors` of 1 CPU each, default one per CPU of
     the cluster), as `captioner video` finds them here: file by file in the order given, each file's scenes in
     order, then its error, if any. The warnings an actor said while reading a file are said here, after its
@@ -75,7 +76,7 @@ def scenes_on_ray(names: Sequence[str], model: str | None = None, every: float =
 
     def found() -> Iterator[Found]:
         index = 0
-        for row in run_ordered(ScenesActor, kwargs, list(names), 1, actors, address):
+        for row in run_ordered(actor, kwargs, list(names), 1, actors, address):
             (scene,), (jpeg,), (error,), (said,) = row["scene"], row["jpeg"], row["error"], row["said"]
             if scene:
                 yield index, Scene.from_dict(json.loads(scene)), bytes(jpeg) if keyframes else None
