@@ -53,6 +53,8 @@ class ScenesActor:
         (name,) = batch["paths"][0]
         said, error = _Said(), ""
         logger = logging.getLogger("captioner")
+        if not logger.isEnabledFor(logging.WARNING):  # a worker whose logging Ray set quieter
+            logger.setLevel(logging.WARNING)
         logger.addHandler(said)
         try:
             for scene in scenes(self.captioner, str(name), self.every, False, self.beam, self.keyframes):
