@@ -180,6 +180,115 @@ def test_without_ray_the_flag_says_what_to_install(monkeypatch, capsys, tmp_path
     assert main(["caption", str(EXAMPLES / "tabby_cat.jpg"), "--ray"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'captioner[ray]'" in err
+    assert main(["video", str(EXAMPLES / "tabby_cat.jpg"), "--ray"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'captioner[ray]'" in err
     (tmp_path / "c.toml").write_text("")
     assert main(["train", str(tmp_path / "c.toml"), "--ray-workers", "2"]) == 1
     assert "pip install 'captioner[ray]'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Two small H.264 videos of three example photos each (a cut and a dissolve), and broken copies of one."""
+    from test_video import EXAMPLES as PHOTOS
+    from test_video import FPS, SIZE, make_video, shots_of
+
+    folder = tmp_path_factory.mktemp("clips")
+    made = {}
+    for name, photos in (("one", PHOTOS[:3]), ("two", PHOTOS[3:6])):
+        shots, changes = shots_of([p.stem for p in photos], [3.2, 3.0, 3.4], ["cut", "dissolve"])
+        made[name] = folder / f"{name}.mkv"
+        make_video([Image.open(p) for p in photos], made[name], shots, changes, SIZE, FPS, gop=FPS)
+    whole = made["one"].read_bytes()
+    made["truncated"] = folder / "truncated.mkv"
+    made["truncated"].write_bytes(whole[:int(0.6 * len(whole))])
+    damaged = bytearray(whole)  # 8% of its bytes, from 30% on, overwritten by noise: decoded around, with a warning
+    start, length = int(0.3 * len(whole)), int(0.08 * len(whole))
+    damaged[start:start + length] = np.random.default_rng(5).integers(0, 256, length, dtype=np.uint8).tobytes()
+    made["damaged"] = folder / "damaged.mkv"
+    made["damaged"].write_bytes(bytes(damaged))
+    made["not a video"] = folder / "notes.mp4"
+    made["not a video"].write_text("this is not a video\n")
+    return made
+
+
+def video_run(capsys, *args) -> tuple[int, list[str], list[str]]:
+    """`captioner video ARGS...` in-process: exit status, stdout lines, and captioner's lines on stderr (its errors,
+    and warnings naming a source by its path; not Ray's own)."""
+    code = main(["video", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), [line for line in err.splitlines() if line.startswith(("captioner", "/"))]
+
+
+def test_video_files_on_ray_give_the_local_scenes_captions_and_frames(local_ray, clips, tmp_path, capsys):
+    runs = {}
+    for where, extra in (("here", []), ("ray", ["--ray", "--ray-actors", "2"])):
+        frames = tmp_path / where
+        code, lines, err = video_run(capsys, clips["one"], clips["two"], "--json", "--frames", frames, *extra)
+        assert code == 0 and not err, err
+        records = [json.loads(line) for line in lines]
+        for r in records:
+            r["frame"] = Path(r["frame"]).relative_to(frames).as_posix()
+        runs[where] = records, {p.name: p.read_bytes() for p in frames.iterdir()}
+    (records, frames), (ray_records, ray_frames) = runs["here"], runs["ray"]
+    assert ray_records == records and ray_frames == frames  # scenes, times, captions, tags; the JPEGs byte for byte
+    assert [r["source"] for r in records] == [str(clips["one"])] * 3 + [str(clips["two"])] * 3
+    assert [r["frame"] for r in records] == [f"{n}.scene-000{i}.jpg" for n in ("one", "two") for i in (1, 2, 3)]
+
+
+def test_broken_files_on_ray_say_their_local_sentences_and_the_others_keep_their_scenes(local_ray, clips, capsys):
+    sources = [clips["one"], clips["truncated"], clips["damaged"], clips["not a video"], clips["two"]]
+    here = video_run(capsys, *sources, "--tags")
+    there = video_run(capsys, *sources, "--tags", "--ray")
+    assert there == here
+    code, lines, err = here
+    assert code == 1 and len(err) == 3, err
+    assert "ends early" in err[0] and f"{clips['damaged']}: the video is damaged at" in err[1] and \
+        "is not a video" in err[2], err
+    scenes = {clip: sum(line.startswith(f"{clip}: ") for line in lines) for clip in sources}
+    assert scenes[clips["one"]] == scenes[clips["two"]] == 3 and scenes[clips["truncated"]] >= 1, lines
+    assert scenes[clips["damaged"]] >= 2 and scenes[clips["not a video"]] == 0, lines
+    assert sum(line.startswith("  tags: ") for line in lines) == sum(scenes.values())  # each scene's line, its tags
+
+
+def test_an_actor_killed_partway_through_a_file_costs_the_file_again_and_nothing_twice(local_ray, clips, tmp_path):
+    from captioner.distributed.video import ScenesActor, scenes_on_ray
+
+    marker = tmp_path / "killed-once"
+
+    class DiesOnce(ScenesActor):
+        """Kills its own process after its first scene, once: Ray restarts the actor and runs that file again."""
+
+        def __call__(self, batch):
+            for n, row in enumerate(super().__call__(batch)):
+                if n == 1 and not marker.exists():
+                    marker.touch()
+                    os._exit(1)
+                yield row
+
+    names = [str(clips["one"]), str(clips["two"])]
+    found = [(i, s.to_json()) for i, s, _ in scenes_on_ray(names, actors=1)]
+    again = [(i, s.to_json()) for i, s, _ in scenes_on_ray(names, actors=1, actor=DiesOnce)]
+    assert marker.exists() and again == found and [i for i, _ in found] == [0, 0, 0, 1, 1, 1]
+
+
+def test_subtitles_on_ray_are_the_local_ones(local_ray, clips, tmp_path, capsys):
+    for where, extra in (("here", []), ("ray", ["--ray"])):
+        code, _, err = video_run(capsys, clips["two"], "--vtt", tmp_path / f"{where}.vtt", "--srt",
+                                 tmp_path / f"{where}.srt", *extra)
+        assert code == 0 and not err, err
+    for kind in ("vtt", "srt"):
+        here, there = (tmp_path / f"here.{kind}").read_text(), (tmp_path / f"ray.{kind}").read_text()
+        assert there == here and here.count(" --> ") == 3
+
+
+@pytest.mark.parametrize("other, extra, expected", [
+    ("two", ["--live"], "--ray captions video files, a file per task, and --live is for streams"),
+    ("http://127.0.0.1:9/live.ts", [], "http://127.0.0.1:9/live.ts is a stream, which runs until stopped"),
+    ("/dev/video98", [], "/dev/video98 is a camera, which runs until stopped"),
+])
+def test_streams_and_cameras_are_not_for_ray(clips, capsys, other, extra, expected):
+    """Refused in one sentence before anything runs: no Ray is started (this test has none), nothing printed."""
+    code, lines, err = video_run(capsys, clips["one"], clips.get(other, other), "--ray", *extra)
+    assert code == 1 and not lines and len(err) == 1 and expected in err[0], err

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import device_option, positive_int, positive_number, tags_line
+from .options import device_option, positive_int, positive_number, ray_options, ray_wanted, tags_line
 
 log = logging.getLogger("captioner.cli.video")
 
@@ -23,6 +23,7 @@ examples:
   captioner video holiday.mp4                    a line per scene: 00:00:04.0 -> 00:00:09.5  a caption
   captioner video film.mkv --vtt film.vtt --srt film.srt --frames stills/
   captioner video recordings/ --json             every video in a folder, one JSON object per scene
+  captioner video archive/ --ray --json          the same on a Ray cluster, a file per task
   captioner video rtsp://camera.local/stream     a live stream: each scene as it ends, Ctrl+C to stop
   captioner video /dev/video0 --every 2          a camera (Linux; avfoundation:0 on macOS, dshow:video=NAME
                                                  on Windows)
@@ -68,6 +69,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tags", action="store_true", help="also show what the encoder's ImageNet classifier "
                    "recognises in each scene")
     device_option(p)
+    ray_options(p, "caption video files, a file per task,")
     p.set_defaults(run=cmd_video)
 
 
@@ -97,16 +99,75 @@ def frame_stem(source: str) -> str:
     return re.sub(r"[^\w.-]", "_", Path(last[-1] if last else "video").stem) or "video"
 
 
-def cmd_video(args: argparse.Namespace) -> int:
+def scenes_here(args: argparse.Namespace, names: list[str], stop: threading.Event) -> Iterator:
+    """The scenes of each source in turn, found on this machine, as distributed.video.Found; a source that
+    cannot be read gives its VideoError after the scenes before it. Ends after the source `stop` was set in."""
     import torch
 
     from ..captioning import Captioner
-    from ..files import atomic_path
     from ..video.scenes import scenes
-    from ..video.sources import VideoError, clock, expand_sources, parse_source
+    from ..video.sources import VideoError, parse_source
+
+    # One thread for the encoder, the other cores for FFmpeg's decoder: torch's default, a thread per core whose
+    # idle threads spin, slowed a 720p video several times over beside the decoder (BENCHMARKS.md, Video).
+    torch.set_num_threads(1)
+    captioner = Captioner.load(args.model, device=args.device)
+
+    def found() -> Iterator:
+        for index, name in enumerate(names):
+            try:
+                source = parse_source(name)
+                if args.live and source.kind == "file":
+                    raise VideoError(f"{name} is a file, which is read to its end: --live is for streams and "
+                                     "cameras")
+                for scene in scenes(captioner, source, args.every, True if args.live else None, args.beam,
+                                    keyframes=bool(args.frames), stop=stop):
+                    yield index, scene, scene.jpeg() if args.frames else None
+            except VideoError as e:
+                yield index, e, None
+            if stop.is_set():
+                return
+    return found()
+
+
+def scenes_on_cluster(args: argparse.Namespace, names: list[str]) -> Iterator:
+    """The scenes of each file, found on Ray (a file per task), as `scenes_here` gives them; streams and cameras
+    are refused, since they run until stopped."""
+    from ..distributed.video import scenes_on_ray
+    from ..video.sources import VideoError, parse_source
+
+    if args.live:
+        raise CaptionerError("--ray captions video files, a file per task, and --live is for streams and cameras, "
+                             "which run here until stopped: leave out --ray or --live")
+    for name in names:
+        with contextlib.suppress(VideoError):  # a file that cannot be read: its task says so, in its place
+            source = parse_source(name)
+            if source.remote:
+                raise CaptionerError(f"{name} is a {source.kind}, which runs until stopped, and --ray "
+                                     "captions video files, a file per task: leave out --ray for it")
+    return scenes_on_ray(names, args.model, args.every, args.beam, bool(args.frames), args.ray_actors,
+                         args.ray_address)
+
+
+def frame_stems(names: list[str]) -> list[str]:
+    """A file name stem for each source's frames, told apart when two share a name (a/clip.mp4, b/clip.mp4)."""
+    stems: list[str] = []
+    for name in names:
+        stem, n = frame_stem(name), 1
+        while stem in stems:
+            n += 1
+            stem = f"{frame_stem(name)}-{n}"
+        stems.append(stem)
+    return stems
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from ..files import atomic_path
+    from ..video.sources import VideoError, clock, expand_sources
     from ..video.subtitles import SubtitleFile
 
     names = expand_sources(args.sources)
+    ray = ray_wanted(args)
     if (args.vtt or args.srt) and len(names) > 1:
         raise CaptionerError(f"--vtt and --srt write one video's subtitles, and {len(names)} sources were given: "
                              "run once per source")
@@ -116,52 +177,41 @@ def cmd_video(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CaptionerError(f"cannot make the --frames folder {args.frames} ({e.strerror}): give a folder "
                                  "you may write to") from None
-    # One thread for the encoder, the other cores for FFmpeg's decoder: torch's default, a thread per core whose
-    # idle threads spin, slowed a 720p video several times over beside the decoder (BENCHMARKS.md, Video).
-    torch.set_num_threads(1)
-    captioner = Captioner.load(args.model, device=args.device)
     stop = threading.Event()
+    found = scenes_on_cluster(args, names) if ray else scenes_here(args, names, stop)
+    stems = frame_stems(names)
     failed = 0
-    stems: set[str] = set()
-    with stop_on_ctrl_c(stop), contextlib.ExitStack() as files:
+    # On Ray, Ctrl+C interrupts at once (the scenes so far are printed and in the subtitles): the files in flight
+    # are on the cluster, and there is no scene so far to caption here.
+    with contextlib.nullcontext() if ray else stop_on_ctrl_c(stop), contextlib.ExitStack() as files:
         subtitles = [files.enter_context(SubtitleFile(path, kind))
                      for kind, path in (("vtt", args.vtt), ("srt", args.srt)) if path]
-        for name in names:
-            stem, n = frame_stem(name), 1
-            while stem in stems:  # two sources of one name: a/clip.mp4 and b/clip.mp4
-                n += 1
-                stem = f"{frame_stem(name)}-{n}"
-            stems.add(stem)
-            try:
-                source = parse_source(name)
-                if args.live and source.kind == "file":
-                    raise VideoError(f"{name} is a file, which is read to its end: --live is for streams and "
-                                     "cameras")
-                for scene in scenes(captioner, source, args.every, True if args.live else None, args.beam,
-                                    keyframes=bool(args.frames), stop=stop):
-                    record = scene.to_json()
-                    if args.frames:
-                        path = Path(args.frames) / f"{stem}.scene-{scene.number:04d}.jpg"
-                        with atomic_path(path) as tmp:
-                            scene.keyframe().save(tmp, "JPEG", quality=90)
-                        record["frame"] = str(path)
-                    for s in subtitles:
-                        s.add(scene.start, scene.end, scene.said)
-                    if args.json:
-                        print(json.dumps(record, ensure_ascii=False), flush=True)
-                        continue
-                    where = f"{name}: " if len(names) > 1 else ""
-                    print(f"{where}{clock(scene.start)} -> {clock(scene.end)}  {scene.said}", flush=True)
-                    if args.tags:
-                        print(tags_line(scene.caption.tags), flush=True)
-            except VideoError as e:
+        for index, scene, jpeg in found:
+            name = names[index]
+            if isinstance(scene, VideoError):
                 failed += 1
                 if args.json:
-                    print(json.dumps({"source": name, "error": str(e)}, ensure_ascii=False), flush=True)
+                    print(json.dumps({"source": name, "error": str(scene)}, ensure_ascii=False), flush=True)
                 else:
-                    print(f"captioner: error: {e}", file=sys.stderr, flush=True)
-            if stop.is_set():
-                print("captioner: stopped (Ctrl+C); the scenes so far are above"
-                      + (" and in the subtitles" if subtitles else ""), file=sys.stderr)
-                return 130
+                    print(f"captioner: error: {scene}", file=sys.stderr, flush=True)
+                continue
+            record = scene.to_json()
+            if args.frames:
+                path = Path(args.frames) / f"{stems[index]}.scene-{scene.number:04d}.jpg"
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(jpeg)
+                record["frame"] = str(path)
+            for s in subtitles:
+                s.add(scene.start, scene.end, scene.said)
+            if args.json:
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+                continue
+            where = f"{name}: " if len(names) > 1 else ""
+            print(f"{where}{clock(scene.start)} -> {clock(scene.end)}  {scene.said}", flush=True)
+            if args.tags:
+                print(tags_line(scene.caption.tags), flush=True)
+        if stop.is_set():
+            print("captioner: stopped (Ctrl+C); the scenes so far are above"
+                  + (" and in the subtitles" if subtitles else ""), file=sys.stderr)
+            return 130
     return 1 if failed else 0

@@ -9,6 +9,7 @@ keeps its running means and at most 2 x `SceneConfig.keep` candidate frames, eve
 """
 from __future__ import annotations
 
+import io
 import os
 import queue
 import threading
@@ -71,6 +72,22 @@ class Scene:
         if self.frame is None:
             raise ValueError("this scene kept no frame: ask scenes() for keyframes")
         return picture(self.frame)
+
+    def jpeg(self) -> bytes:
+        """The keyframe as the JPEG file `captioner video --frames` saves (needs `keyframes=True`)."""
+        out = io.BytesIO()
+        self.keyframe().save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+    def to_dict(self) -> dict:
+        """Every field but the frame, JSON-ready: a Scene passed between processes (its keyframe goes as `jpeg`)."""
+        return {"source": self.source, "number": self.number, "start": self.start, "end": self.end,
+                "caption": self.caption.to_dict(), "keytime": self.keytime}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        """The Scene `to_dict` gave, with no frame."""
+        return cls(**d | {"caption": Caption.from_dict(d["caption"])})
 
     def to_json(self) -> dict:
         c = self.caption
