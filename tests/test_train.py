@@ -247,6 +247,13 @@ def test_unknown_setting_is_a_clear_error(tmp_path):
         config_from_dict({"optim": {}})
 
 
+def test_an_unknown_decoder_kind_is_said_before_any_data_is_read(tmp_path):
+    cfg = config_from_dict(tiny_config(tmp_path / "no-corpus-here", tmp_path / "run", "gru2"))
+    with pytest.raises(CaptionerError, match="unknown decoder kind 'gru2': choose one of merge, inject, attention"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_writes_scores_and_report(mini_corpus, tmp_path):
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)

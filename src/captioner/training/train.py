@@ -22,7 +22,7 @@ from ..features.splits import Split, TrainingData, load_training
 from ..files import atomic_path, write_atomic
 from ..models import confidence
 from ..models.decode import GREEDY, decode
-from ..models.decoders import Decoder
+from ..models.decoders import Decoder, find_kind
 from ..models.device import autocast, resolve
 from ..models.encoders import load_encoder
 from ..models.encoders.base import Top
@@ -200,6 +200,7 @@ def check_run(cfg: Config, resume: bool) -> None:
                              "or choose another [train] out folder")
     if resume and not (out / CHECKPOINT).exists():
         raise CaptionerError(f"{out / CHECKPOINT} does not exist: there is nothing to resume (start without --resume)")
+    find_kind(cfg.model.kind)  # an unknown decoder is said before the data loads
     if cfg.train.scst_epochs:
         check_scst(cfg.train)
     if cfg.train.encoder_top < 0 or cfg.train.encoder_lr_scale < 0:
