@@ -40,6 +40,12 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset(
 """Suffixes of the video files a folder expands to (for `captioner video` and `captioner index`); any file FFmpeg
 reads may be named."""
 
+
+def clock(seconds: float) -> str:
+    """00:01:02.5: a time in a video, hours, minutes, seconds to a tenth."""
+    tenths = round(seconds * 10)
+    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
+
 PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """The Pillow formats a photo may be in (JPEG includes a camera's MPO, PNG includes APNG).
 

@@ -245,7 +245,8 @@ class Catalogue:
     def _upgrade(self, writing: bool) -> None:
         """Bring an older gallery up to date in place: add the columns it lacks (its photos' new fields stay empty
         until indexed again) and, opened to write (the writer lock held: no one else upgrades), give it an id
-        and today's table (photo ids never reused, a row per video scene). A reader needs neither, and may not be allowed to write."""
+        and today's table (photo ids never reused, a row per video scene). A reader needs neither, and may not be
+        allowed to write."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(photos)")}
         for column, statement in UPGRADES.items():
             if column not in have:

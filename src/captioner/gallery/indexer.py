@@ -157,8 +157,8 @@ def index(g: Gallery, roots: list[str | Path], progress: bool = True, batch_size
                 _copy_row(conn, done[h], p, h, size, mtime, existing)
             else:
                 encode.append((p, h))
-        for path, row in gone.items():
-            conn.execute("DELETE FROM photos WHERE id = ?", (row[0],))
+        for path in gone:
+            conn.execute("DELETE FROM photos WHERE path = ?", (path,))  # a video's every scene
             report.removed += 1
     g.refresh()
     try:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..captioning import Caption
-from ..data.images import file_sha256, to_pixels
+from ..data.images import clock, file_sha256, to_pixels
 from ..data.text import clean
 from ..errors import CaptionerError
 from ..features.cache import encode_photos
@@ -68,6 +68,11 @@ class Match:
         """The part of a search score that counted most: "caption", "photo" or "tags" ("" for no search)."""
         parts = {k: v for k, v in self.why.items() if k in ("caption", "photo", "tags")}
         return max(parts, key=parts.get) if parts else ""
+
+    @property
+    def where(self) -> str:
+        """How a person names it: a photo's path; a scene's, its video's and times (clip.mp4 00:00:04.0-00:00:09.5)."""
+        return f"{self.path} {clock(self.start)}-{clock(self.end)}" if self.scene else str(self.path)
 
     def to_json(self) -> dict:
         out = {"id": self.id, "path": str(self.path), "caption": self.caption, "score": round(self.score, 4),

@@ -34,7 +34,7 @@ import av.error
 import numpy as np
 from PIL import Image
 
-from ..data.images import VIDEO_SUFFIXES, to_pixels
+from ..data.images import VIDEO_SUFFIXES, clock, to_pixels
 from ..errors import CaptionerError
 
 log = logging.getLogger(__name__)
@@ -320,9 +320,3 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
                              f"{clock(declared - reading.origin)} it declares (truncated); the scenes before are "
                              "kept: copy or download the file again")
         return
-
-
-def clock(seconds: float) -> str:
-    """00:01:02.5: hours, minutes, seconds to a tenth."""
-    tenths = round(seconds * 10)
-    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
