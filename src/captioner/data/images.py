@@ -128,10 +128,11 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]],
     """The photo files named by `paths`, folders replaced by the photos inside them.
 
     A folder expands recursively, in sorted order, to its files whose suffix is
-    in `suffixes` (PHOTO_SUFFIXES; the gallery adds VIDEO_SUFFIXES), skipping hidden files and folders (names starting with
-    "."); a folder named like a photo (``dir.jpg/``) is still a folder. A folder
-    with no photos in it is kept as given, so that `load_photo` reports it
-    (an input never vanishes without a word). A file
+    in `suffixes` (PHOTO_SUFFIXES; the gallery adds VIDEO_SUFFIXES), skipping
+    hidden files and folders (names starting with "."); a folder named like a
+    photo (``dir.jpg/``) is still a folder. A folder with no photos in it is
+    kept as given, so that `load_photo` reports it (an input never vanishes
+    without a word). A file
     (or a path that does not exist) is kept as given whatever its suffix, so a
     text file named x.jpg gets a clear error from `load_photo` rather than
     being silently dropped. A path listed twice is kept once, where it first

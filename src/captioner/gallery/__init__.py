@@ -139,6 +139,10 @@ class Gallery:
     def scene(self, video: str | Path, seconds: float = 0.0) -> Match | None:
         return queries.scene(self, video, seconds)
 
+    def keyframe(self, scene_id: int) -> bytes | None:
+        """A video scene's keyframe thumbnail (WebP, at most 320 pixels wide and high), or None."""
+        return self.catalogue.keyframe(scene_id)
+
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every photo recorded as failed."""
         return self.catalogue.failures()

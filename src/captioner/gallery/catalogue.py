@@ -297,6 +297,12 @@ class Catalogue:
                                       ids).fetchall()
         return {r[0]: Row.of(r) for r in found}
 
+    def keyframe(self, item_id: int) -> bytes | None:
+        """A video scene's keyframe thumbnail (WebP), or None (a photo, or no such item)."""
+        with self.lock:
+            found = self.conn.execute("SELECT keyframe FROM photos WHERE id = ?", (item_id,)).fetchone()
+        return found[0] if found else None
+
     def failures(self) -> list[tuple[str, str]]:
         with self.lock:
             return self.conn.execute("SELECT DISTINCT path, error FROM photos WHERE error IS NOT NULL "
