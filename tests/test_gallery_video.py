@@ -112,8 +112,21 @@ def test_an_unchanged_video_is_not_decoded_again_and_a_changed_one_replaces_its_
         assert (report.changed, report.videos, decoded) == (1, 1, [video])
         assert min(s[0] for s in after) > max(s[0] for s in before) and after[-1][3] < 6.5  # new ids, a 6 s film
         assert len(g) == 3 + len(after)
+        shutil.copy(video, media / "copy.mp4")  # a copy: its scenes copied, not decoded
+        report = g.index([media], progress=False)
+        with contextlib.closing(sqlite3.connect(g.db)) as conn:
+            copied = conn.execute("SELECT scene, scene_start, scene_end, caption FROM photos WHERE path = ? "
+                                  "ORDER BY scene", (str(media / "copy.mp4"),)).fetchall()
+        assert (report.added, report.videos, len(decoded)) == (1, 0, 1)
+        assert copied == [s[1:5] for s in after] and len(g) == 3 + 2 * len(after)
+        (media / "copy.mp4").rename(media / "moved.mp4")  # moved: its scenes keep their ids
+        report = g.index([media], progress=False)
+        with contextlib.closing(sqlite3.connect(g.db)) as conn:
+            moved = conn.execute("SELECT id FROM photos WHERE path = ?", (str(media / "moved.mp4"),)).fetchall()
+        assert (report.moved, report.removed, report.videos, len(moved)) == (1, 0, 0, len(after))
         video.unlink()
-        assert g.index([media], progress=False).removed == 1 and scene_rows(g.db) == [] and len(g) == 3
+        (media / "moved.mp4").unlink()
+        assert g.index([media], progress=False).removed == 2 and scene_rows(g.db) == [] and len(g) == 3
 
 
 def test_a_video_that_breaks_partway_keeps_its_scenes_and_is_recorded_as_failed(tiny, media, tmp_path):
