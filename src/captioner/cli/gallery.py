@@ -7,14 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import (
-    device_option,
-    gallery_options,
-    positive_int,
-    positive_number,
-    ray_options,
-    ray_wanted,
-)
+from .options import device_option, gallery_options, positive_int, positive_number, ray_options, ray_wanted
 
 
 def add(sub: argparse._SubParsersAction) -> None:

@@ -46,6 +46,7 @@ def clock(seconds: float) -> str:
     tenths = round(seconds * 10)
     return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
 
+
 PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """The Pillow formats a photo may be in (JPEG includes a camera's MPO, PNG includes APNG).
 

@@ -68,7 +68,6 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS photos {PHOTOS};
 CREATE INDEX IF NOT EXISTS photos_sha256 ON photos (sha256);
-CREATE INDEX IF NOT EXISTS photos_path ON photos (path);
 CREATE INDEX IF NOT EXISTS photos_generation ON photos (generation);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, generation INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_generation ON removed (generation);

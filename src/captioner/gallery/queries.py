@@ -202,8 +202,8 @@ def _features(g: Gallery, rows: list[Row]) -> dict[int, tuple[torch.Tensor, torc
 
 def similar(g: Gallery, photo: str | Path | Caption | int, k: int = 8, by: str = "both",
             visual_weight: float = 0.5) -> list[Match]:
-    """Gallery photos (and video scenes) most like `photo` (a file, a Caption from this captioner, or a gallery id:
-a photo's or a scene's).
+    """Gallery photos (and video scenes) most like `photo` (a file, a Caption from this captioner, or a gallery
+    id: a photo's or a scene's).
 
     by="visual" compares image vectors, "caption" caption vectors, "both" a
     blend (`visual_weight` of the visual similarity). The photo itself is left out.
