@@ -315,3 +315,49 @@ def test_the_api_docs_render_under_the_content_security_policy(browser, server):
     assert page.locator(".opblock-summary-path").count() >= 8
     assert refused == []
     context.close()
+
+
+@pytest.fixture(scope="module")
+def video_server(tiny_model_dir, tmp_path_factory):
+    from test_web_video import video_gallery
+
+    captioner = tiny_captioner(tiny_model_dir)
+    gallery = video_gallery(tmp_path_factory.mktemp("browser-video-gallery"), captioner)
+    with LiveServer(create_app(captioner, gallery, max_upload_bytes=LIMIT, token=TOKEN)) as url:
+        yield url, gallery
+
+
+def test_a_found_scene_shows_its_keyframe_and_plays_from_its_start(browser, video_server):
+    url, gallery = video_server
+    scene = [m for m in (gallery.photo(i) for i in range(1, 20)) if m is not None and m.scene][1]
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors, videos = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("response", lambda r: videos.append((r.status, r.headers.get("content-range")))
+            if "/api/video/" in r.url else None)
+    open_with_token(page, url)
+    page.get_by_label("Describe the photos you are looking for").fill(scene.caption)
+    page.keyboard.press("Enter")
+    found = page.locator(f'#search-results button[data-id="{scene.id}"]')
+    minutes = lambda t: f"0:{round(t, 1):04.1f}"  # noqa: E731
+    expect(found).to_contain_text(f"clip.mp4 {minutes(scene.start)}–{minutes(scene.end)}")
+    expect(found.locator("img")).to_have_attribute("alt", f"A scene of clip.mp4 {minutes(scene.start)}–"
+                                                          f"{minutes(scene.end)}: {scene.caption}")
+    page.wait_for_function(f"""() => document.querySelector('#search-results button[data-id="{scene.id}"] img')
+                                     .naturalWidth > 0""")  # the keyframe thumbnail loaded
+    found.click()
+    video = page.locator("#scene-video")
+    expect(page.locator("#scene-title")).to_have_text(f"clip.mp4 {minutes(scene.start)}–{minutes(scene.end)}")
+    expect(video).to_have_attribute("src", f"/api/video/{scene.id}#t={scene.start:g},{scene.end:g}")
+    page.wait_for_function("() => document.getElementById('scene-video').readyState >= 1")  # metadata read
+    assert page.evaluate("document.getElementById('scene-video').error") is None
+    assert abs(page.evaluate("document.getElementById('scene-video').currentTime") - scene.start) < 0.3
+    assert any(status == 206 and (where or "").startswith("bytes 0-") for status, where in videos), videos
+    expect(page.locator("#similar button")).not_to_have_count(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "scene.png"))
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"

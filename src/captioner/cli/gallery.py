@@ -7,29 +7,38 @@ import sys
 from pathlib import Path
 
 from ..errors import CaptionerError
-from .options import device_option, gallery_options, positive_int, ray_options, ray_wanted
+from .options import device_option, gallery_options, positive_int, positive_number, ray_options, ray_wanted
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     """Add the commands to the `captioner` parser."""
-    p = sub.add_parser("index", help="caption and embed photos into a gallery (incremental)",
-                       description="Caption and embed every photo under the given folders into a gallery. A "
-                       "second run only touches new, changed and removed photos (a moved photo is found again "
-                       "by its content); an interrupted run resumes. Photos that fail are recorded and listed at "
-                       "the end. Exit status: 0 when every photo was indexed, 1 when any failed.")
-    p.add_argument("paths", nargs="+", metavar="PHOTOS", help="photo files or folders")
+    p = sub.add_parser("index", help="caption and embed photos and videos into a gallery (incremental)",
+                       description="Caption and embed every photo and video under the given folders into a "
+                       "gallery; each scene of a video (mp4, mkv, webm, mov, avi, ...) is an item of its own, found "
+                       "by search and similar with its start and end. A second run only touches new, changed and "
+                       "removed files (a moved file is found again by its content; an unchanged video is not "
+                       "decoded again); an interrupted run resumes. Files that fail are recorded and listed at the "
+                       "end (a video that breaks partway keeps the scenes before the break). Videos need the "
+                       "[video] extra; without it they are skipped, with a word. Exit status: 0 when every file was "
+                       "indexed (or skipped), 1 when any failed.")
+    p.add_argument("paths", nargs="+", metavar="PHOTOS", help="photo and video files, or folders")
     gallery_options(p)
     device_option(p)
     p.add_argument("--rebuild", action="store_true", help="forget the gallery's photos and index them again "
                    "(after changing the model)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="photos encoded together (default 16)")
-    ray_options(p, "caption and embed the photos (this process still writes the gallery)")
+    p.add_argument("--every", type=positive_number, default=1.0, metavar="SECONDS",
+                   help="a video frame sampled every SECONDS to find its scenes (default 1)")
+    ray_options(p, "caption and embed the photos (this process still writes the gallery; videos are read here)")
     p.set_defaults(run=cmd_index)
 
-    p = sub.add_parser("similar", help="gallery photos most like a photo",
-                       description="Gallery photos most like PHOTO (which need not be in the gallery), by image "
+    p = sub.add_parser("similar", help="gallery photos and scenes most like a photo or a scene",
+                       description="Gallery photos and video scenes most like PHOTO (which need not be in the "
+                       "gallery), or like a scene of a video the gallery holds (VIDEO --at SECONDS), by image "
                        "vectors, caption vectors or a blend of both.")
-    p.add_argument("photo", metavar="PHOTO", help="a photo file")
+    p.add_argument("photo", metavar="PHOTO", help="a photo file, or a video file in the gallery (see --at)")
+    p.add_argument("--at", type=float, metavar="SECONDS", help="with a video: the scene playing at SECONDS "
+                   "(default: its first scene)")
     p.add_argument("-k", type=positive_int, default=8, help="how many photos (default 8)")
     p.add_argument("--by", choices=["both", "visual", "caption"], default="both",
                    help="visual: what the photos look like; caption: what their captions say; both (default)")
@@ -66,9 +75,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         stream = caption_stream(args.model, args.ray_actors, args.ray_address, search=True)
     gallery = Gallery.create(args.db, model=args.model, rebuild=args.rebuild, device=args.device)
     try:
-        report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size, stream=stream)
+        report = gallery.index(args.paths, progress=not args.quiet, batch_size=args.batch_size, stream=stream,
+                               every=args.every)
     finally:
         gallery.close()
+    if report.skipped:
+        from ..gallery.indexer import video_extra_missing
+
+        print(f"captioner: {len(report.skipped)} videos skipped: {video_extra_missing()}", file=sys.stderr)
     for path, reason in report.failed.items():
         print(json.dumps({"path": path, "error": reason}, ensure_ascii=False) if args.json
               else f"captioner: {reason}", file=sys.stdout if args.json else sys.stderr)
@@ -77,10 +91,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 def cmd_similar(args: argparse.Namespace) -> int:
+    from ..data.images import VIDEO_SUFFIXES
     from ..gallery import Gallery
 
     with Gallery.open(args.db, model=args.model, device=args.device) as gallery:
-        _print_matches(gallery.similar(args.photo, args.k, args.by), args.json)
+        query = args.photo
+        if args.at is not None or Path(args.photo).suffix.lower() in VIDEO_SUFFIXES:
+            scene = gallery.scene(args.photo, args.at or 0.0)
+            if scene is None:
+                raise CaptionerError(f"the gallery has no scenes of {args.photo}: index it first (captioner index "
+                                     f"{args.photo} --db {gallery.db})")
+            query = scene.id
+        _print_matches(gallery.similar(query, args.k, args.by), args.json)
     return 0
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -105,7 +127,7 @@ def _print_matches(matches, as_json: bool) -> None:
     for rank, m in enumerate(matches, 1):
         tags = ", ".join(f"{t['word'] or t['label']} {t['p']:.2f}" for t in m.tags)
         print(json.dumps({"rank": rank} | m.to_json(), ensure_ascii=False) if as_json
-              else f"{m.score:6.3f}  {m.path}  {m.caption}" + (f"  [{tags}]" if tags else "")
+              else f"{m.score:6.3f}  {m.where}  {m.caption}" + (f"  [{tags}]" if tags else "")
               + (f"  (by {m.matched_by}{', weak' if m.weak else ''})" if m.why else ""), flush=True)
 
 

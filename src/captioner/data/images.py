@@ -34,6 +34,19 @@ PHOTO_SUFFIXES: frozenset[str] = frozenset(
 )
 """Suffixes (lower case, with the dot) of the files a folder expands to; matched case-insensitively."""
 
+VIDEO_SUFFIXES: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv",
+     ".3gp", ".ogv"})
+"""Suffixes of the video files a folder expands to (for `captioner video` and `captioner index`); any file FFmpeg
+reads may be named."""
+
+
+def clock(seconds: float) -> str:
+    """00:01:02.5: a time in a video, hours, minutes, seconds to a tenth."""
+    tenths = round(seconds * 10)
+    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
+
+
 PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """The Pillow formats a photo may be in (JPEG includes a camera's MPO, PNG includes APNG).
 
@@ -111,14 +124,16 @@ class TruncatedPhotoWarning(UserWarning):
     """A photo whose file ends early: only the part that is there was loaded."""
 
 
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def expand_paths(paths: Iterable[str | os.PathLike[str]],
+                 suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[Path]:
     """The photo files named by `paths`, folders replaced by the photos inside them.
 
     A folder expands recursively, in sorted order, to its files whose suffix is
-    in PHOTO_SUFFIXES, skipping hidden files and folders (names starting with
-    "."); a folder named like a photo (``dir.jpg/``) is still a folder. A folder
-    with no photos in it is kept as given, so that `load_photo` reports it
-    (an input never vanishes without a word). A file
+    in `suffixes` (PHOTO_SUFFIXES; the gallery adds VIDEO_SUFFIXES), skipping
+    hidden files and folders (names starting with "."); a folder named like a
+    photo (``dir.jpg/``) is still a folder. A folder with no photos in it is
+    kept as given, so that `load_photo` reports it (an input never vanishes
+    without a word). A file
     (or a path that does not exist) is kept as given whatever its suffix, so a
     text file named x.jpg gets a clear error from `load_photo` rather than
     being silently dropped. A path listed twice is kept once, where it first
@@ -128,7 +143,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     seen: set[Path] = set()
     for given in paths:
         path = Path(given).expanduser()
-        found = (_photos_in(path) or [path]) if path.is_dir() else [path]
+        found = (_photos_in(path, suffixes) or [path]) if path.is_dir() else [path]
         for photo in found:
             if photo not in seen:
                 seen.add(photo)
@@ -136,12 +151,12 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
-def _photos_in(folder: Path) -> list[Path]:
+def _photos_in(folder: Path, suffixes: frozenset[str]) -> list[Path]:
     found: list[tuple[tuple[str, ...], Path]] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES:
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
                 photo = Path(root, name)
                 found.append((photo.relative_to(folder).parts, photo))
     return [photo for _, photo in sorted(found)]

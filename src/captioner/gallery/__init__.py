@@ -1,4 +1,5 @@
-"""The gallery: a collection of photos, captioned and embedded once, to find by likeness or by description.
+"""The gallery: a collection of photos and video scenes, captioned and embedded once, to find by likeness or by
+description.
 
 Files, side by side:
   gallery.db             SQLite (WAL): the catalogue (catalogue.py), the truth
@@ -117,13 +118,14 @@ class Gallery:
             self.vectors.save(self.catalogue.conn)
 
     def index(self, roots: list[str | Path], progress: bool = True, batch_size: int = 16,
-              stream=None) -> IndexReport:
-        """Bring the gallery up to date with the photos under `roots` (see indexer.py).
+              stream=None, every: float = 1.0) -> IndexReport:
+        """Bring the gallery up to date with the photos and videos under `roots` (see indexer.py).
 
         `stream` captions the photos (default: this gallery's captioner's `stream`;
-        `distributed.batch.caption_stream` captions them on a Ray cluster while this process writes).
+        `distributed.batch.caption_stream` captions them on a Ray cluster while this process writes); videos
+        are read here, scene by scene, a frame sampled every `every` seconds.
         """
-        return index(self, roots, progress, batch_size, stream)
+        return index(self, roots, progress, batch_size, stream, every)
 
     def __len__(self) -> int:
         with self.catalogue.snapshot() as conn:
@@ -131,7 +133,15 @@ class Gallery:
             return len(self.vectors)
 
     def photo(self, photo_id: int) -> Match | None:
+        """The photo or video scene with this id, if captioned."""
         return queries.photo(self, photo_id)
+
+    def scene(self, video: str | Path, seconds: float = 0.0) -> Match | None:
+        return queries.scene(self, video, seconds)
+
+    def keyframe(self, scene_id: int) -> bytes | None:
+        """A video scene's keyframe thumbnail (WebP, at most 320 pixels wide and high), or None."""
+        return self.catalogue.keyframe(scene_id)
 
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every photo recorded as failed."""
@@ -144,6 +154,7 @@ class Gallery:
                 visual_weight: float = 0.5) -> list[Match]:
         return queries.similar(self, photo, k, by, visual_weight)
 
+    scene.__doc__ = queries.scene.__doc__
     search.__doc__ = queries.search.__doc__
     similar.__doc__ = queries.similar.__doc__
 

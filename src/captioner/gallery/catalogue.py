@@ -3,7 +3,10 @@
 One row per photo (path, content hash, size, modification time, caption, the
 beam's alternatives, score, tags, when indexed, and the error of its last
 failed read, if any: a photo that never got a caption has only that) with a
-float16 copy of its vectors, under an id no other photo ever gets. Every
+float16 copy of its vectors, under an id no other photo ever gets. A video is
+a row per scene (`scene` 1, 2, ... at the video's path, with its start and end
+in seconds and a WebP keyframe thumbnail; a photo's `scene` is 0), each an item
+of the gallery like a photo. Every
 writing transaction bumps the catalogue's generation first, and each row
 records the generation that wrote it (a trigger logs removed rows the same
 way), so a reader holding vectors of an older generation catches up by reading
@@ -41,7 +44,7 @@ BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock on 
 # re-ranking) never finds another photo.
 PHOTOS = """(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
@@ -53,7 +56,12 @@ PHOTOS = """(
     visual BLOB,
     text BLOB,
     generation INTEGER NOT NULL DEFAULT 0,
-    tags TEXT
+    tags TEXT,
+    scene INTEGER NOT NULL DEFAULT 0,
+    scene_start REAL,
+    scene_end REAL,
+    keyframe BLOB,
+    UNIQUE (path, scene)
 )"""
 
 SCHEMA = f"""
@@ -73,43 +81,55 @@ END;
 """
 
 COLUMNS = ("path", "sha256", "size", "mtime_ns", "caption", "alternatives", "score", "error", "indexed_at",
-           "visual", "text", "tags")
+           "visual", "text", "tags", "scene", "scene_start", "scene_end", "keyframe")
 INSERT_PHOTO = f"INSERT INTO photos ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-UPGRADES = {"tags": "ALTER TABLE photos ADD COLUMN tags TEXT"}
+UPGRADES = {"tags": "ALTER TABLE photos ADD COLUMN tags TEXT",
+            "scene": "ALTER TABLE photos ADD COLUMN scene INTEGER NOT NULL DEFAULT 0",
+            "scene_start": "ALTER TABLE photos ADD COLUMN scene_start REAL",
+            "scene_end": "ALTER TABLE photos ADD COLUMN scene_end REAL",
+            "keyframe": "ALTER TABLE photos ADD COLUMN keyframe BLOB"}
 """Columns added since format 1 and how to add them: an older gallery is upgraded in place when opened."""
 EVERY_COLUMN = ", ".join(("id", "generation", *COLUMNS))
-NEVER_REUSED_IDS = f"""
+NEW_TABLE = f"""
 BEGIN IMMEDIATE;
-CREATE TABLE photos_ids {PHOTOS};
-INSERT INTO photos_ids ({EVERY_COLUMN}) SELECT {EVERY_COLUMN} FROM photos;
+CREATE TABLE photos_new {PHOTOS};
+CREATE TEMP TABLE kept_sequence AS
+    SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'photos'), 0) AS seq;
+INSERT INTO photos_new ({EVERY_COLUMN}) SELECT {EVERY_COLUMN} FROM photos;
 DROP TABLE photos;
-ALTER TABLE photos_ids RENAME TO photos;
+ALTER TABLE photos_new RENAME TO photos;
 DELETE FROM sqlite_sequence WHERE name = 'photos';
-INSERT INTO sqlite_sequence VALUES ('photos', max(coalesce((SELECT max(id) FROM photos), 0),
+INSERT INTO sqlite_sequence VALUES ('photos', max((SELECT seq FROM kept_sequence),
+                                                 coalesce((SELECT max(id) FROM photos), 0),
                                                  coalesce((SELECT max(id) FROM removed), 0)));
+DROP TABLE kept_sequence;
 {SCHEMA}
 COMMIT;
 """
-"""Galleries written before photo ids were AUTOINCREMENT get it, their rows, ids and generations kept (SQLite
-cannot add it to a table: the table is copied), and their next id above every id they still know."""
+"""Galleries written before photo ids were AUTOINCREMENT, or before videos (a path was unique: a video has a row
+per scene), get today's table, their rows, ids and generations kept (SQLite cannot change a table's constraints:
+the table is copied), and their next id above every id they still know."""
 
 
 @dataclass
 class Row:
-    """One photo's row as queries see it."""
+    """One photo's (or video scene's) row as queries see it."""
 
     id: int
     path: Path
     caption: str
     tags: list[dict]  # {"label", "p", "word"}, likeliest first
     sha256: str  # of the photo's content when it was captioned
+    scene: int = 0  # a video's scene 1, 2, ...; 0: a photo
+    start: float | None = None  # a scene's start and end in its video, seconds
+    end: float | None = None
 
     @classmethod
     def of(cls, r: tuple) -> "Row":
-        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [], r[4])
+        return cls(r[0], Path(r[1]), r[2], json.loads(r[3]) if r[3] else [], r[4], r[5], r[6], r[7])
 
 
-ROW = "SELECT id, path, caption, tags, sha256 FROM photos"
+ROW = "SELECT id, path, caption, tags, sha256, scene, scene_start, scene_end FROM photos"
 
 
 def blob(v: np.ndarray) -> bytes:
@@ -224,7 +244,8 @@ class Catalogue:
     def _upgrade(self, writing: bool) -> None:
         """Bring an older gallery up to date in place: add the columns it lacks (its photos' new fields stay empty
         until indexed again) and, opened to write (the writer lock held: no one else upgrades), give it an id
-        and make its photo ids never reused. A reader needs neither, and may not be allowed to write."""
+        and today's table (photo ids never reused, a row per video scene). A reader needs neither, and may not be
+        allowed to write."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(photos)")}
         for column, statement in UPGRADES.items():
             if column not in have:
@@ -235,9 +256,9 @@ class Catalogue:
         if self.conn.execute("SELECT 1 FROM meta WHERE key = 'gallery'").fetchone() is None:
             self.conn.execute("INSERT INTO meta VALUES ('gallery', ?)", (uuid.uuid4().hex,))
         photos = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'photos'").fetchone()
-        if "AUTOINCREMENT" not in photos[0].upper():
+        if "AUTOINCREMENT" not in photos[0].upper() or "UNIQUE (path, scene)" not in photos[0]:
             try:
-                self.conn.executescript(NEVER_REUSED_IDS)
+                self.conn.executescript(NEW_TABLE)
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
@@ -275,9 +296,16 @@ class Catalogue:
                                       ids).fetchall()
         return {r[0]: Row.of(r) for r in found}
 
+    def keyframe(self, item_id: int) -> bytes | None:
+        """A video scene's keyframe thumbnail (WebP), or None (a photo, or no such item)."""
+        with self.lock:
+            found = self.conn.execute("SELECT keyframe FROM photos WHERE id = ?", (item_id,)).fetchone()
+        return found[0] if found else None
+
     def failures(self) -> list[tuple[str, str]]:
         with self.lock:
-            return self.conn.execute("SELECT path, error FROM photos WHERE error IS NOT NULL ORDER BY path").fetchall()
+            return self.conn.execute("SELECT DISTINCT path, error FROM photos WHERE error IS NOT NULL "
+                                     "ORDER BY path").fetchall()
 
     def close(self) -> None:
         self.conn.close()

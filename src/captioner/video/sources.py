@@ -34,15 +34,10 @@ import av.error
 import numpy as np
 from PIL import Image
 
-from ..data.images import to_pixels
+from ..data.images import VIDEO_SUFFIXES, clock, to_pixels
 from ..errors import CaptionerError
 
 log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES: frozenset[str] = frozenset(
-    {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv",
-     ".3gp", ".ogv"})
-"""Suffixes (lower case, with the dot) of the files a folder expands to; any file FFmpeg reads may be named."""
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp", "rtp")
 CAMERA_FORMATS = {"v4l2": "Linux", "avfoundation": "macOS", "dshow": "Windows"}
@@ -325,9 +320,3 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
                              f"{clock(declared - reading.origin)} it declares (truncated); the scenes before are "
                              "kept: copy or download the file again")
         return
-
-
-def clock(seconds: float) -> str:
-    """00:01:02.5: hours, minutes, seconds to a tenth."""
-    tenths = round(seconds * 10)
-    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"

@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline  # /docs with Swagger UI served from 
 
 from ..captioning import Captioner
 from ..version import __version__
+from .indexed import Verified
 from .routes import STATIC, router
 from .schema import ERRORS
 from .security import WRONG_TOKEN_LIMIT, Guard, allowed_hosts, check_exposure, check_token
@@ -64,6 +65,7 @@ def create_app(captioner: Captioner, gallery: Gallery | None = None,
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.captioner, app.state.gallery, app.state.token = captioner, gallery, token
     app.state.max_upload_bytes, app.state.thumbnails = max_upload_bytes, ThumbnailCache()
+    app.state.verified = Verified()  # video files hashed once, then served by range
     app.include_router(router)
     return app
 

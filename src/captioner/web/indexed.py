@@ -15,13 +15,22 @@ So:
   as it was written, so no later swap of the path can change what they read.
 
 A cached thumbnail needs only the first check: it was made from the indexed content.
+
+A video is served in the byte ranges a player asks for, many requests per
+scene played: its whole file is hashed at the first request, and later ones
+skip the hash while the open file is the very one hashed (`Verified`: the same
+device, inode, size, modification time and change time; no one can set a
+file's change time, and every write moves it).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -79,6 +88,73 @@ def checked_chunks(match: Match) -> Iterator[bytes]:
 def _chunks(f: BinaryIO) -> Iterator[bytes]:
     with f:
         while chunk := f.read(CHUNK):
+            yield chunk
+
+
+class Verified:
+    """Open files whose content was hashed and found to be the indexed one, by their identity (the last
+    `kept`); safe from several threads."""
+
+    def __init__(self, kept: int = 4096):
+        self.kept = kept
+        self.hashed = 0  # files hashed (the others were known)
+        self._known: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, match: Match) -> BinaryIO:
+        """The item's file, open, checked as `open_indexed` does and to hold the indexed content (raises the same)."""
+        f = open_indexed(match)
+        try:
+            st = os.fstat(f.fileno())
+            identity = (match.indexed.sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            with self._lock:
+                known = identity in self._known
+            if not known:
+                self.hashed += 1
+                if _sha256(f) != match.indexed.sha256:
+                    raise changed(match)
+                with self._lock:
+                    self._known[identity] = None
+                    while len(self._known) > self.kept:
+                        self._known.popitem(last=False)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+
+RANGE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The first and last byte a Range header asks of a file of `size` bytes; None for the whole file (no header,
+    another unit, or several ranges, which may be answered whole). Raises 416 for a range the file cannot
+    satisfy: beyond its end, empty, or malformed."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    found = RANGE.fullmatch(spec)
+    first, last = (found[1], found[2]) if found else ("", "")
+    if first:  # bytes=FIRST- or bytes=FIRST-LAST
+        first, last = int(first), int(last) if last else size - 1
+        if first <= last and first < size:
+            return first, min(last, size - 1)
+    elif last and int(last) > 0 and size > 0:  # bytes=-N: the last N bytes
+        return max(size - int(last), 0), size - 1
+    raise HTTPException(416, f"The range {header!r} is not within the file's {size} bytes: ask for bytes=FIRST-LAST "
+                             "with FIRST below the size, bytes=FIRST-, or bytes=-COUNT.",
+                        headers={"Content-Range": f"bytes */{size}"})
+
+
+def span(f: BinaryIO, first: int, last: int) -> Iterator[bytes]:
+    """Bytes `first` to `last` (both included) of the open file, a chunk at a time; the file is closed after."""
+    with f:
+        f.seek(first)
+        left = last - first + 1
+        while left > 0 and (chunk := f.read(min(CHUNK, left))):
+            left -= len(chunk)
             yield chunk
 
 

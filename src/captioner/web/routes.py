@@ -1,5 +1,6 @@
-"""The web app's routes: the page, the session, health, captioning an upload, and the gallery's photos,
-similar photos and search. What a route needs comes from the app's state (see `app.create_app`)."""
+"""The web app's routes: the page, the session, health, captioning an upload, and the gallery's photos, video
+scenes (their videos served in ranges, to play a scene from its start), similar photos and search. What a route
+needs comes from the app's state (see `app.create_app`)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +9,29 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ..captioning import Caption
 from ..data.images import PhotoError
 from ..version import __version__
-from .indexed import checked_chunks, open_indexed, private_copy
-from .schema import CHANGED, NO_GALLERY, NOT_BLANK, SIMILAR_K, K, PhotoId, caption_json, match_json, problem
+from .indexed import byte_range, checked_chunks, open_indexed, private_copy, span
+from .schema import (
+    CHANGED,
+    NO_GALLERY,
+    NOT_BLANK,
+    SIMILAR_K,
+    VIDEO,
+    K,
+    PhotoId,
+    SceneId,
+    SearchAnswer,
+    SimilarAnswer,
+    caption_json,
+    match_json,
+    problem,
+)
 from .security import (
     CHALLENGE,
     COOKIE,
@@ -60,10 +75,20 @@ def need_gallery(request: Request) -> Gallery:
     return request.app.state.gallery
 
 
-async def gallery_photo(request: Request, photo_id: int) -> Match:
+async def gallery_item(request: Request, photo_id: int) -> Match:
+    """The gallery's photo or video scene with this id; 404 if none."""
     match = await run_in_threadpool(need_gallery(request).photo, photo_id)
     if match is None:
         raise HTTPException(404, f"The gallery has no photo {photo_id}.")
+    return match
+
+
+async def gallery_photo(request: Request, photo_id: int) -> Match:
+    """The gallery's photo with this id; 404 if none, or if it is a video scene (whose file is not a photo)."""
+    match = await gallery_item(request, photo_id)
+    if match.scene:
+        raise HTTPException(404, f"Gallery item {photo_id} is a scene of the video {match.path.name}, not a photo: "
+                                 f"play it from /api/video/{photo_id}.")
     return match
 
 
@@ -73,8 +98,11 @@ async def similar_to(request: Request, photo: Caption | int, k: int = SIMILAR_K,
 
 
 def thumbnail_of(request: Request, match: Match) -> bytes:
-    """The photo's thumbnail, cached by its indexed hash, once its file is checked to be the one indexed."""
+    """The photo's thumbnail, cached by its indexed hash (a scene's: its keyframe, kept in the gallery), once its
+    file is checked to be the one indexed."""
     open_indexed(match).close()
+    if match.scene:
+        return request.app.state.gallery.keyframe(match.id)
     return request.app.state.thumbnails.get(match.indexed.sha256,
                                             lambda: private_copy(match, request.app.state.uploads))
 
@@ -147,15 +175,18 @@ async def caption_gallery_photo(request: Request, photo_id: PhotoId) -> dict:
     return caption_json(c, match.path.name, match.id) | {"similar": await similar_to(request, match.id)}
 
 
-@router.get("/api/similar", summary="Gallery photos that look like, or are described like, a gallery photo")
+@router.get("/api/similar", summary="Gallery photos and scenes that look like, or are described like, a gallery "
+            "photo or video scene", responses={200: {"model": SimilarAnswer, "description": "the photo asked about "
+                                                     "and the most similar ones"}})
 async def similar(request: Request,
-                  id: Annotated[int, Query(ge=1, le=2**63 - 1, description="a gallery photo's id")], k: K = SIMILAR_K,
-                  by: Literal["both", "visual", "caption"] = "both") -> dict:
-    match = await gallery_photo(request, id)
+                  id: Annotated[int, Query(ge=1, le=2**63 - 1, description="a gallery photo's or scene's id")],
+                  k: K = SIMILAR_K, by: Literal["both", "visual", "caption"] = "both") -> dict:
+    match = await gallery_item(request, id)
     return {"photo": match_json(match), "by": by, "results": await similar_to(request, id, k, by)}
 
 
-@router.get("/api/search", summary="Gallery photos matching a description")
+@router.get("/api/search", summary="Gallery photos and video scenes matching a description",
+            responses={200: {"model": SearchAnswer, "description": "the best matches, best first"}})
 async def search(request: Request, q: Annotated[str, Query(max_length=500, description="what the photos show (not "
                                                            "blank)", json_schema_extra={"pattern": NOT_BLANK})],
                  k: K = SIMILAR_K) -> dict:  # a blank q is refused below
@@ -177,12 +208,40 @@ async def photo(request: Request, photo_id: PhotoId) -> StreamingResponse:
                                                                 "Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/api/photo/{photo_id}/thumbnail", summary="A gallery photo, at most 320 pixels wide and high (WebP)",
-            response_class=Response, responses=CHANGED)
+@router.get("/api/photo/{photo_id}/thumbnail", summary="A gallery photo, or a video scene's keyframe, at most 320 "
+            "pixels wide and high (WebP)", response_class=Response, responses=CHANGED)
 async def photo_thumbnail(request: Request, photo_id: PhotoId) -> Response:
-    match = await gallery_photo(request, photo_id)
+    match = await gallery_item(request, photo_id)
     try:
         data = await run_in_threadpool(thumbnail_of, request, match)
     except PhotoError as exc:  # about the private copy: name the photo instead
         raise HTTPException(422, str(exc).replace(str(exc.path), match.path.name, 1)) from None
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/api/video/{scene_id}", summary="A gallery video scene's video file, whole or in the byte range asked "
+            "for (to play the scene from its start)", response_class=Response, responses=VIDEO)
+async def video(request: Request, scene_id: SceneId,
+                wanted: Annotated[str | None, Header(alias="Range", description="bytes=FIRST-LAST, bytes=FIRST- "
+                                                     "or bytes=-COUNT (RFC 9110); without it, the whole file")] = None
+                ) -> StreamingResponse:
+    """Only a file the gallery indexed as a video, while it is the one indexed (see `indexed`)."""
+    match = await gallery_item(request, scene_id)
+    if not match.scene:
+        raise HTTPException(404, f"Gallery item {scene_id} is a photo, not a video scene: its file is "
+                                 f"/api/photo/{scene_id}.")
+    size = match.indexed.size
+    f = await run_in_threadpool(request.app.state.verified.open, match)
+    try:
+        asked = byte_range(wanted, size)
+    except HTTPException:
+        f.close()
+        raise
+    first, last = asked or (0, size - 1)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
+               "Cache-Control": "private, max-age=3600"}
+    if asked:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    media = mimetypes.guess_type(match.path.name)[0] or "application/octet-stream"
+    return StreamingResponse(span(f, first, last), status_code=206 if asked else 200, media_type=media,
+                             headers=headers)

@@ -1,5 +1,5 @@
 """What the web API answers: its error bodies as documented in the OpenAPI schema, its parameters, and the JSON
-of a caption and of a gallery photo."""
+of a caption and of a gallery photo or video scene (documented by the models below)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,12 +36,49 @@ ERRORS = {400: problem("a malformed request body (not multipart form data)"),
           429: problem("too many wrong access tokens from this address: retry after the Retry-After seconds")}
 """What any route may answer besides its own success, documented in the OpenAPI schema."""
 CHANGED = {410: problem("the photo's file is no longer the one the gallery indexed (changed or replaced)")}
+VIDEO = CHANGED | {
+    200: {"description": "the whole video file", "content": {"video/*": {}}},
+    206: {"description": "the bytes the Range header asked for (Content-Range says which)", "content": {"video/*": {}}},
+    416: problem("a Range the file cannot satisfy (Content-Range: bytes */SIZE gives its size)")}
+
+
+class Item(BaseModel):
+    """A gallery photo or video scene: never its path on the server, only its id and file name."""
+
+    id: int
+    name: str = Field(description="the photo's or the scene's video's file name")
+    caption: str
+    score: float
+    url: str = Field(description="the photo's file (a scene: its video, from the video route)")
+    thumbnail: str = Field(description="the photo, or the scene's keyframe, at most 320 pixels wide and high (WebP)")
+    video: str | None = Field(None, description="a scene's video, served with range requests (absent for a photo)")
+    start: float | None = Field(None, description="a scene's start in its video, seconds (absent for a photo)")
+    end: float | None = Field(None, description="a scene's end in its video, seconds (absent for a photo)")
+
+
+class Found(Item):
+    weak: bool = Field(description="it scores no better than the worst 5% of dev captions with their own photo")
+    matched_by: str = Field(description="the part of the score that counted most: caption, photo or tags")
+
+
+class SearchAnswer(BaseModel):
+    query: str
+    weak: bool = Field(description="every result is weak: nothing matches well")
+    results: list[Found]
+
+
+class SimilarAnswer(BaseModel):
+    photo: Item = Field(description="the photo or scene asked about")
+    by: str
+    results: list[Item]
+
 
 NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 """The schema's pattern for a search: a character that Python's str.strip() keeps, spelled out, since JSON Schema
 reads `\\S` by ECMAScript's rules, whose white space is not Python's (U+0085 and U+001C-1F are not, U+FEFF is)."""
 
 PhotoId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery photo's id")]
+SceneId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a gallery video scene's id")]
 K = Annotated[int, Query(ge=1, le=50, description="how many photos to return")]
 
 
@@ -65,6 +102,10 @@ def caption_json(c: Caption, name: str, photo_id: int | None) -> dict:
 
 
 def match_json(m: Match) -> dict:
-    """A gallery photo as the API returns it: never its path on the server, only its id and file name."""
-    return {"id": m.id, "name": m.path.name, "caption": m.caption, "score": round(float(m.score), 4),
-            "url": f"/api/photo/{m.id}", "thumbnail": f"/api/photo/{m.id}/thumbnail"}
+    """A gallery photo or video scene as the API returns it (`Item`)."""
+    out = {"id": m.id, "name": m.path.name, "caption": m.caption, "score": round(float(m.score), 4),
+           "url": f"/api/photo/{m.id}", "thumbnail": f"/api/photo/{m.id}/thumbnail"}
+    if m.scene:
+        out |= {"url": f"/api/video/{m.id}", "video": f"/api/video/{m.id}", "start": round(m.start, 3),
+                "end": round(m.end, 3)}
+    return out

@@ -54,8 +54,8 @@ CLIENTS_KEPT = 10_000
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self'; img-src 'self' blob: data:; "
-       "connect-src 'self'; font-src 'self'; manifest-src 'self'; form-action 'self'; base-uri 'none'; "
-       "frame-ancestors 'none'")
+       "media-src 'self'; connect-src 'self'; font-src 'self'; manifest-src 'self'; form-action 'self'; "
+       "base-uri 'none'; frame-ancestors 'none'")
 HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
            (b"x-frame-options", b"DENY"), (b"cross-origin-opener-policy", b"same-origin"),
            (b"cross-origin-resource-policy", b"same-origin")]

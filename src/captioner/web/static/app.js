@@ -1,4 +1,5 @@
-// captioner's page: send a photo, show its caption, alternatives, attention, similar photos; search.
+// captioner's page: send a photo, show its caption, alternatives, attention, similar photos; search; play a
+// video scene the gallery found from its start.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -74,6 +75,7 @@ async function show(busyMessage, photoUrl, ask, title) {
     return;
   }
   if (request !== page.request) return;
+  hideScene();
   page.current = answer;
   const photo = $("photo");
   if (photo.src.startsWith("blob:")) URL.revokeObjectURL(photo.src);
@@ -181,6 +183,55 @@ function clearAttention() {
   $("looking").textContent = "Hover over or focus a word to see where the model looked.";
 }
 
+// ---- a video scene: played from its start, with the gallery's items like it ----
+
+function clock(seconds) {  // 0:04.0, 1:02:05.5
+  const tenths = Math.round(seconds * 10);
+  const hours = Math.floor(tenths / 36000);
+  const minutes = Math.floor(tenths / 600) % 60;
+  const rest = ((tenths % 600) / 10).toFixed(1).padStart(4, "0");
+  return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${rest}` : `${minutes}:${rest}`;
+}
+
+function when(match) {
+  return `${match.name} ${clock(match.start)}–${clock(match.end)}`;
+}
+
+async function playScene(match) {
+  const request = ++page.request;
+  setState("busy", `Finding what is like ${when(match)}…`);
+  $("result").hidden = true;
+  const video = $("scene-video");
+  video.onloadedmetadata = () => {  // a player that ignores the #t fragment still starts at the scene
+    if (Math.abs(video.currentTime - match.start) > 0.25) video.currentTime = match.start;
+  };
+  video.src = `${match.video}#t=${match.start},${match.end}`;
+  video.dataset.start = match.start;
+  $("scene-title").textContent = when(match);
+  $("scene-caption").textContent = `Caption: ${match.caption}`;
+  $("scene").hidden = false;
+  $("scene-title").focus();
+  let answer;
+  try {
+    answer = await api(`/api/similar?id=${match.id}`);
+  } catch (error) {
+    if (request === page.request) setState("error", error.message);
+    return;
+  }
+  if (request !== page.request) return;
+  showMatches($("similar"), answer.results, "Nothing similar in the gallery.");
+  $("similar-section").hidden = false;
+  setState("ready");
+}
+
+function hideScene() {
+  const video = $("scene-video");
+  video.pause();
+  video.removeAttribute("src");
+  video.load();  // lets the file go
+  $("scene").hidden = true;
+}
+
 // ---- gallery: similar photos and search ----
 
 function showMatches(list, matches, emptyMessage) {
@@ -200,14 +251,22 @@ function showMatches(list, matches, emptyMessage) {
     button.dataset.id = match.id;
     const image = document.createElement("img");
     image.src = match.thumbnail;
-    image.alt = match.caption;
+    image.alt = match.video ? `A scene of ${when(match)}: ${match.caption}` : match.caption;
     image.loading = "lazy";
     const text = document.createElement("span");
     text.className = "match-caption";
     text.textContent = match.caption;
     text.setAttribute("aria-hidden", "true");  // the image's alt text already says it
     button.append(image, text);
-    button.addEventListener("click", () => explore(match));
+    if (match.video) {
+      const time = document.createElement("span");
+      time.className = "match-time";
+      time.textContent = `▶ ${when(match)}`;
+      time.setAttribute("aria-hidden", "true");
+      button.classList.add("scene");
+      button.prepend(time);
+    }
+    button.addEventListener("click", () => (match.video ? playScene(match) : explore(match)));
     item.append(button);
     return item;
   }));
