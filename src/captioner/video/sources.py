@@ -188,7 +188,7 @@ class _Reading:
     """How far one opening of a source got, on the stream's own clock (seconds)."""
 
     origin: float | None = None  # its first frame's time
-    reached: float | None = None  # where its packets reached
+    reached: float | None = None  # where its packets reached (the end of the latest frame shown)
     damaged: list[float] = field(default_factory=list)  # where packets were missing or broken (and it went on)
 
 
@@ -200,6 +200,7 @@ def _connection(container: av.container.InputContainer, stream: av.VideoStream, 
     base = stream.time_base
     due: float | None = None  # the next sample's time, on the stream's clock
     pending: list[av.Packet] = []  # packets since the last one decoded, not decoded yet
+    decoded: float | None = None  # where the packets reached in decoding order (a jump: packets lost)
     last = 0.0
 
     def decode(packets: list[av.Packet]) -> Iterator[tuple[float, np.ndarray, av.VideoFrame | None]]:
@@ -230,10 +231,13 @@ def _connection(container: av.container.InputContainer, stream: av.VideoStream, 
             return
         stamp = packet.dts if packet.dts is not None else packet.pts
         if stamp is not None:
-            if reading.reached is not None and float(stamp * base) > reading.reached + GAP:
-                reading.damaged.append(reading.reached)  # packets lost: the demuxer skipped broken data
-            end = float((stamp + (packet.duration or 0)) * base)
-            reading.reached = max(end, reading.reached or end)
+            length = packet.duration or 0
+            if decoded is not None and float(stamp * base) > decoded + GAP:
+                reading.damaged.append(decoded)  # packets lost: the demuxer skipped broken data
+            end = float((stamp + length) * base)
+            decoded = max(end, decoded or end)
+            shown = float(((stamp if packet.pts is None else packet.pts) + length) * base)  # B-frames: shown later
+            reading.reached = max(shown, reading.reached or shown)
         if packet.is_keyframe:
             pending.clear()
         pending.append(packet)
