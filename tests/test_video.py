@@ -627,3 +627,34 @@ def test_an_hls_playlist_over_http_is_read_to_its_end_with_the_scenes_of_the_fil
     records = scene_records(run, url)
     assert all(r["source"] == url for r in records)
     assert_three_shots(records, scene_records(run, codec_videos["mp4-h264.mp4"]))
+
+
+def test_a_live_hls_playlist_prints_each_scene_soon_after_it_is_recorded_and_ends_with_the_playlist(playlists):
+    """A scene prints within the 2 s of the MPEG-TS live test after its end, plus HLS's own delay: the segment
+    holding the picture that shows the scene has ended is published once it is recorded, and a player looks for
+    new segments about once a segment. When the playlist gets its end, the stream is over (exit status 0), not
+    read again from its start."""
+    url = f"http://127.0.0.1:{playlists.server_address[1]}/live.m3u8"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "captioner", "video", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    printed: list[tuple[float, str]] = []  # (seconds of the video recorded, line)
+    deadline = threading.Timer(60, proc.kill)  # one that never ends is killed, and fails below
+    deadline.start()
+    try:
+        for line in proc.stdout:
+            printed.append((playlists.recorded(), line.rstrip("\n")))
+        code = proc.wait()
+    finally:
+        deadline.cancel()
+    err = proc.stderr.read()
+    assert code == 0 and "Traceback" not in err and "the stream is over" in err, err
+    spans = [(t, LINE.match(line)) for t, line in printed]
+    assert len(spans) == 3 and all(m for _, m in spans), printed
+    delay = 2 * max(length for length, _ in playlists.segments)
+    for (t, m), said in zip(spans, SHOWN.values()):
+        end = seconds(*m.groups()[3:6])
+        assert t <= end + 2.0 + delay, f"the scene ending at {end} s was printed with {t:.1f} s recorded"
+        assert re.search(said, m[7]), m[7]
+    starts = [seconds(*m.groups()[:3]) for _, m in spans]
+    assert starts == pytest.approx(CUTS, abs=0.5) and abs(seconds(*spans[-1][1].groups()[3:6]) - LENGTH) <= 0.15

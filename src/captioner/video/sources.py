@@ -14,6 +14,7 @@ squashed to the encoder's input, the whole frame as photos are. It decodes only 
 
 A live source (a camera, or a stream with no end; `--live`) that drops or ends is opened again, waiting 1 s,
 then twice as long each time up to BACKOFF_MAX, said once per drop; a `Break` marks where the picture stopped.
+A stream that declared no end and comes back declaring one (a live HLS playlist that got its end) is over.
 A source that cannot be opened at all, or a file that breaks partway, raises `VideoError`, one sentence (a
 file's samples before the break are yielded first).
 """
@@ -262,6 +263,7 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
     last = 0.0  # the latest time given
     wait = 1.0  # before the next attempt to reopen a dropped live source: doubles up to BACKOFF_MAX
     dropped = False  # a drop was said, and no picture has come since
+    endless = None  # the first opening declared no duration (a live stream, or an HLS playlist still growing)
     while not stop.is_set():
         try:
             container, stream = open_video(source)
@@ -272,8 +274,14 @@ def samples(source: Source, every: float, size: int, live: bool | None = None, k
             stop.wait(wait)
             wait = min(BACKOFF_MAX, 2 * wait)
             continue
+        if endless is None:
+            endless = not container.duration
+        elif endless and container.duration:  # now a whole recording (a live HLS playlist that got its end)
+            container.close()
+            log.info(f"{source.name}: the stream is over (it is now a recording with an end)")
+            return
         if live is None:
-            live = source.kind == "camera" or (source.kind == "stream" and not container.duration)
+            live = source.kind == "camera" or (source.kind == "stream" and endless)
         offset = last if began is None else max(last, time.monotonic() - began)  # a live source runs in real time
         reading, problem, declared = _Reading(), "", None
         if container.duration:
