@@ -570,9 +570,9 @@ def test_every_container_and_codec_promised_gives_the_scenes_of_the_h264_mp4(run
 
 
 class Playlists(http.server.ThreadingHTTPServer):
-    """A folder served from 127.0.0.1, and /live.m3u8: its clip.m3u8 as a live HLS playlist that grows, a
-    segment published once it has been recorded (the first at once, so the clock runs a segment behind the
-    recording), with its end (#EXT-X-ENDLIST) once all are."""
+    """A folder served from 127.0.0.1, and /live.m3u8: its clip.m3u8 as a live HLS playlist that grows, each
+    segment published once it has been recorded (the recording began a segment before the first request, so
+    the first is there at once), with its end (#EXT-X-ENDLIST) once all are."""
 
     def __init__(self, folder: Path):
         self.segments = [(float(length), name) for length, name in
