@@ -20,8 +20,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from captioner.training.config import config_from_dict
 from captioner.evaluation.evaluate import evaluate
+from captioner.training.config import config_from_dict
 from captioner.training.train import CHECKPOINT, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.jsonl"
     runs = tomllib.loads(Path(args.runs).read_text())["run"]
-    done = {json.loads(line)["name"] for line in results_path.read_text().splitlines()} if results_path.exists() else set()
+    done = {json.loads(line)["name"] for line in results_path.read_text().splitlines()} \
+        if results_path.exists() else set()
     unknown = set(args.only or []) - {r["name"] for r in runs}
     if unknown:
         parser.error(f"no run named {sorted(unknown)[0]!r} in {args.runs}")

@@ -33,11 +33,11 @@ from pycocoevalcap.cider.cider import Cider
 
 from captioner.captioning import Captioner
 from captioner.data.corpus import load_prepared
-from captioner.gallery import SCHEMA, Gallery
 from captioner.data.images import load_photo, to_pixels
+from captioner.data.text import clean
+from captioner.gallery import SCHEMA, Gallery
 from captioner.models.embedding import RetrievalConfig, query_vectors
 from captioner.models.tags import tag_bonus
-from captioner.data.text import clean
 
 
 def recall(ranks: np.ndarray) -> dict:

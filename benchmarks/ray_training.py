@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from captioner.training.config import config_from_dict
 from captioner.data.corpus import prepare
-from captioner.features.splits import cache_training_features
 from captioner.distributed.train import train_on_ray
+from captioner.features.splits import cache_training_features
+from captioner.training.config import config_from_dict
 from captioner.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,8 @@ def main() -> None:
         print(f"{a['epoch']:>5}  {a['seconds']:7.1f}  {b['seconds']:5.1f}  {a['dev_cider']:15.1f}  "
               f"{b['dev_cider']:13.1f}  {a['train_loss']:10.3f}  {b['train_loss']:8.3f}")
     print(json.dumps({name: {"wall_s": round(wall, 1),
-                             "seconds_per_epoch_mean": round(sum(r["seconds"] for r in logs[name]) / len(logs[name]), 1),
+                             "seconds_per_epoch_mean": round(sum(r["seconds"] for r in logs[name])
+                                                             / len(logs[name]), 1),
                              "last_dev_cider": round(logs[name][-1]["dev_cider"], 2)} for name, wall in walls.items()},
                      indent=2))
     ray.shutdown()

@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from make_videos import FLICKR8K, make_video, plan
 from PIL import Image
+
+from make_videos import FLICKR8K, make_video, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from captioner.data.text import END_ID, SPECIALS, Vocab
 from captioner.models import encoders
-from captioner.models.encoders.base import Encoder
 from captioner.models.decode import DecodeConfig
 from captioner.models.decoders import KINDS, Decoder, DecoderConfig, Dropout, Kind, unroll
 from captioner.models.device import resolve
+from captioner.models.encoders.base import Encoder
 from captioner.models.folder import Model, save_model
-from captioner.data.text import END_ID, SPECIALS, Vocab
 
 # One thread: the tests' batches are tiny, and beside another busy process (a training run) two
 # threads spend most of their time waiting for each other (measured: ~2 s vs 0.03 s per small batch).

@@ -270,10 +270,10 @@ def test_a_calibrated_models_confidence_is_in_json_and_its_doubt_in_words(calibr
 def test_attention_with_a_model_that_does_not_attend_says_so(tmp_path, reuse_encoders, odd, gru_kind, capsys):
     import torch
 
+    from captioner.data.text import SPECIALS, Vocab
     from captioner.models.decode import DecodeConfig
     from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.models.folder import Model, save_model
-    from captioner.data.text import SPECIALS, Vocab
 
     vocab = Vocab([*SPECIALS, *TINY_WORDS])
     torch.manual_seed(0)

@@ -14,14 +14,23 @@ from captioner.data import corpus
 from captioner.data.corpus import load_prepared, prepare
 from captioner.data.readers import READERS
 from captioner.data.readers.coco import read_coco
-from captioner.data.readers.common import (DUPLICATE, EMPTY_CAPTION, MALFORMED, MISSING_IMAGE, SPLIT_CONFLICT,
-                                           UNDECODABLE, UNKNOWN_SPLIT, Corpus, hash_split)
+from captioner.data.readers.common import (
+    DUPLICATE,
+    EMPTY_CAPTION,
+    MALFORMED,
+    MISSING_IMAGE,
+    SPLIT_CONFLICT,
+    UNDECODABLE,
+    UNKNOWN_SPLIT,
+    Corpus,
+    hash_split,
+)
 from captioner.data.readers.flickr8k import FLICKR8K_SPLIT_FILES, read_flickr8k
 from captioner.data.readers.img2dataset import read_img2dataset
 from captioner.data.readers.karpathy import read_karpathy
 from captioner.data.readers.tables import read_captions_csv, read_table
-from captioner.errors import CaptionerError
 from captioner.data.text import Vocab
+from captioner.errors import CaptionerError
 
 IMAGES = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
 
@@ -308,7 +317,8 @@ SHARD = {
     "000000005.jpg": b"photo 5",
     "000000006.jpg": b"photo 6", "000000006.txt": b" ! ",
 }
-SHARD_RECORDS = [("00000/000000000.jpg", "A dog runs on the beach ."), ("00000/000000001.jpg", "Actor attends the premiere")]
+SHARD_RECORDS = [("00000/000000000.jpg", "A dog runs on the beach ."),
+                 ("00000/000000001.jpg", "Actor attends the premiere")]
 def write_shard_folder(root: Path) -> Path:
     for name, data in SHARD.items():
         (root / "00000").mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
+from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 from captioner.errors import CaptionerError
 from captioner.models.decode import DecodeConfig, decode
-from captioner.models.search import beam_search, greedy, sample, word_logprobs
-from captioner.models.decoders import (Decoder, DecoderConfig, KINDS, PackedLinear, PackedLSTMCell, attending,
-                                       pack)
+from captioner.models.decoders import KINDS, Decoder, DecoderConfig, PackedLinear, PackedLSTMCell, attending, pack
 from captioner.models.device import cpu_bf16
-from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
+from captioner.models.search import beam_search, greedy, sample, word_logprobs
 
 V, D, N = 50, 32, 9
 

@@ -3,9 +3,9 @@ import json
 from pathlib import Path
 
 from captioner import Captioner
-from captioner.models.folder import DEFAULT_MODEL
 from captioner.data.text import clean
 from captioner.evaluation.metrics import dev_cider
+from captioner.models.folder import DEFAULT_MODEL
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.nn.functional import cosine_similarity
 
-from captioner.models.encoders import load_encoder
-from captioner.errors import CaptionerError
 from captioner.data.images import load_photo, to_pixels
+from captioner.errors import CaptionerError
+from captioner.models.encoders import load_encoder
 from conftest import cached_encoder
 
 SIZE = 224

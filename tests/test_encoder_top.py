@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ENCODER, cached_encoder
 from safetensors.torch import load_file
-from test_train import assert_same_checkpoints, mini_corpus, tiny_config  # noqa: F401  (a fixture)
 
 from captioner.captioning import Captioner
 from captioner.data.images import load_photo, to_pixels
@@ -25,6 +23,8 @@ from captioner.models.encoders.base import with_tuned_top
 from captioner.models.folder import TOP_FILE, load_model
 from captioner.training.config import config_from_dict
 from captioner.training.train import CHECKPOINT, train
+from conftest import TINY_ENCODER, cached_encoder
+from test_train import assert_same_checkpoints, mini_corpus, tiny_config  # noqa: F401  (a fixture)
 
 
 def _top_config(corpus, out, top=1, **train_values) -> dict:

@@ -1,4 +1,5 @@
-"""The feature cache with the real lite0 encoder: float16, keyed by (encoder, photo bytes), resumable, never stale or corrupt."""
+"""The feature cache with the real lite0 encoder: float16, keyed by (encoder, photo bytes), resumable, never stale
+or corrupt."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cached_encoder
-from photos import BROKEN_MESSAGES, gradient, make_broken_photos
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -21,6 +20,8 @@ from captioner.data.images import TruncatedPhotoWarning, file_sha256, load_photo
 from captioner.errors import CaptionerError
 from captioner.features import cache as features
 from captioner.features.cache import INDEX, FeatureCache, build_cache, encode_photos
+from conftest import cached_encoder
+from photos import BROKEN_MESSAGES, gradient, make_broken_photos
 
 N_PHOTOS = 8
 SHARD_SIZE = 3  # 8 photos -> shards of 3, 3 and 2
@@ -62,7 +63,8 @@ def reference(lite0, photos) -> tuple[torch.Tensor, torch.Tensor]:
 def base_cache(lite0, photos, tmp_path_factory) -> tuple[Path, list[str]]:
     """A cache of all photos built once; tests that change it work on a copy (see `cache_copy`)."""
     root = tmp_path_factory.mktemp("cache")
-    cache, hashes, failed = build_cache(lite0, photos, root, shard_size=SHARD_SIZE, batch_size=SHARD_SIZE, progress=False)
+    cache, hashes, failed = build_cache(lite0, photos, root, shard_size=SHARD_SIZE, batch_size=SHARD_SIZE,
+                                        progress=False)
     assert failed == {}
     return root, hashes
 

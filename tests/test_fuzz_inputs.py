@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from captioner.data import images
+from captioner.data.images import PhotoError, read_photo, to_pixels
 from captioner.data.readers import coco, common, flickr8k, img2dataset, karpathy, tables
 from captioner.data.readers.common import Corpus
 from captioner.errors import CaptionerError
-from captioner.data.images import PhotoError, read_photo, to_pixels
 from photos import gradient
 from test_corpus import GOOD, IMAGES, SHARD, coco_data, karpathy_data, make_images
 

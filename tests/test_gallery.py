@@ -22,19 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_THREADS, cached_encoder
-from fakes import FakeCaptioner, fake_query_vectors, fake_text_vectors, fake_vector
-from photos import gradient, make_broken_photos
 from PIL import Image
 
 import captioner.captioning
 from captioner.captioning import Caption, Captioner
 from captioner.cli import main
-from captioner.errors import CaptionerError
 from captioner.data.images import file_sha256
+from captioner.errors import CaptionerError
 from captioner.gallery import Gallery, catalogue, indexer, queries
 from captioner.models.embedding import FILE, Embedding, RetrievalConfig, load, save
 from captioner.models.tags import tag_words
+from conftest import TEST_THREADS, cached_encoder
+from fakes import FakeCaptioner, fake_query_vectors, fake_text_vectors, fake_vector
+from photos import gradient, make_broken_photos
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cached_encoder
 from PIL import Image
 
 import captioner.captioning
@@ -21,6 +20,7 @@ import captioner.gallery.indexer as indexer
 import captioner.video.scenes as scene_module
 from captioner.cli import main
 from captioner.gallery import Gallery
+from conftest import cached_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

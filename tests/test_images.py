@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from captioner.errors import CaptionerError
 from captioner.data.images import (
     MAX_PIXELS,
     PHOTO_SUFFIXES,
@@ -20,6 +19,7 @@ from captioner.data.images import (
     load_photo,
     to_pixels,
 )
+from captioner.errors import CaptionerError
 from photos import BROKEN_MESSAGES, ODD_SIZES, bomb_png_bytes, gradient, make_broken_photos, make_odd_photos
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from captioner.training.config import config_from_dict
 from captioner.gallery import Gallery
+from captioner.training.config import config_from_dict
 from conftest import TEST_THREADS
 from fakes import FakeCaptioner
 from test_train import assert_same_checkpoints, mini_corpus, tiny_config  # noqa: F401  (a fixture)
@@ -49,7 +49,8 @@ def run_index(db: Path, folder: Path, model_dir: Path, kill_after: float | None)
 
 def catalogue(db: Path) -> dict[str, tuple]:
     with sqlite3.connect(db) as conn:
-        return {r[0]: r[1:] for r in conn.execute("SELECT path, sha256, caption, tags, error, visual, text FROM photos")}
+        rows = conn.execute("SELECT path, sha256, caption, tags, error, visual, text FROM photos")
+        return {r[0]: r[1:] for r in rows}
 
 
 def assert_consistent(db: Path, model_dir: Path) -> None:

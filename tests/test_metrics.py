@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from captioner.evaluation import metrics
 from captioner.errors import CaptionerError
+from captioner.evaluation import metrics
 from captioner.evaluation.metrics import CaptionScorer, diversity, score_captions
 from captioner.evaluation.report import write_report
 

@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 
 from captioner.captioning import Captioner
 from captioner.cli import main
-from captioner.training.config import config_from_dict
+from captioner.distributed.batch import CaptionActor, caption_stream, encode_stream
 from captioner.features.cache import FeatureCache, build_cache
 from captioner.gallery import Gallery
-from captioner.models.folder import load_model
-from captioner.distributed.batch import CaptionActor, caption_stream, encode_stream
 from captioner.models.embedding import Embedding, RetrievalConfig, save
+from captioner.models.folder import load_model
+from captioner.training.config import config_from_dict
 from captioner.training.train import CHECKPOINT, train
 from conftest import TEST_THREADS, TINY_ENCODER
 from photos import gradient, make_broken_photos

@@ -109,3 +109,12 @@ def test_the_public_api_is_where_it_was():
     from captioner.gallery import Gallery
 
     assert Captioner.__module__ == Caption.__module__ == "captioner.captioning" and Gallery.__name__ == "Gallery"
+
+
+def test_the_code_passes_the_projects_lint():
+    """pyflakes, import order and line length (pyproject.toml's [tool.ruff]) over the package, tests and
+    benchmarks."""
+    root = PACKAGE.parents[1]
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run([str(ruff), "check", "--no-cache", "--quiet"], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

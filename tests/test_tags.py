@@ -1,10 +1,10 @@
 """Tags: the encoder's ImageNet classes, the caption word learned for each, and the guide they give the search."""
 import torch
 
-from captioner.models import tags
 from captioner.data.images import load_photo, to_pixels
-from captioner.models.tags import Tagger, class_names, class_words, name_word
 from captioner.data.text import SPECIALS, Vocab
+from captioner.models import tags
+from captioner.models.tags import Tagger, class_names, class_words, name_word
 
 EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
 

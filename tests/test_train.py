@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from captioner.training.config import config_from_dict
 from captioner.data.corpus import load_prepared, prepare
 from captioner.errors import CaptionerError
 from captioner.models.decoders import KINDS
 from captioner.models.device import resolve
 from captioner.models.folder import load_model
+from captioner.training.config import config_from_dict
 from captioner.training.train import CHECKPOINT, train
 
 TRAIN, DEV = 40, 10
@@ -165,9 +165,9 @@ def test_resume_is_exact_across_the_switch_to_self_critical(mini_corpus, tmp_pat
 
 def test_self_critical_loss_raises_the_reward():
     """Sampled captions that score above their photo's baseline become more likely: the mean reward climbs."""
-    from captioner.training.cider import CiderD
-    from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.data.text import Vocab
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.training.cider import CiderD
     from captioner.training.scst import scst_loss
 
     vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits", "red", "car"]] * 5, min_count=1)
@@ -193,10 +193,10 @@ def test_self_critical_loss_raises_the_reward():
 def test_self_critical_moves_no_mass_to_tokens_never_sampled():
     """Samples never hold <pad>, <start> or <unk>, so the loss must give those tokens no gradient: otherwise
     pushing sampled words down (most samples score below their baseline) drains the mass into them."""
-    from captioner.training.cider import CiderD
-    from captioner.models.search import NEVER
-    from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.data.text import Vocab
+    from captioner.models.decoders import Decoder, DecoderConfig
+    from captioner.models.search import NEVER
+    from captioner.training.cider import CiderD
     from captioner.training.scst import scst_loss
 
     vocab = Vocab.build([["a", "dog", "runs", "on", "grass", "cat", "sits"]] * 5, min_count=1)
@@ -214,8 +214,8 @@ def test_self_critical_moves_no_mass_to_tokens_never_sampled():
 
 
 def test_scheduled_sampling_feeds_the_models_own_words():
-    from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.data.text import END_ID, PAD_ID, START_ID
+    from captioner.models.decoders import Decoder, DecoderConfig
     from captioner.training.train import with_own_words
 
     torch.manual_seed(0)
@@ -402,7 +402,8 @@ def test_training_on_two_corpora_with_a_dev_set_kept_apart(mini_corpus, flickr8k
     single = single_caption_corpus(tmp_path_factory.mktemp("single"), flickr8k_root, tmp_path_factory)
     values = tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=2, scst_epochs=1, scst_samples=2,
                          scst_min_refs=5)
-    values["data"] = {"corpora": [{"prepared": str(mini_corpus), "share": 0.5}, {"prepared": str(single), "share": 0.5}],
+    values["data"] = {"corpora": [{"prepared": str(mini_corpus), "share": 0.5},
+                                  {"prepared": str(single), "share": 0.5}],
                       "dev": [str(mini_corpus), str(single)], "encoder": "efficientnet-lite0",
                       "cache": str(tmp_path / "features")}
     cfg = config_from_dict(values)
@@ -442,8 +443,8 @@ def test_corpus_settings_are_checked(data, message):
 
 
 def test_training_writes_tag_words_and_centroids_and_calibrate_fits_the_confidence(mini_corpus, tmp_path, capsys):
-    from captioner.models import confidence
     from captioner.cli import main
+    from captioner.models import confidence
 
     cfg = config_from_dict(tiny_config(mini_corpus, tmp_path / "run", "attention", epochs=1))
     model_dir = train(cfg, progress=False)

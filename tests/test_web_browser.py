@@ -168,7 +168,8 @@ def test_hovering_a_word_shows_where_it_looked(page):
     assert len(first) == len(sixth) == 400
     assert max(first) > 0 and max(sixth) > 0  # the photo is darkened away from the word's attention
     assert first != sixth
-    expect(page.locator("#looking")).to_have_text(f"Where the model looked when it wrote “{words.nth(5).inner_text()}”.")
+    word = words.nth(5).inner_text()
+    expect(page.locator("#looking")).to_have_text(f"Where the model looked when it wrote “{word}”.")
     page.mouse.move(5, 5)  # off the caption: the photo shows plain again
     expect(page.locator("#attention")).not_to_have_attribute("data-word", "5")
     assert max(attention_pixels(page)) == 0

@@ -7,11 +7,11 @@ import os
 
 import pytest
 from PIL import Image
-from test_gallery_video import film
-from webapp import EXAMPLES, local_client, tiny_captioner
 
 from captioner.gallery import Gallery
 from captioner.web.app import create_app
+from test_gallery_video import film
+from webapp import EXAMPLES, local_client, tiny_captioner
 
 TOKEN = "video-test-token-0123"
 

@@ -100,7 +100,8 @@ class FeatureCache:
         """
         missing = [h for h in hashes if h not in self.rows]
         if missing:
-            raise CaptionerError(f"{len(missing)} photos have no features in {self.folder}: run `captioner features` first")
+            raise CaptionerError(f"{len(missing)} photos have no features in {self.folder}: run `captioner "
+                                 "features` first")
         by_shard: dict[int, list[int]] = {}
         for i, h in enumerate(hashes):
             by_shard.setdefault(self.rows[h][0], []).append(i)
@@ -110,10 +111,12 @@ class FeatureCache:
             rows = [self.rows[hashes[i]][1] for i in positions]
             if pooled is None:
                 pooled = np.empty((len(hashes), *tensors["pooled"].shape[1:]), np.float16)
-                grid = (np.empty if grid_of is None else np.zeros)((len(hashes), *tensors["grid"].shape[1:]), np.float16)
+                grid = (np.empty if grid_of is None else np.zeros)((len(hashes), *tensors["grid"].shape[1:]),
+                                                                   np.float16)
             pooled[positions] = tensors["pooled"][rows]
             if grid_of is not None:
-                positions, rows = [i for i in positions if grid_of[i]], [r for i, r in zip(positions, rows) if grid_of[i]]
+                positions, rows = ([i for i in positions if grid_of[i]],
+                                   [r for i, r in zip(positions, rows) if grid_of[i]])
             grid[positions] = tensors["grid"][rows]
         return torch.from_numpy(pooled), torch.from_numpy(grid)
 

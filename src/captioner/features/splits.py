@@ -93,7 +93,8 @@ def ensure_features(prepared: Prepared, encoder: str, input_size: int, cache_roo
 
 def load_split(prepared: Prepared, cache: FeatureCache, hashes: dict[str, str], split: str,
                grid_of=None) -> Split:
-    """The photos of `split` with their features (with `grid_of`, grids only where it is true; see FeatureCache.load)."""
+    """The photos of `split` with their features (with `grid_of`, grids only where it is true; see
+    FeatureCache.load)."""
     images = [im for im in prepared.images if im["split"] == split]
     if not images:
         raise CaptionerError(f"the prepared corpus has no photos in the {split} split")
@@ -111,7 +112,8 @@ def concat(splits: list[Split]) -> Split:
 
 @dataclass
 class TrainingData:
-    """What a training run reads: the train photos of every corpus, the dev sets that choose the epoch, the vocabulary."""
+    """What a training run reads: the train photos of every corpus, the dev sets that choose the epoch, the
+    vocabulary."""
 
     train: Split  # the train splits of the corpora with a share, one after another
     source: torch.Tensor  # [n] the corpus (index into shares) each training photo comes from

@@ -83,7 +83,8 @@ def _tar_samples(shard: Path, image_root: Path) -> dict[str, Sample]:
                         write_atomic(target, data)
     except (tarfile.TarError, EOFError, zlib.error) as e:
         reason = str(e).splitlines()[0].rstrip(":")
-        raise CaptionerError(f"{shard} is not a readable tar shard ({reason}); copy it again or leave it out.") from None
+        raise CaptionerError(f"{shard} is not a readable tar shard ({reason}); copy it again or leave it "
+                             "out.") from None
     return samples
 
 
