@@ -119,17 +119,17 @@ def test_a_model_with_a_top_captions_through_it_and_keeps_the_encoders_own_featu
 
 def test_align_can_train_the_photo_tower_on_the_tuned_top_and_captions_are_placed_by_what_it_read(
         tuned_run, mini_corpus, tmp_path, capsys, reuse_encoders):  # noqa: F811
-    """`align --photo-features tuned`: the photo tower trains on the top's features, its file says so, and the
-    one caption path places each photo in the search space from those features; by default it reads the
-    encoder's own."""
+    """`align` on a model with a top: by default the photo tower trains on the top's features, its file says so,
+    and the one caption path places each photo in the search space from those features; `--photo-features own`
+    reads the encoder's own."""
     from captioner.cli import main
 
     paths = model_features(load_model(tuned_run), mini_corpus, "dev", progress=False, device="cpu").paths[:3]
-    for features_read in ("tuned", "own"):
+    for features_read, option in (("tuned", []), ("own", ["--photo-features", "own"])):  # tuned: the default
         model_dir = tmp_path / features_read
         shutil.copytree(tuned_run, model_dir)
-        assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--epochs", "1",
-                     "--photo-features", features_read, "--json", "-q"]) == 0
+        assert main(["align", "--model", str(model_dir), "--data", str(mini_corpus), "--epochs", "1", *option,
+                     "--json", "-q"]) == 0
         assert json.loads(capsys.readouterr().out)["config"]["tuned"] == (features_read == "tuned")
         captioner = Captioner.load(model_dir, search=True, device="cpu")
         assert captioner.embedding.cfg.tuned == (features_read == "tuned")  # saved with the towers

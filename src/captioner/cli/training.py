@@ -70,8 +70,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, help="training epochs (default: as the shipped model was "
                    "trained); the best on dev is kept")
     p.add_argument("--photo-features", choices=("own", "tuned"), help="what the photo tower reads: the encoder's "
-                   "own features, or those of the encoder's top fine-tuned with the decoder (a model trained with "
-                   "[train] encoder_top; default: as the shipped model)")
+                   "own features, or those of its top fine-tuned with the decoder (a model trained with [train] "
+                   "encoder_top; default: tuned where the model has such a top, which retrieves better on dev)")
     p.add_argument("--retune", action="store_true", help="keep the model's trained embedding and only choose its "
                    "search settings again on the dev splits (after its decoding changed, say)")
     p.add_argument("--no-rerank", action="store_true", help="with --retune: keep the re-ranking settings (choosing "
@@ -145,7 +145,7 @@ def cmd_align(args: argparse.Namespace) -> int:
                         device=args.device)
     else:
         tc = AlignConfig(**({"epochs": args.epochs} if args.epochs else {}))
-        cfg = RetrievalConfig(**({"tuned": args.photo_features == "tuned"} if args.photo_features else {}))
+        cfg = RetrievalConfig(tuned=args.photo_features == "tuned") if args.photo_features else None
         result = align(args.model, data, args.cache, cfg, tc, progress=progress, device=args.device)
     cfg = result["config"]
     first = [t for t in result["dev_trials"] if (t["blend"], t["tag_weight"]) == (cfg["blend"], cfg["tag_weight"])]

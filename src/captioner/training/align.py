@@ -321,7 +321,8 @@ def align(model_dir: str | Path, data: list[str | Path], cache: str | Path | Non
     splits, save it beside the model; on `device` (see models.device.resolve)."""
     captioner = Captioner.load(model_dir, device=device)
     model = captioner.model
-    cfg, tc = cfg or RetrievalConfig(), tc or AlignConfig()
+    # A fine-tuned top's features serve search better than the encoder's own (BENCHMARKS.md, "Teach the encoder")
+    cfg, tc = cfg or RetrievalConfig(tuned=model.top is not None), tc or AlignConfig()
     train = load_pairs(model, data, "train", cache, progress, captioner.device, decoded=cfg.tuned)
     dev = load_pairs(model, data, "dev", cache, progress, captioner.device, decoded=True)
     if not train or not dev:
