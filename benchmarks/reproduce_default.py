@@ -125,10 +125,6 @@ def main() -> None:
     run([*exe, "evaluate", "--model", str(out / "model"), "--data", str(coco), "--split", "dev", "--cache",
          str(cache), "--out", str(out / "model" / "eval-coco-val-mini"), "--json"], log)
     total = time.time() - started  # raw corpora to evaluated captioner
-    if top:  # the embedding's photo tower reads the encoder's own features
-        for data in (flickr8k, cc, coco):
-            run([*exe, "features", "--data", str(data), "--cache", str(cache), "--encoder",
-                 config["data"]["encoder"]], log)
     run([*exe, "align", "--model", str(out / "model"), "--data", str(flickr8k), "--data", str(cc), "--data",
          str(coco), "--cache", str(cache)], log)
     report = json.loads((out / "model" / "eval-test" / "report.json").read_text())
