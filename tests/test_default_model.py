@@ -12,11 +12,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def test_shipped_model_folder_is_complete_and_small():
     names = {p.name for p in DEFAULT_MODEL.iterdir()}
-    assert {"model.safetensors", "config.json", "vocab.json", "MODEL_CARD.md"} <= names
+    assert {"model.safetensors", "encoder_top.safetensors", "config.json", "vocab.json", "search.json",
+            "MODEL_CARD.md"} <= names
     assert not any(name.endswith((".pt", ".pth", ".pkl", ".bin")) for name in names)  # no pickle
-    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) <= 30 * 2**20
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) <= 40 * 2**20
     config = json.loads((DEFAULT_MODEL / "config.json").read_text())
-    assert config["encoder"] == {"name": "efficientnet-lite2", "input_size": 224}
+    assert config["encoder"] == {"name": "efficientnet-lite2", "input_size": 224, "top": 1}  # its last block tuned
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
     assert "## Metrics" in card and "Flickr8k test" in card and "Conceptual Captions" in card  # every corpus named
 
