@@ -91,12 +91,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from ..data.images import VIDEO_SUFFIXES
+    from ..data.images import is_video
     from ..gallery import Gallery
 
     with Gallery.open(args.db, model=args.model, device=args.device) as gallery:
         query = args.photo
-        if args.at is not None or Path(args.photo).suffix.lower() in VIDEO_SUFFIXES:
+        if args.at is not None or is_video(args.photo):
             scene = gallery.scene(args.photo, args.at or 0.0)
             if scene is None:
                 raise CaptionerError(f"the gallery has no scenes of {args.photo}: index it first (captioner index "

@@ -41,6 +41,11 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset(
 reads may be named."""
 
 
+def is_video(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is a video by its name (one of VIDEO_SUFFIXES, in any case)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
 def clock(seconds: float) -> str:
     """00:01:02.5: a time in a video, hours, minutes, seconds to a tenth."""
     tenths = round(seconds * 10)
@@ -143,7 +148,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]],
     seen: set[Path] = set()
     for given in paths:
         path = Path(given).expanduser()
-        found = (_photos_in(path, suffixes) or [path]) if path.is_dir() else [path]
+        found = (files_in(path, suffixes) or [path]) if path.is_dir() else [path]
         for photo in found:
             if photo not in seen:
                 seen.add(photo)
@@ -151,7 +156,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]],
     return out
 
 
-def _photos_in(folder: Path, suffixes: frozenset[str]) -> list[Path]:
+def files_in(folder: Path, suffixes: frozenset[str]) -> list[Path]:
+    """The files under `folder` whose suffix is in `suffixes` (any case), hidden files and folders skipped, sorted
+    by their path inside it."""
     found: list[tuple[tuple[str, ...], Path]] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]

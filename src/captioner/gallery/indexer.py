@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..captioning import Caption
-from ..data.images import PHOTO_SUFFIXES, VIDEO_SUFFIXES, expand_paths
+from ..data.images import PHOTO_SUFFIXES, VIDEO_SUFFIXES, expand_paths, is_video
 from ..errors import CaptionerError
 from ..extras import require
 from ..features.cache import hash_photos
@@ -73,10 +73,6 @@ class IndexReport:
 def absolute(path: str | Path) -> Path:
     """The path made absolute and normalised (~ the user's home), symbolic links kept (not resolved)."""
     return Path(os.path.abspath(os.path.expanduser(path)))
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def video_extra_missing() -> str:

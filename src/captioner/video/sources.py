@@ -35,7 +35,7 @@ import av.error
 import numpy as np
 from PIL import Image
 
-from ..data.images import VIDEO_SUFFIXES, clock, to_pixels
+from ..data.images import VIDEO_SUFFIXES, clock, files_in, to_pixels
 from ..errors import CaptionerError
 
 log = logging.getLogger(__name__)
@@ -115,13 +115,8 @@ def expand_sources(texts: Iterable[str]) -> list[str]:
     out: list[str] = []
     for text in texts:
         path = Path(text).expanduser()
-        found = []
-        if "://" not in text and path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [str(Path(root, f)) for f in sorted(files)
-                          if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_SUFFIXES]
-        out += sorted(found) or [text]
+        found = files_in(path, VIDEO_SUFFIXES) if "://" not in text and path.is_dir() else []
+        out += [str(p) for p in found] or [text]
     return out
 
 
